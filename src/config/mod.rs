@@ -1,0 +1,296 @@
+//! The TOML config: schema, defaults and validation (DESIGN.md §3.1).
+//!
+//! `load`/`parse` read a file into [`raw`] structs (strict serde, unknown keys
+//! rejected), then `validate` turns them into a [`Config`] with every default
+//! applied, or into a [`ConfigError`] listing each problem with its line and
+//! column. Nothing else in lbd sees an unvalidated value.
+
+mod duration;
+mod error;
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::{HumanDuration, format_duration, parse_duration};
+pub use error::{ConfigError, Problem};
+
+/// Where `lbd` looks for its config when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/lbd/lbd.toml";
+
+/// A validated lbd configuration: every default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Process-wide settings.
+    pub global: Global,
+    /// Where the admin API listens.
+    pub admin: Admin,
+    /// Listening endpoints, in file order.
+    pub frontends: Vec<Frontend>,
+    /// Server pools, in file order.
+    pub backends: Vec<Backend>,
+}
+
+/// Process-wide settings (`[global]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Global {
+    /// How long live connections may finish after SIGTERM.
+    pub drain_timeout: Duration,
+    /// How often DNS-named servers are resolved again.
+    pub resolve_interval: Duration,
+}
+
+/// The admin API's settings (`[admin]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    /// TCP address or unix socket path of the admin API.
+    pub listen: AdminListen,
+}
+
+/// Where the admin API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    /// `"127.0.0.1:8404"`.
+    Tcp(SocketAddr),
+    /// `"unix:/run/lbd/admin.sock"`.
+    Unix(PathBuf),
+}
+
+/// A listening endpoint (`[[frontend]]`) that forwards to one backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frontend {
+    /// Unique name, used in logs, metrics and the admin API.
+    pub name: String,
+    /// Addresses to listen on; port 0 picks a free port.
+    pub listen: Vec<SocketAddr>,
+    /// Name of the backend that receives this frontend's connections.
+    pub backend: String,
+    /// Connections served at once; more wait in the kernel backlog.
+    pub max_connections: usize,
+    /// Kernel accept queue length for each listening socket.
+    pub backlog: u32,
+    /// A connection that carries no byte in either direction for this long is closed.
+    pub idle_timeout: Duration,
+    /// A half-closed connection whose other side stays silent this long is closed.
+    pub fin_timeout: Duration,
+}
+
+/// A pool of servers and how to pick among them (`[[backend]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backend {
+    /// Unique name, used in logs, metrics and the admin API.
+    pub name: String,
+    /// How a server is picked for each new connection.
+    pub balance: Balance,
+    /// How long one dial to a server may take.
+    pub connect_timeout: Duration,
+    /// Further servers tried after a failed dial.
+    pub retries: u32,
+    /// The servers, in file order.
+    pub servers: Vec<ServerSpec>,
+    /// Active health checking.
+    pub health: Health,
+}
+
+/// One server of a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    /// Unique within its backend; defaults to the address.
+    pub name: String,
+    /// Where to connect: an IP or a DNS name, and a port.
+    pub address: ServerAddress,
+    /// Relative share of new connections.
+    pub weight: u32,
+}
+
+/// A server's address as configured: a literal IP or a name to resolve.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerAddress {
+    /// IP literal (without brackets) or DNS name.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl ServerAddress {
+    /// The address as a socket address when the host is an IP literal.
+    pub fn ip(&self) -> Option<SocketAddr> {
+        self.host
+            .parse()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, self.port))
+    }
+}
+
+impl std::fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Balancing algorithm of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Smooth weighted round-robin.
+    #[default]
+    RoundRobin,
+    /// Fewest active connections per weight.
+    LeastConnections,
+    /// Power of two random choices, by active connections per weight.
+    RandomTwo,
+    /// Consistent hash of the client's IP address.
+    SourceHash,
+    /// The first available server in file order.
+    First,
+}
+
+impl Balance {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastConnections => "least-connections",
+            Balance::RandomTwo => "random-two",
+            Balance::SourceHash => "source-hash",
+            Balance::First => "first",
+        }
+    }
+}
+
+/// What an active health check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckKind {
+    /// A TCP connect.
+    #[default]
+    Tcp,
+    /// A TCP connect and a full TLS handshake.
+    Tls,
+    /// A TLS handshake and `GET path` expecting 2xx.
+    Https,
+}
+
+impl CheckKind {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Tls => "tls",
+            CheckKind::Https => "https",
+        }
+    }
+}
+
+/// Active health check settings of a backend (`[backend.health]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// The kind of check.
+    pub check: CheckKind,
+    /// Time between checks of one server.
+    pub interval: Duration,
+    /// How long one check may take.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a server up.
+    pub rise: u32,
+    /// Consecutive failures that take a server down.
+    pub fall: u32,
+    /// Checks this port instead of the server's.
+    pub port: Option<u16>,
+    /// HTTP path for `https` checks.
+    pub path: String,
+    /// TLS server name; defaults to the server's host.
+    pub sni: Option<String>,
+    /// CA bundle that verifies the server's chain; without it the chain is not verified.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate for `https` checks.
+    pub cert_file: Option<PathBuf>,
+    /// Key of the client certificate.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            check: CheckKind::Tcp,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            port: None,
+            path: "/readyz".into(),
+            sni: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let bytes = std::fs::read(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Config::parse_bytes(path, &bytes)
+    }
+
+    /// Validates file contents; `path` only labels the errors.
+    pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Config::parse(path, text),
+            Err(e) => Err(ConfigError::Invalid {
+                problems: vec![Problem::at(
+                    path,
+                    &String::from_utf8_lossy(&bytes[..e.valid_up_to()]),
+                    Some(e.valid_up_to()..e.valid_up_to()),
+                    "the file is not valid UTF-8".into(),
+                )],
+            }),
+        }
+    }
+
+    /// Validates config text; `path` only labels the errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            problems: vec![Problem::at(path, text, e.span(), e.message().to_owned())],
+        })?;
+        validate::validate(path, text, raw)
+    }
+
+    /// The backend a frontend forwards to.
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+
+    /// A one-line description, printed by `--check-config` on success.
+    pub fn summary(&self) -> String {
+        let listeners: usize = self.frontends.iter().map(|f| f.listen.len()).sum();
+        let servers: usize = self.backends.iter().map(|b| b.servers.len()).sum();
+        format!(
+            "{} frontend{} ({} listener{}), {} backend{}, {} server{}",
+            self.frontends.len(),
+            plural(self.frontends.len()),
+            listeners,
+            plural(listeners),
+            self.backends.len(),
+            plural(self.backends.len()),
+            servers,
+            plural(servers),
+        )
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}

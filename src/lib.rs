@@ -1,6 +1,53 @@
 //! lbd: a TCP load balancer for the Kubernetes control-plane endpoint.
 //!
-//! Map of the crate (see `DESIGN.md` for the data flow):
+//! A client connection is accepted by a [`listener`], handed to [`forward`],
+//! which picks a server from the backend's [`pool`] with a [`balance`]
+//! algorithm, dials it ([`dial`] classifies failures), and [`relay`]s bytes
+//! both ways. The [`daemon`] owns the whole and drains it on shutdown.
+//!
+//! Map of the crate:
 //! - [`config`]: TOML schema, defaults and validation with file:line:col errors.
+//! - [`daemon`]: start, snapshot, shutdown; [`run`] is the whole lifecycle.
+//! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reload.
+//! - [`frontend`]: a frontend's counters, connection limit and swappable route.
+//! - [`listener`]: the accept loop (connection limit, EMFILE backoff).
+//! - [`socket`]: listener binding and per-stream socket options.
+//! - [`forward`]: one client connection: pick, dial, retry, relay, account.
+//! - [`relay`]: the copy loop with half-close, idle and FIN timeouts.
+//! - [`buffer`]: per-thread pool of copy buffers.
+//! - [`dial`]: connect with timeout, and the one classifier of dial errors.
+//! - [`pool`]: servers (health, admin state, counters), pools, the snapshot.
+//! - [`balance`]: round-robin, least-connections, random-two, source-hash, first.
+//! - [`reload`]: builds pools from a config, carrying server state over.
+//! - [`demo`]: `lbd --demo`, stand-in apiservers for a first run.
 
+pub mod balance;
+pub mod buffer;
 pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod dial;
+pub mod forward;
+pub mod frontend;
+pub mod listener;
+pub mod pool;
+pub mod relay;
+pub mod reload;
+pub mod signals;
+pub mod socket;
+
+use std::path::Path;
+
+use tokio_util::sync::CancellationToken;
+
+pub use daemon::{Daemon, StartError};
+
+/// Loads the config at `path`, serves it until `shutdown` is cancelled, then
+/// drains live connections within the configured deadline.
+pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), StartError> {
+    let config = config::Config::load(path)?;
+    let daemon = Daemon::start(path, config).await?;
+    shutdown.cancelled().await;
+    daemon.shutdown().await;
+    Ok(())
+}

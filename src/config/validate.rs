@@ -386,21 +386,18 @@ impl Checker<'_> {
         let h = raw.get_ref();
         let check = h.check.unwrap_or_default();
         let tls = matches!(check, CheckKind::Tls | CheckKind::Https);
-        let mut only_for = |checker: &mut Self,
-                            field: &Located<String>,
-                            key: &str,
-                            allowed: bool,
-                            kinds: &str| {
-            if let (Some(value), false) = (field, allowed) {
-                checker.error(
+        let only_for =
+            |checker: &mut Self, field: &Located<String>, key: &str, allowed: bool, kinds: &str| {
+                if let (Some(value), false) = (field, allowed) {
+                    checker.error(
                     value.span(),
                     format!(
                         "`{key}` is only used by check = {kinds}; this backend's check is \"{}\"",
                         check.as_str()
                     ),
                 );
-            }
-        };
+                }
+            };
         only_for(
             self,
             &h.path,

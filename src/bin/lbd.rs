@@ -1,0 +1,111 @@
+//! `lbd`: the load balancer daemon. Flags in, `lbd::Daemon` out.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use lbd::config::{self, AdminListen, Config};
+use lbd::{Daemon, demo, signals};
+use tracing_subscriber::EnvFilter;
+
+/// A TCP load balancer for the Kubernetes control-plane endpoint.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file to serve.
+    #[arg(long, short, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+
+    /// Validate a config file, print a summary or every error, and exit.
+    #[arg(long, value_name = "PATH", conflicts_with = "demo")]
+    check_config: Option<PathBuf>,
+
+    /// Run three stand-in apiservers on loopback with lbd in front of them.
+    #[arg(long)]
+    demo: bool,
+
+    /// Where the demo's frontend listens.
+    #[arg(long, default_value = "127.0.0.1:6443", requires = "demo")]
+    demo_listen: SocketAddr,
+
+    /// Log level (error, warn, info, debug, trace) or a tracing filter;
+    /// defaults to RUST_LOG, else info.
+    #[arg(long, env = "LBD_LOG_LEVEL")]
+    log_level: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref());
+
+    if let Some(path) = &cli.check_config {
+        return match Config::load(path) {
+            Ok(config) => {
+                println!("{}: OK: {}", path.display(), config.summary());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let (path, demo) = if cli.demo {
+        match demo::prepare(cli.demo_listen, SocketAddr::from(([127, 0, 0, 1], 8404))).await {
+            Ok(demo) => (demo.config_path.clone(), Some(demo)),
+            Err(err) => {
+                eprintln!("lbd --demo: cannot start the stand-in apiservers: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        (cli.config.clone(), None)
+    };
+
+    let daemon = match start(&path).await {
+        Ok(daemon) => daemon,
+        Err(err) => {
+            eprintln!("lbd: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(demo) = &demo {
+        let snapshot = daemon.snapshot();
+        let admin = match &snapshot.config.admin.listen {
+            AdminListen::Tcp(addr) => addr.to_string(),
+            AdminListen::Unix(path) => path.display().to_string(),
+        };
+        let frontend = daemon.local_addrs("kube-apiserver")[0];
+        eprintln!("{}", demo.instructions(frontend, &admin));
+    }
+    let served = signals::serve_until_terminated(&daemon).await;
+    if let Some(demo) = demo {
+        let _ = std::fs::remove_file(demo.config_path);
+    }
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("lbd: cannot install signal handlers: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start(path: &std::path::Path) -> Result<Daemon, lbd::StartError> {
+    let config = Config::load(path)?;
+    Daemon::start(path, config).await
+}
+
+fn init_logging(level: Option<&str>) {
+    let filter = match level {
+        Some(level) => EnvFilter::new(level),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .init();
+}

@@ -1,0 +1,185 @@
+//! Dialing a server, and the one classifier of how a dial went.
+//!
+//! A dial outcome is a small enum. The same [`DialErrorKind`] picks what
+//! `forward` retries and labels `lbd_server_connect_errors_total{kind}`, tells
+//! `health` why a server went down, and tells `lbctl probe` what to say.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::socket;
+
+/// Why a dial failed, in the terms an operator acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DialErrorKind {
+    /// The host answered with RST: it is up but nothing listens on the port.
+    Refused,
+    /// Nothing answered in time: a firewall or route drops the traffic, or the host is off.
+    Timeout,
+    /// The network reported there is no route to the host (ICMP unreachable).
+    Unreachable,
+    /// The connection was reset while it was being set up.
+    Reset,
+    /// The server's name did not resolve.
+    DnsError,
+    /// Anything else (local resource limits, odd socket errors).
+    Other,
+}
+
+impl DialErrorKind {
+    /// Every kind, in the order metrics list them.
+    pub const ALL: [DialErrorKind; 6] = [
+        DialErrorKind::Refused,
+        DialErrorKind::Timeout,
+        DialErrorKind::Unreachable,
+        DialErrorKind::Reset,
+        DialErrorKind::DnsError,
+        DialErrorKind::Other,
+    ];
+
+    /// The label used in metrics, logs, status JSON and `lbctl probe --json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialErrorKind::Refused => "refused",
+            DialErrorKind::Timeout => "timeout",
+            DialErrorKind::Unreachable => "unreachable",
+            DialErrorKind::Reset => "reset",
+            DialErrorKind::DnsError => "dns_error",
+            DialErrorKind::Other => "other",
+        }
+    }
+
+    /// Position in [`DialErrorKind::ALL`], for per-kind counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Classifies the error a failed `connect(2)` returned.
+    pub fn classify(err: &io::Error) -> DialErrorKind {
+        match err.kind() {
+            io::ErrorKind::ConnectionRefused => return DialErrorKind::Refused,
+            io::ErrorKind::TimedOut => return DialErrorKind::Timeout,
+            io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+                return DialErrorKind::Unreachable;
+            }
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
+                return DialErrorKind::Reset;
+            }
+            _ => {}
+        }
+        match err.raw_os_error() {
+            Some(libc::EHOSTDOWN | libc::ENETDOWN | libc::EHOSTUNREACH | libc::ENETUNREACH) => {
+                DialErrorKind::Unreachable
+            }
+            _ => DialErrorKind::Other,
+        }
+    }
+}
+
+impl std::fmt::Display for DialErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed dial: its kind, the address, how long it took, and the OS's words.
+#[derive(Debug, thiserror::Error)]
+#[error("dial {addr} failed after {elapsed:?}: {kind} ({detail})")]
+pub struct DialError {
+    /// The classified reason.
+    pub kind: DialErrorKind,
+    /// The address dialed.
+    pub addr: SocketAddr,
+    /// Time from the start of the dial to the failure.
+    pub elapsed: Duration,
+    /// The operating system's message.
+    pub detail: String,
+}
+
+/// Connects to `addr` within `timeout`, with lbd's socket options applied.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, DialError> {
+    let started = Instant::now();
+    let fail = |kind, detail: String| DialError {
+        kind,
+        addr,
+        elapsed: started.elapsed(),
+        detail,
+    };
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| fail(DialErrorKind::classify(&e), e.to_string()))?;
+    match tokio::time::timeout(timeout, socket.connect(addr)).await {
+        Ok(Ok(stream)) => {
+            socket::tune_stream(&stream);
+            Ok(stream)
+        }
+        Ok(Err(e)) => Err(fail(DialErrorKind::classify(&e), e.to_string())),
+        Err(_) => Err(fail(
+            DialErrorKind::Timeout,
+            format!("no answer within {timeout:?}"),
+        )),
+    }
+}
+
+/// Resolves `host:port` to every address it names, or a `DnsError`.
+pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(addrs) => {
+            let mut addrs: Vec<SocketAddr> = addrs.collect();
+            addrs.sort();
+            addrs.dedup();
+            if addrs.is_empty() {
+                Err(format!("{host} has no addresses"))
+            } else {
+                Ok(addrs)
+            }
+        }
+        Err(e) => Err(format!("cannot resolve {host}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_os_errors() {
+        let cases = [
+            (libc::ECONNREFUSED, DialErrorKind::Refused),
+            (libc::ETIMEDOUT, DialErrorKind::Timeout),
+            (libc::EHOSTUNREACH, DialErrorKind::Unreachable),
+            (libc::ENETUNREACH, DialErrorKind::Unreachable),
+            (libc::EHOSTDOWN, DialErrorKind::Unreachable),
+            (libc::ECONNRESET, DialErrorKind::Reset),
+            (libc::EMFILE, DialErrorKind::Other),
+        ];
+        for (errno, kind) in cases {
+            assert_eq!(
+                DialErrorKind::classify(&io::Error::from_raw_os_error(errno)),
+                kind,
+                "errno {errno}"
+            );
+        }
+    }
+
+    #[test]
+    fn index_matches_all() {
+        for (i, kind) in DialErrorKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i);
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_on_a_closed_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let err = connect(addr, Duration::from_secs(1)).await.unwrap_err();
+        assert_eq!(err.kind, DialErrorKind::Refused);
+    }
+}

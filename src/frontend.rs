@@ -1,0 +1,134 @@
+//! A frontend's running state: its counters, its connection limit, and the
+//! route (backend pool and timeouts) that reloads swap under it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
+
+use crate::config;
+use crate::pool::Pool;
+
+/// Why a frontend turned a client away; labels `lbd_frontend_rejected_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// No server was eligible for the connection.
+    NoServer,
+    /// Every dial (first and retries) failed.
+    DialFailed,
+}
+
+impl RejectReason {
+    /// Every reason, in the order metrics list them.
+    pub const ALL: [RejectReason; 2] = [RejectReason::NoServer, RejectReason::DialFailed];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::NoServer => "no_server",
+            RejectReason::DialFailed => "dial_failed",
+        }
+    }
+}
+
+/// Counters of one frontend.
+#[derive(Debug, Default)]
+pub struct FrontendStats {
+    /// Connections accepted since start.
+    pub total: AtomicU64,
+    /// Connections open right now.
+    pub active: AtomicU64,
+    /// Bytes received from clients.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent to clients.
+    pub bytes_out: AtomicU64,
+    /// Connections turned away, indexed by [`RejectReason::ALL`] order.
+    pub rejected: [AtomicU64; RejectReason::ALL.len()],
+}
+
+/// Where a frontend's connections go and how long they may live; replaced
+/// as a whole on reload so a connection sees one consistent route.
+#[derive(Debug)]
+pub struct Route {
+    /// The backend pool.
+    pub pool: Arc<Pool>,
+    /// Closes connections silent in both directions this long.
+    pub idle_timeout: Duration,
+    /// Closes half-closed connections whose other side is silent this long.
+    pub fin_timeout: Duration,
+}
+
+/// One frontend, shared by its listeners and kept across reloads by name.
+#[derive(Debug)]
+pub struct Frontend {
+    /// The frontend's name.
+    pub name: String,
+    /// Counters.
+    pub stats: FrontendStats,
+    /// The current route; reloads store a new one.
+    pub route: ArcSwap<Route>,
+    /// One permit per open connection: `max_connections`.
+    pub limit: Arc<Semaphore>,
+    max_connections: AtomicU64,
+}
+
+impl Frontend {
+    /// A frontend with no connection yet.
+    pub fn new(spec: &config::Frontend, pool: Arc<Pool>) -> Frontend {
+        Frontend {
+            name: spec.name.clone(),
+            stats: FrontendStats::default(),
+            route: ArcSwap::from_pointee(Route::new(spec, pool)),
+            limit: Arc::new(Semaphore::new(spec.max_connections)),
+            max_connections: AtomicU64::new(spec.max_connections as u64),
+        }
+    }
+
+    /// Applies a reloaded spec: new route, new connection limit.
+    pub fn update(&self, spec: &config::Frontend, pool: Arc<Pool>) {
+        self.route.store(Arc::new(Route::new(spec, pool)));
+        let new = spec.max_connections as u64;
+        let old = self.max_connections.swap(new, Relaxed);
+        if new > old {
+            self.limit.add_permits((new - old) as usize);
+        } else if old > new {
+            // Permits held by live connections are forgotten as they return.
+            let mut to_forget = (old - new) as usize;
+            to_forget -= self.limit.forget_permits(to_forget);
+            if to_forget > 0 {
+                let limit = Arc::clone(&self.limit);
+                tokio::spawn(async move {
+                    if let Ok(permits) = limit.acquire_many(to_forget as u32).await {
+                        permits.forget();
+                    }
+                });
+            }
+        }
+    }
+
+    /// Counts a client turned away.
+    pub fn count_rejected(&self, reason: RejectReason) {
+        let index = RejectReason::ALL
+            .iter()
+            .position(|&r| r == reason)
+            .unwrap_or(0);
+        self.stats.rejected[index].fetch_add(1, Relaxed);
+    }
+
+    /// The configured connection limit.
+    pub fn max_connections(&self) -> u64 {
+        self.max_connections.load(Relaxed)
+    }
+}
+
+impl Route {
+    fn new(spec: &config::Frontend, pool: Arc<Pool>) -> Route {
+        Route {
+            pool,
+            idle_timeout: spec.idle_timeout,
+            fin_timeout: spec.fin_timeout,
+        }
+    }
+}

@@ -17,6 +17,7 @@
 //! - [`buffer`]: per-thread pool of copy buffers.
 //! - [`dial`]: connect with timeout, and the one classifier of dial errors.
 //! - [`pool`]: servers (health, admin state, counters), pools, the snapshot.
+//! - [`histogram`]: lock-free latency histograms for dial and check times.
 //! - [`balance`]: round-robin, least-connections, random-two, source-hash, first.
 //! - [`reload`]: builds pools from a config, carrying server state over.
 //! - [`demo`]: `lbd --demo`, stand-in apiservers for a first run.
@@ -29,6 +30,7 @@ pub mod demo;
 pub mod dial;
 pub mod forward;
 pub mod frontend;
+pub mod histogram;
 pub mod listener;
 pub mod pool;
 pub mod relay;

@@ -96,7 +96,8 @@ impl Balancer {
                 }
             }
             Kind::SourceHash(ring) => {
-                let at = ring.partition_point(|&(p, _)| p < hash_of(&client));
+                let point = hash_of(&client);
+                let at = ring.partition_point(|&(p, _)| p < point);
                 let order = (0..ring.len()).map(|k| ring[(at + k) % ring.len()].1 as usize);
                 first_of_best_rank(order, rank)
             }

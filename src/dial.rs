@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::socket;
-
 /// Why a dial failed, in the terms an operator acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DialErrorKind {
@@ -99,7 +97,8 @@ pub struct DialError {
     pub detail: String,
 }
 
-/// Connects to `addr` within `timeout`, with lbd's socket options applied.
+/// Connects to `addr` within `timeout`, with TCP_NODELAY set (keepalive is
+/// left to the relay, which arms it on connections that last).
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, DialError> {
     let started = Instant::now();
     let fail = |kind, detail: String| DialError {
@@ -113,11 +112,10 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, D
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
     .map_err(|e| fail(DialErrorKind::classify(&e), e.to_string()))?;
+    // Before connect, so the request following the handshake is not held back.
+    let _ = socket.set_nodelay(true);
     match tokio::time::timeout(timeout, socket.connect(addr)).await {
-        Ok(Ok(stream)) => {
-            socket::tune_stream(&stream);
-            Ok(stream)
-        }
+        Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => Err(fail(DialErrorKind::classify(&e), e.to_string())),
         Err(_) => Err(fail(
             DialErrorKind::Timeout,

@@ -30,7 +30,7 @@ pub async fn handle(
     frontend.stats.total.fetch_add(1, Relaxed);
     frontend.stats.active.fetch_add(1, Relaxed);
     let _active = ActiveFrontendConnection(&frontend, permit);
-    socket::tune_stream(&client);
+    // TCP_NODELAY and keepalive came with the socket from its listener.
 
     let route = frontend.route.load_full();
     let pool = &route.pool;
@@ -86,6 +86,7 @@ pub async fn handle(
         server = %server.name,
         to_server = relayed.to_server,
         to_client = relayed.to_client,
+        spliced = relayed.spliced,
         duration_ms = started.elapsed().as_millis() as u64,
         outcome = relayed.end.as_str(),
         "connection closed"

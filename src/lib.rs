@@ -14,7 +14,8 @@
 //! - [`socket`]: listener binding and per-stream socket options.
 //! - [`forward`]: one client connection: pick, dial, retry, relay, account.
 //! - [`relay`]: the copy loop with half-close, idle and FIN timeouts.
-//! - [`buffer`]: per-thread pool of copy buffers.
+//! - [`buffer`]: per-thread pools of copy buffers, small and large.
+//! - [`splice`]: zero-copy splice(2) through pooled pipes for bulk streams.
 //! - [`dial`]: connect with timeout, and the one classifier of dial errors.
 //! - [`pool`]: servers (health, admin state, counters), pools, the snapshot.
 //! - [`histogram`]: lock-free latency histograms for dial and check times.
@@ -37,6 +38,7 @@ pub mod relay;
 pub mod reload;
 pub mod signals;
 pub mod socket;
+pub mod splice;
 
 use std::path::Path;
 

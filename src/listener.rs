@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 
 use crate::forward;
 use crate::frontend::Frontend;
+use crate::socket;
 
 const BACKOFF_START: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -29,6 +30,8 @@ pub async fn accept_loop(
     tracker: TaskTracker,
     close: CancellationToken,
 ) {
+    // Accepted sockets inherit these, whoever bound the listener.
+    socket::tune_listener(&listener);
     let mut backoff = BACKOFF_START;
     loop {
         let permit = tokio::select! {

@@ -1,5 +1,12 @@
 //! Socket options in one place: how listeners are bound and how every proxied
 //! stream (client side and server side) is tuned.
+//!
+//! Options are set where they cost least: Linux copies TCP_NODELAY and the
+//! keepalive settings of a listening socket to every socket it accepts, so
+//! the client side of a connection costs no setsockopt at all. The server
+//! side gets TCP_NODELAY before its connect, and keepalive only once the
+//! connection has lived a few seconds (see [`KEEPALIVE_ARM_AFTER`]): the
+//! short connections of a burst never pay for it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,8 +28,15 @@ const KEEPALIVE_RETRIES: u32 = 3;
 /// TIME_WAIT; IPv6 sockets are V6ONLY so `[::]:6443` and `0.0.0.0:6443` can
 /// both be listed without clashing, whatever the sysctl default is.
 pub fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr, backlog, false)?)
+}
+
+fn bind_std(addr: SocketAddr, backlog: u32, shared: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if shared {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -30,18 +44,36 @@ pub fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> 
     socket.set_cloexec(true)?;
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    TcpListener::from_std(socket.into())
+    let socket: std::net::TcpListener = socket.into();
+    tune_listener(&socket);
+    Ok(socket)
 }
 
-/// Applies TCP_NODELAY and keepalive to a proxied stream. Failures are
-/// ignored: a socket without them still works, and the peer may already be gone.
-pub fn tune_stream(stream: &TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let keepalive = TcpKeepalive::new()
+/// Sets on a listening socket the options its accepted sockets inherit
+/// (TCP_NODELAY, keepalive). Also for listeners lbd did not bind itself
+/// (systemd socket activation). Failures are ignored: a socket without them
+/// still works.
+pub fn tune_listener(listener: &impl std::os::fd::AsFd) {
+    let socket = SockRef::from(listener);
+    let _ = socket.set_tcp_nodelay(true);
+    let _ = socket.set_tcp_keepalive(&keepalive());
+}
+
+/// A server-side connection that lives this long gets keepalive probes;
+/// shorter ones are spared the four setsockopt calls.
+pub const KEEPALIVE_ARM_AFTER: Duration = Duration::from_secs(5);
+
+fn keepalive() -> TcpKeepalive {
+    TcpKeepalive::new()
         .with_time(KEEPALIVE_TIME)
         .with_interval(KEEPALIVE_INTERVAL)
-        .with_retries(KEEPALIVE_RETRIES);
-    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
+        .with_retries(KEEPALIVE_RETRIES)
+}
+
+/// Turns on keepalive probes for a stream (a long-lived server connection).
+/// Failures are ignored: the peer may already be gone.
+pub fn enable_keepalive(stream: &TcpStream) {
+    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive());
 }
 
 /// Closes a stream with RST instead of FIN (SO_LINGER 0), so the client sees
@@ -49,4 +81,25 @@ pub fn tune_stream(stream: &TcpStream) {
 pub fn reset(stream: TcpStream) {
     let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     drop(stream);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// lbd relies on Linux copying these options from the listener to the
+    /// accepted socket instead of setting them per connection.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_and_keepalive() {
+        let listener = bind_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let socket = SockRef::from(&accepted);
+        assert!(socket.tcp_nodelay().unwrap(), "TCP_NODELAY not inherited");
+        assert!(socket.keepalive().unwrap(), "SO_KEEPALIVE not inherited");
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_TIME);
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
+    }
 }

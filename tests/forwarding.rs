@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::{Backend, Lbd, config_for, greeting, wait_until};
+use support::{Backend, Lbd, config_for, field, greeting, wait_until};
 
 fn three() -> [Backend; 3] {
     [
@@ -158,10 +158,9 @@ fn first_fills_the_first_server() {
     assert_eq!(counts.get("a"), Some(&10), "{counts:?}");
 }
 
-#[test]
-fn a_mebibyte_is_echoed_exactly_with_client_half_close() {
-    let backend = Backend::echo();
-    let lbd = Lbd::start(&config_for(&[&backend], "", ""));
+/// Sends 1 MiB through lbd to an echo server, half-closes, and checks every
+/// byte came back; returns lbd's "connection closed" log line.
+fn echo_a_mebibyte(lbd: &Lbd) -> String {
     let mut stream = TcpStream::connect(lbd.addr("api")).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -181,6 +180,29 @@ fn a_mebibyte_is_echoed_exactly_with_client_half_close() {
     send.join().unwrap();
     assert_eq!(echoed.len(), payload.len());
     assert!(echoed == payload, "echoed bytes differ");
+    lbd.wait_for_log("connection closed", Duration::from_secs(5))
+}
+
+#[test]
+fn a_mebibyte_is_echoed_exactly_with_client_half_close_through_splice() {
+    let backend = Backend::echo();
+    let lbd = Lbd::start(&config_for(&[&backend], "", ""));
+    let closed = echo_a_mebibyte(&lbd);
+    let spliced: u64 = field(&closed, "spliced").unwrap().parse().unwrap();
+    assert!(
+        spliced > 0,
+        "a bulk stream should take the splice path: {closed}"
+    );
+}
+
+#[test]
+fn a_mebibyte_is_echoed_exactly_with_client_half_close_through_the_copy_loop() {
+    let backend = Backend::echo();
+    let lbd = Lbd::start_with(&config_for(&[&backend], "", ""), |command| {
+        command.env("LBD_SPLICE", "off");
+    });
+    let closed = echo_a_mebibyte(&lbd);
+    assert_eq!(field(&closed, "spliced"), Some("0"), "{closed}");
 }
 
 #[test]

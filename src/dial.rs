@@ -8,7 +8,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpSocket, TcpStream};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 
 /// Why a dial failed, in the terms an operator acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,27 +103,52 @@ pub struct DialError {
 /// left to the relay, which arms it on connections that last).
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, DialError> {
     let started = Instant::now();
-    let fail = |kind, detail: String| DialError {
-        kind,
+    let fail = |e: &io::Error| DialError {
+        kind: DialErrorKind::classify(e),
         addr,
         elapsed: started.elapsed(),
-        detail,
+        detail: e.to_string(),
     };
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4(),
-        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    let stream = start_connect(addr).map_err(|e| fail(&e))?;
+    match tokio::time::timeout(timeout, finish_connect(&stream)).await {
+        Ok(Ok(())) => Ok(stream),
+        Ok(Err(e)) => Err(fail(&e)),
+        Err(_) => Err(DialError {
+            kind: DialErrorKind::Timeout,
+            addr,
+            elapsed: started.elapsed(),
+            detail: format!("no answer within {timeout:?}"),
+        }),
     }
-    .map_err(|e| fail(DialErrorKind::classify(&e), e.to_string()))?;
+}
+
+/// Creates a non-blocking socket (one syscall) and starts connecting.
+fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
     // Before connect, so the request following the handshake is not held back.
-    let _ = socket.set_nodelay(true);
-    match tokio::time::timeout(timeout, socket.connect(addr)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) => Err(fail(DialErrorKind::classify(&e), e.to_string())),
-        Err(_) => Err(fail(
-            DialErrorKind::Timeout,
-            format!("no answer within {timeout:?}"),
-        )),
+    let _ = socket.set_tcp_nodelay(true);
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
     }
+    TcpStream::from_std(socket.into())
+}
+
+/// Waits for the handshake. Epoll reports a failed connect as a hang-up, so
+/// only then is SO_ERROR read: a successful dial costs no getsockopt.
+async fn finish_connect(stream: &TcpStream) -> io::Result<()> {
+    let ready = stream.ready(Interest::WRITABLE).await?;
+    if ready.is_write_closed() {
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Resolves `host:port` to every address it names, or a `DnsError`.
@@ -170,6 +197,30 @@ mod tests {
         for (i, kind) in DialErrorKind::ALL.iter().enumerate() {
             assert_eq!(kind.index(), i);
         }
+    }
+
+    #[tokio::test]
+    async fn connects_with_nodelay_to_a_listening_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = connect(listener.local_addr().unwrap(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(stream.nodelay().unwrap());
+        assert_eq!(stream.peer_addr().unwrap(), listener.local_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn times_out_when_syns_are_dropped() {
+        // A listener with backlog 0 whose queue is already full drops SYNs.
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        socket.listen(0).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        let _fills_the_queue = std::net::TcpStream::connect(addr).unwrap();
+        let err = connect(addr, Duration::from_millis(200)).await.unwrap_err();
+        assert_eq!(err.kind, DialErrorKind::Timeout, "{err}");
     }
 
     #[tokio::test]

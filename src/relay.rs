@@ -430,3 +430,46 @@ impl Activity {
         Instant::now().saturating_duration_since(last)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (far, _) = listener.accept().await.unwrap();
+        (near, far)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_is_armed_only_on_a_server_connection_that_lasts() {
+        let (client, _client_peer) = pair().await;
+        let (server, _server_peer) = pair().await;
+        let counter = AtomicU64::new(0);
+        let counters = Counters {
+            to_server: [&counter, &counter],
+            to_client: [&counter, &counter],
+        };
+        let timeouts = Timeouts {
+            idle: Duration::from_secs(3600),
+            fin: Duration::from_secs(60),
+        };
+        let cancel = CancellationToken::new();
+        let relay = relay(&client, &server, timeouts, counters, &cancel);
+        tokio::pin!(relay);
+        let keepalive = || SockRef::from(&server).keepalive().unwrap();
+        tokio::select! {
+            _ = &mut relay => panic!("relay ended"),
+            () = tokio::time::sleep(socket::KEEPALIVE_ARM_AFTER - Duration::from_secs(1)) => {}
+        }
+        assert!(!keepalive(), "a short connection pays for keepalive");
+        tokio::select! {
+            _ = &mut relay => panic!("relay ended"),
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        assert!(keepalive(), "a lasting connection has no keepalive");
+    }
+}

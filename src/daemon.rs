@@ -21,6 +21,7 @@ use crate::listener;
 use crate::pool::Snapshot;
 use crate::reload;
 use crate::socket;
+use crate::systemd::{self, ActivationError, InheritedListeners};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Sockets inherited from systemd cannot be served.
+    #[error("{0}")]
+    Activation(#[from] ActivationError),
 }
 
 /// A bound listening socket and the token that stops its accept loop.
@@ -70,18 +74,44 @@ struct Shared {
 impl Daemon {
     /// Binds every frontend of `config` and starts serving.
     pub async fn start(config_path: &Path, config: Config) -> Result<Daemon, StartError> {
+        Daemon::start_with(config_path, config, InheritedListeners::default()).await
+    }
+
+    /// Like [`Daemon::start`], serving the sockets systemd handed over
+    /// (socket activation) and binding only the addresses they do not cover.
+    pub async fn start_with(
+        config_path: &Path,
+        config: Config,
+        inherited: InheritedListeners,
+    ) -> Result<Daemon, StartError> {
         let config = Arc::new(config);
+        let mut inherited = inherited.assign(&config.frontends)?;
         let pools = reload::build_pools(&config, None).await;
         let mut frontends = Vec::with_capacity(config.frontends.len());
         let mut bound = Vec::new();
-        for spec in &config.frontends {
+        for (index, spec) in config.frontends.iter().enumerate() {
             let pool = pools
                 .iter()
                 .find(|p| p.spec.name == spec.backend)
                 .cloned()
                 .expect("validation guarantees the backend exists");
             let frontend = Arc::new(Frontend::new(spec, pool));
+            for socket in inherited.take(index) {
+                let addr = socket.local;
+                info!(frontend = %spec.name, fd = socket.fd, name = %socket.name, address = %addr, "serving a socket inherited from systemd");
+                let listener = tokio::net::TcpListener::from_std(socket.into_listener()).map_err(
+                    |source| StartError::Bind {
+                        frontend: spec.name.clone(),
+                        addr,
+                        source,
+                    },
+                )?;
+                bound.push((Arc::clone(&frontend), listener));
+            }
             for &addr in &spec.listen {
+                if inherited.covers(index, addr) {
+                    continue;
+                }
                 let listener = socket::bind_listener(addr, spec.backlog).map_err(|source| {
                     StartError::Bind {
                         frontend: spec.name.clone(),
@@ -163,6 +193,7 @@ impl Daemon {
     /// `drain_timeout`, then closes the rest. Returns when all are gone.
     pub async fn shutdown(&self) {
         let drain_timeout = self.snapshot().config.global.drain_timeout;
+        systemd::notifier().stopping();
         self.shared.stop_accepting.cancel();
         let connections = &self.shared.connections;
         connections.close();

@@ -9,6 +9,7 @@
 //! - [`config`]: TOML schema, defaults and validation with file:line:col errors.
 //! - [`daemon`]: start, snapshot, shutdown; [`run`] is the whole lifecycle.
 //! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reload.
+//! - [`systemd`]: sd_notify (ready, reloading, stopping, watchdog, status) and socket activation.
 //! - [`frontend`]: a frontend's counters, connection limit and swappable route.
 //! - [`listener`]: the accept loop (connection limit, EMFILE backoff).
 //! - [`socket`]: listener binding and per-stream socket options.
@@ -37,6 +38,7 @@ pub mod relay;
 pub mod reload;
 pub mod signals;
 pub mod socket;
+pub mod systemd;
 
 use std::path::Path;
 

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lbd::config::{self, AdminListen, Config};
+use lbd::systemd::{self, InheritedListeners};
 use lbd::{Daemon, demo, signals};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// A TCP load balancer for the Kubernetes control-plane endpoint.
@@ -36,11 +38,29 @@ struct Cli {
     log_level: Option<String>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref());
+    // SAFETY: called once, before the runtime below starts any thread (it
+    // unsets LISTEN_* and takes ownership of the fds systemd passed).
+    let inherited = match unsafe { InheritedListeners::take_from_env() } {
+        Ok(inherited) => inherited,
+        Err(err) => {
+            eprintln!("lbd: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("lbd: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(cli, inherited))
+}
 
+async fn serve(cli: Cli, inherited: InheritedListeners) -> ExitCode {
     if let Some(path) = &cli.check_config {
         return match Config::load(path) {
             Ok(config) => {
@@ -66,7 +86,7 @@ async fn main() -> ExitCode {
         (cli.config.clone(), None)
     };
 
-    let daemon = match start(&path).await {
+    let daemon = match start(&path, inherited).await {
         Ok(daemon) => daemon,
         Err(err) => {
             eprintln!("lbd: {err}");
@@ -82,7 +102,10 @@ async fn main() -> ExitCode {
         let frontend = daemon.local_addrs("kube-apiserver")[0];
         eprintln!("{}", demo.instructions(frontend, &admin));
     }
+    let service = CancellationToken::new();
+    systemd::service::announce(&daemon, &service);
     let served = signals::serve_until_terminated(&daemon).await;
+    service.cancel();
     if let Some(demo) = demo {
         let _ = std::fs::remove_file(demo.config_path);
     }
@@ -95,9 +118,12 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn start(path: &std::path::Path) -> Result<Daemon, lbd::StartError> {
+async fn start(
+    path: &std::path::Path,
+    inherited: InheritedListeners,
+) -> Result<Daemon, lbd::StartError> {
     let config = Config::load(path)?;
-    Daemon::start(path, config).await
+    Daemon::start_with(path, config, inherited).await
 }
 
 fn init_logging(level: Option<&str>) {

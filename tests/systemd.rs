@@ -1,0 +1,232 @@
+//! lbd as a systemd service, driven as systemd drives it: sockets handed over
+//! by `systemd-socket-activate` (LISTEN_FDS), notifications read from a
+//! datagram socket the test binds as NOTIFY_SOCKET, and the shipped unit
+//! files checked by `systemd-analyze`.
+
+mod support;
+
+use std::net::{SocketAddr, TcpStream};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::{Backend, Lbd, config_for, free_port, greeting, have, wait_until};
+
+fn require(program: &str) {
+    assert!(
+        have(program),
+        "{program} is not installed: `apt-get install systemd` (.ci/run does it when CI=true)"
+    );
+}
+
+/// A config whose frontend `api` listens on `listen` (TOML array items).
+fn config_listening(backends: &[&Backend], listen: &str) -> String {
+    config_for(backends, "", "").replace(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [{listen}]"),
+    )
+}
+
+/// Connects to `addr`, retrying while nothing listens there yet.
+fn connect_when_listening(addr: SocketAddr) -> TcpStream {
+    let mut stream = None;
+    wait_until(Duration::from_secs(10), "the socket to listen", || {
+        stream = TcpStream::connect(addr).ok();
+        stream.is_some()
+    });
+    stream.unwrap()
+}
+
+fn read_greeting(stream: TcpStream) -> String {
+    use std::io::BufRead;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut line)
+        .unwrap();
+    line.trim_end().to_owned()
+}
+
+#[test]
+fn a_connection_queued_before_lbd_starts_is_served_through_the_inherited_socket() {
+    require("systemd-socket-activate");
+    let cp1 = Backend::named("cp1");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = config_listening(&[&cp1], &format!("\"{addr}\""));
+    // systemd-socket-activate listens first and execs lbd on the first
+    // connection, like a socket unit: the client waits in the accept queue.
+    let listen = format!("--listen={addr}");
+    let mut lbd = Lbd::spawn_under(
+        &["systemd-socket-activate", &listen, "--fdname=api"],
+        &config,
+        |_| {},
+    );
+    let queued = connect_when_listening(addr);
+    assert_eq!(read_greeting(queued), "cp1");
+    lbd.wait_listening();
+    let inherited = lbd.wait_for_log("inherited from systemd", Duration::from_secs(5));
+    assert!(
+        inherited.contains("fd=3") && inherited.contains("name=api"),
+        "{inherited}"
+    );
+    assert_eq!(greeting(addr).unwrap(), "cp1");
+
+    lbd.signal(libc::SIGTERM);
+    assert!(lbd.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn an_unnamed_socket_is_matched_by_address_and_other_addresses_are_bound() {
+    require("systemd-socket-activate");
+    let cp1 = Backend::named("cp1");
+    let inherited = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let bound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = config_listening(&[&cp1], &format!("\"{inherited}\", \"{bound}\""));
+    let listen = format!("--listen={inherited}");
+    let mut lbd = Lbd::spawn_under(&["systemd-socket-activate", &listen], &config, |_| {});
+    let queued = connect_when_listening(inherited);
+    assert_eq!(read_greeting(queued), "cp1");
+    lbd.wait_listening();
+    assert_eq!(greeting(bound).unwrap(), "cp1");
+    let mut addrs = lbd.addrs("api");
+    addrs.sort();
+    let mut expected = vec![inherited, bound];
+    expected.sort();
+    assert_eq!(addrs, expected);
+    assert_eq!(
+        lbd.logs_matching("inherited from systemd").len(),
+        1,
+        "{:#?}",
+        lbd.logs()
+    );
+}
+
+#[test]
+fn an_inherited_socket_no_frontend_claims_stops_the_start_and_is_named() {
+    require("systemd-socket-activate");
+    let cp1 = Backend::named("cp1");
+    let stray = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = config_for(&[&cp1], "", "");
+    let listen = format!("--listen={stray}");
+    let mut lbd = Lbd::spawn_under(
+        &["systemd-socket-activate", &listen, "--fdname=stray"],
+        &config,
+        |_| {},
+    );
+    let _queued = connect_when_listening(stray);
+    let status = lbd.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    let error = lbd.wait_for_log("socket activation", Duration::from_secs(5));
+    assert!(
+        error.contains(&format!("fd 3 (\"stray\", {stray})"))
+            && error.contains("FileDescriptorName="),
+        "{error}"
+    );
+}
+
+/// The datagram socket a test binds as NOTIFY_SOCKET, collecting what lbd sends.
+struct NotifySocket {
+    messages: Arc<Mutex<Vec<String>>>,
+}
+
+impl NotifySocket {
+    fn bind(socket: UnixDatagram) -> NotifySocket {
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&messages);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends when the test drops its side (the Arc has one owner left).
+            while Arc::strong_count(&sink) > 1 {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    sink.lock().unwrap().push(message);
+                }
+            }
+        });
+        NotifySocket { messages }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    /// The lifecycle assignments in order (READY, RELOADING, STOPPING),
+    /// without watchdog pings and status lines.
+    fn states(&self) -> Vec<String> {
+        self.messages()
+            .iter()
+            .flat_map(|m| m.lines().map(str::to_owned).collect::<Vec<_>>())
+            .filter(|l| {
+                ["READY=", "RELOADING=", "STOPPING="]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .collect()
+    }
+
+    fn wait_for(&self, what: &str, mut condition: impl FnMut(&[String]) -> bool) {
+        wait_until(Duration::from_secs(20), what, || {
+            condition(&self.messages())
+        });
+    }
+}
+
+#[test]
+fn readiness_watchdog_status_and_stopping_reach_notify_socket() {
+    let dir = support::TempDir::new("notify");
+    let path = dir.0.join("notify.sock");
+    let notify = NotifySocket::bind(UnixDatagram::bind(&path).unwrap());
+    let cp1 = Backend::named("cp1");
+    let mut lbd = Lbd::start_with(&config_for(&[&cp1], "", ""), |command| {
+        command
+            .env("NOTIFY_SOCKET", &path)
+            .env("WATCHDOG_USEC", "200000");
+    });
+    notify.wait_for("READY=1", |m| m.iter().any(|m| m == "READY=1"));
+    notify.wait_for("two watchdog pings", |m| {
+        m.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2
+    });
+    let status = notify
+        .messages()
+        .into_iter()
+        .find(|m| m.starts_with("STATUS="))
+        .expect("a status line");
+    assert!(
+        status.contains("/1 servers up, ") && status.ends_with(" connections"),
+        "{status}"
+    );
+    assert!(
+        lbd.logs_matching("watchdog")
+            .iter()
+            .any(|l| l.contains("100ms")),
+        "{:#?}",
+        lbd.logs()
+    );
+
+    lbd.signal(libc::SIGTERM);
+    assert!(lbd.wait_exit(Duration::from_secs(10)).success());
+    assert_eq!(notify.states(), ["READY=1", "STOPPING=1"]);
+}
+
+#[test]
+fn an_abstract_notify_socket_hears_ready() {
+    let name = format!("lbd-test-notify-{}", std::process::id());
+    let socket =
+        UnixDatagram::bind_addr(&UnixAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+    let notify = NotifySocket::bind(socket);
+    let cp1 = Backend::named("cp1");
+    let _lbd = Lbd::start_with(&config_for(&[&cp1], "", ""), |command| {
+        command.env("NOTIFY_SOCKET", format!("@{name}"));
+    });
+    notify.wait_for("READY=1", |m| m.iter().any(|m| m == "READY=1"));
+    assert!(
+        !notify.messages().iter().any(|m| m == "WATCHDOG=1"),
+        "no WATCHDOG_USEC, no pings"
+    );
+}

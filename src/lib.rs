@@ -22,6 +22,7 @@
 //! - [`balance`]: round-robin, least-connections, random-two, source-hash, first.
 //! - [`reload`]: builds pools from a config, carrying server state over.
 //! - [`demo`]: `lbd --demo`, stand-in apiservers for a first run.
+//! - [`generate`]: man pages and shell completions from the binaries' clap definitions.
 
 pub mod balance;
 pub mod buffer;
@@ -31,6 +32,7 @@ pub mod demo;
 pub mod dial;
 pub mod forward;
 pub mod frontend;
+pub mod generate;
 pub mod histogram;
 pub mod listener;
 pub mod pool;

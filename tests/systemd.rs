@@ -230,3 +230,148 @@ fn an_abstract_notify_socket_hears_ready() {
         "no WATCHDOG_USEC, no pings"
     );
 }
+
+fn repo_file(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Runs systemd/install.sh with `env`, returning its stdout; panics with
+/// its output if it fails.
+fn install(env: &[(&str, &std::path::Path)]) -> String {
+    let binaries = std::path::Path::new(env!("CARGO_BIN_EXE_lbd"))
+        .parent()
+        .unwrap();
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg(repo_file("systemd/install.sh"))
+        .env("LBD_BINARIES", binaries)
+        .env("CREATE_USER", "no")
+        .env_remove("DESTDIR");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let out = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "install.sh failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn installed_units_pass_systemd_analyze_verify() {
+    require("systemd-analyze");
+    // verify wants ExecStart's binary to exist: install for real into a
+    // temporary prefix, so the units name binaries that are there.
+    let root = support::TempDir::new("prefix");
+    let (prefix, etc) = (root.0.join("usr"), root.0.join("etc"));
+    install(&[("PREFIX", &prefix), ("SYSCONFDIR", &etc)]);
+    let units = prefix.join("lib/systemd/system");
+    let service = std::fs::read_to_string(units.join("lbd.service")).unwrap();
+    assert!(
+        service.contains(&format!(
+            "ExecStart={}/bin/lbd --config {}/lbd/lbd.toml",
+            prefix.display(),
+            etc.display()
+        )),
+        "{service}"
+    );
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(units.join("lbd.service"))
+        .arg(units.join("lbd.socket"))
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // verify exits 0 on unknown keys too, but says so: it must say nothing.
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+#[test]
+fn the_service_scores_at_most_2_in_systemd_analyze_security() {
+    require("systemd-analyze");
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(repo_file("systemd/lbd.service"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    let line = report
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no score in:\n{report}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let score: f64 = line
+        .split(':')
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the score in {line:?}"));
+    assert!(score <= 2.0, "exposure {score} > 2.0:\n{report}");
+}
+
+#[test]
+fn install_stages_into_destdir_and_keeps_an_existing_config() {
+    let root = support::TempDir::new("destdir");
+    let said = install(&[
+        ("DESTDIR", &root.0),
+        ("PREFIX", std::path::Path::new("/usr")),
+    ]);
+    let file = |path: &str| root.0.join(path);
+    for path in [
+        "usr/bin/lbd",
+        "usr/bin/lbctl",
+        "usr/lib/systemd/system/lbd.socket",
+        "usr/lib/sysusers.d/lbd.conf",
+        "usr/share/man/man8/lbd.8",
+        "usr/share/man/man8/lbctl.8",
+        "usr/share/bash-completion/completions/lbctl",
+        "usr/share/zsh/site-functions/_lbd",
+        "usr/share/fish/vendor_completions.d/lbd.fish",
+        "usr/share/doc/lbd/examples/keepalived/keepalived.conf",
+        "usr/share/doc/lbd/examples/static-pod/lbd.yaml",
+    ] {
+        assert!(
+            file(path).is_file(),
+            "{path} missing after install:\n{said}"
+        );
+    }
+    let service = std::fs::read_to_string(file("usr/lib/systemd/system/lbd.service")).unwrap();
+    assert!(
+        service.contains("ExecStart=/usr/bin/lbd --config /etc/lbd/lbd.toml"),
+        "{service}"
+    );
+    let man = std::fs::read_to_string(file("usr/share/man/man8/lbd.8")).unwrap();
+    assert!(
+        man.contains("\\-\\-config") || man.contains("--config"),
+        "{man}"
+    );
+    let users = std::fs::read_to_string(file("usr/lib/sysusers.d/lbd.conf")).unwrap();
+    assert!(users.lines().any(|l| l.starts_with("u lbd ")), "{users}");
+    let config = file("etc/lbd/lbd.toml");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        std::fs::read_to_string(repo_file("config/lbd.toml")).unwrap()
+    );
+
+    std::fs::write(&config, "# edited by the operator\n").unwrap();
+    let said = install(&[
+        ("DESTDIR", &root.0),
+        ("PREFIX", std::path::Path::new("/usr")),
+    ]);
+    assert!(said.contains("kept the existing"), "{said}");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        "# edited by the operator\n"
+    );
+}

@@ -3,12 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use lbd::config::Config;
+use lbd::generate;
 
 /// Control and diagnose lbd.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "lbctl", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +21,14 @@ enum Command {
     CheckConfig {
         /// The config file.
         path: PathBuf,
+    },
+    /// Write man pages (`man DIR`) or a completion script (`completion SHELL`).
+    #[command(hide = true)]
+    Generate {
+        /// `man` or `completion`.
+        kind: String,
+        /// The directory for man pages, or the shell.
+        target: String,
     },
 }
 
@@ -35,5 +44,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Generate { kind, target } => {
+            let generated = generate::Artifact::parse(&kind, &target).and_then(|artifact| {
+                generate::generate(Cli::command(), &artifact, &mut std::io::stdout())
+            });
+            match generated {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("lbctl: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use lbd::config::{self, AdminListen, Config};
 use lbd::systemd::{self, InheritedListeners};
-use lbd::{Daemon, demo, signals};
+use lbd::{Daemon, demo, generate, signals};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -36,10 +36,26 @@ struct Cli {
     /// defaults to RUST_LOG, else info.
     #[arg(long, env = "LBD_LOG_LEVEL")]
     log_level: Option<String>,
+
+    /// Write man pages (`man DIR`) or a completion script (`completion SHELL`) and exit.
+    #[arg(long, num_args = 2, value_names = ["KIND", "TARGET"], hide = true)]
+    generate: Option<Vec<String>>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some([kind, target]) = cli.generate.as_deref() {
+        let generated = generate::Artifact::parse(kind, target).and_then(|artifact| {
+            generate::generate(Cli::command(), &artifact, &mut std::io::stdout())
+        });
+        return match generated {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("lbd: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_logging(cli.log_level.as_deref());
     // SAFETY: called once, before the runtime below starts any thread (it
     // unsets LISTEN_* and takes ownership of the fds systemd passed).

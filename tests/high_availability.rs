@@ -1,0 +1,93 @@
+//! The keepalived pair shipped in config/keepalived: keepalived's own config
+//! check accepts it, and its vrrp_script command answers as the VIP needs.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::{TempDir, have};
+
+const SHIPPED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/config/keepalived/keepalived.conf"
+);
+
+/// A network interface keepalived can run VRRP on (not loopback), preferring
+/// one that is up.
+fn vrrp_interface() -> String {
+    let mut candidates: Vec<(bool, String)> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "lo")
+        .map(|name| {
+            let state = std::fs::read_to_string(format!("/sys/class/net/{name}/operstate"))
+                .unwrap_or_default();
+            (state.trim() != "up", name)
+        })
+        .collect();
+    candidates.sort();
+    candidates
+        .into_iter()
+        .next()
+        .map(|(_, name)| name)
+        .expect("a non-loopback network interface for keepalived -t")
+}
+
+/// Replaces `from` (which must occur) with `to` in `text`.
+fn substitute(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "{SHIPPED} no longer contains {from:?}");
+    text.replace(from, to)
+}
+
+#[test]
+fn keepalived_accepts_the_shipped_pair_config() {
+    assert!(
+        have("keepalived"),
+        "keepalived is not installed: `apt-get install keepalived` (.ci/run does it when CI=true)"
+    );
+    // keepalived -t exits 0 for a missing file: make sure it is there.
+    let shipped = std::fs::read_to_string(SHIPPED).expect("config/keepalived/keepalived.conf");
+
+    // Only what names this machine changes: the interface (keepalived rejects
+    // one it cannot find), the check's binary (it must exist and be owned by
+    // root), and the script user (`lbd` is created by install.sh; keepalived
+    // 2.2.7's -t also kills itself for any script user but root).
+    let whoami = Command::new("id").arg("-un").output().unwrap();
+    let user = String::from_utf8(whoami.stdout).unwrap();
+    let local = substitute(
+        &shipped,
+        "interface eth0 ",
+        &format!("interface {} ", vrrp_interface()),
+    );
+    let local = substitute(
+        &local,
+        "\"/usr/local/bin/lbctl ",
+        &format!("\"{} ", env!("CARGO_BIN_EXE_lbctl")),
+    );
+    let local = substitute(
+        &local,
+        "script_user lbd\n",
+        &format!("script_user {}\n", user.trim()),
+    );
+    let dir = TempDir::new("keepalived");
+    let copy = dir.write("keepalived.conf", &local);
+    assert!(Path::new(&copy).is_file());
+
+    let out = Command::new("keepalived")
+        .args(["--config-test", "--use-file"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "keepalived -t rejects the config ({}):\n{said}\n--- tested copy ---\n{local}",
+        out.status
+    );
+}

@@ -20,6 +20,7 @@
 //! - [`balance`]: round-robin, least-connections, random-two, source-hash, first.
 //! - [`reload`]: builds pools from a config, carrying server state over.
 //! - [`demo`]: `lbd --demo`, stand-in apiservers for a first run.
+//! - [`probe`]: `lbctl probe`, which dials endpoints and explains what is wrong.
 
 pub mod balance;
 pub mod buffer;
@@ -31,6 +32,7 @@ pub mod forward;
 pub mod frontend;
 pub mod listener;
 pub mod pool;
+pub mod probe;
 pub mod relay;
 pub mod reload;
 pub mod signals;

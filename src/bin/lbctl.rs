@@ -21,6 +21,8 @@ enum Command {
         /// The config file.
         path: PathBuf,
     },
+    /// Dial endpoints (or every server of a config) and explain what is wrong with them.
+    Probe(lbd::probe::ProbeArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +35,14 @@ fn main() -> ExitCode {
             Err(err) => {
                 eprintln!("{err}");
                 ExitCode::FAILURE
+            }
+        },
+        Command::Probe(args) => match lbd::probe::run(args) {
+            Ok(lbd::probe::Verdict::AllOpen) => ExitCode::SUCCESS,
+            Ok(lbd::probe::Verdict::SomeFailed) => ExitCode::FAILURE,
+            Err(err) => {
+                eprintln!("lbctl probe: {err}");
+                ExitCode::from(2)
             }
         },
     }

@@ -45,7 +45,8 @@ pub struct ProbeArgs {
     pub timeout: Duration,
 
     /// After a plain TCP connect, watch this long for the peer closing without a byte
-    /// (an accept-first proxy with no backend); 0s skips the watch.
+    /// (an accept-first proxy with no backend; one still retrying its backends
+    /// closes later, so raise it, e.g. 5s); 0s skips the watch.
     #[arg(long, value_name = "DUR", default_value = "500ms", value_parser = parse_duration)]
     pub hold: Duration,
 

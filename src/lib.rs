@@ -21,10 +21,12 @@
 //! - [`balance`]: round-robin, least-connections, random-two, source-hash, first.
 //! - [`reload`]: builds pools from a config, carrying server state over.
 //! - [`demo`]: `lbd --demo`, stand-in apiservers for a first run.
+//! - [`ctl`]: `lbctl`'s admin API client and commands.
 
 pub mod balance;
 pub mod buffer;
 pub mod config;
+pub mod ctl;
 pub mod daemon;
 pub mod demo;
 pub mod dial;

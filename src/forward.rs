@@ -49,8 +49,15 @@ pub async fn handle(
         };
         tried.insert(index);
         let server = &pool.servers[index];
+        let dial_started = Instant::now();
         match dial::connect(server.addr, pool.spec.connect_timeout).await {
-            Ok(stream) => break (server, stream),
+            Ok(stream) => {
+                server
+                    .stats
+                    .connect_duration
+                    .observe(dial_started.elapsed());
+                break (server, stream);
+            }
             Err(err) => {
                 server.count_connect_error(err.kind);
                 debug!(frontend = %frontend.name, server = %server.name, %err, "dial failed");

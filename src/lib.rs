@@ -17,19 +17,23 @@
 //! - [`buffer`]: per-thread pool of copy buffers.
 //! - [`dial`]: connect with timeout, and the one classifier of dial errors.
 //! - [`pool`]: servers (health, admin state, counters), pools, the snapshot.
+//! - [`histogram`]: lock-free latency histograms for dial and check times.
 //! - [`balance`]: round-robin, least-connections, random-two, source-hash, first.
 //! - [`reload`]: builds pools from a config, carrying server state over.
 //! - [`demo`]: `lbd --demo`, stand-in apiservers for a first run.
+//! - [`ctl`]: `lbctl`'s admin API client and commands.
 //! - [`probe`]: `lbctl probe`, which dials endpoints and explains what is wrong.
 
 pub mod balance;
 pub mod buffer;
 pub mod config;
+pub mod ctl;
 pub mod daemon;
 pub mod demo;
 pub mod dial;
 pub mod forward;
 pub mod frontend;
+pub mod histogram;
 pub mod listener;
 pub mod pool;
 pub mod probe;

@@ -7,13 +7,15 @@
 //! locks and a server's state and counters survive reloads.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use crate::balance::Balancer;
 use crate::config::{self, Config};
 use crate::dial::DialErrorKind;
 use crate::frontend::Frontend;
+use crate::histogram::Histogram;
 
 /// What the health checks found out about a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,6 +90,28 @@ pub struct ServerStats {
     pub bytes_to_client: AtomicU64,
     /// Failed dials, indexed by [`DialErrorKind::index`].
     pub connect_errors: [AtomicU64; DialErrorKind::ALL.len()],
+    /// Health changes (up ⇄ down) since the server was first configured.
+    pub transitions: AtomicU64,
+    /// Time successful dials took.
+    pub connect_duration: Histogram,
+    /// Time health checks took.
+    pub check_duration: Histogram,
+}
+
+/// The outcome of the latest health check of a server, for status and logs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckRecord {
+    /// `ok`, a dial error kind (`refused`, `timeout`…), or a TLS/HTTP verdict
+    /// such as `tls_error`, `http_error` or `auth_error`.
+    pub result: String,
+    /// The kind of check that ran (`tcp`, `tls`, `https`, or `passive`).
+    pub check: &'static str,
+    /// How long the check took.
+    pub elapsed: Duration,
+    /// When it finished.
+    pub at: SystemTime,
+    /// Human detail: the OS error, the HTTP status, the TLS alert.
+    pub detail: String,
 }
 
 /// One server address of a backend, shared by every snapshot that lists it.
@@ -104,6 +128,7 @@ pub struct Server {
     admin: AtomicU8,
     /// Connection and byte counters.
     pub stats: ServerStats,
+    last_check: Mutex<Option<CheckRecord>>,
 }
 
 impl Server {
@@ -117,6 +142,19 @@ impl Server {
             health: AtomicU8::new(Health::Unknown as u8),
             admin: AtomicU8::new(AdminState::Ready as u8),
             stats: ServerStats::default(),
+            last_check: Mutex::new(None),
+        }
+    }
+
+    /// The latest health check's outcome, if any check ran yet.
+    pub fn last_check(&self) -> Option<CheckRecord> {
+        self.last_check.lock().ok()?.clone()
+    }
+
+    /// Stores a check's outcome (health checks only: never on the data path).
+    pub fn record_check(&self, record: CheckRecord) {
+        if let Ok(mut last) = self.last_check.lock() {
+            *last = Some(record);
         }
     }
 

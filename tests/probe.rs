@@ -6,7 +6,6 @@ mod support;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
@@ -18,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use support::TempDir;
 use support::blackhole::blackhole_listener;
 
 /// What one `lbctl probe` run printed and returned.
@@ -100,17 +100,6 @@ async fn answering(answer: &'static [u8]) -> SocketAddr {
         }
     });
     addr
-}
-
-fn temp_path(name: &str) -> PathBuf {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "lbd-probe-test-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
 }
 
 #[tokio::test]
@@ -386,10 +375,8 @@ impl Pki {
         }
     }
 
-    fn ca_file(&self) -> PathBuf {
-        let path = temp_path("ca.crt");
-        std::fs::write(&path, &self.ca_pem).unwrap();
-        path
+    fn ca_file(&self, dir: &TempDir) -> PathBuf {
+        dir.write("ca.crt", &self.ca_pem)
     }
 }
 
@@ -483,7 +470,8 @@ async fn tls_reports_the_certificate_and_passes_when_the_san_matches() {
     let pki = Pki::new("kubernetes");
     let server = pki.issue("kube-apiserver", &["kubernetes", "127.0.0.1"], false);
     let addr = https_server(&server, None, ready).await.to_string();
-    let ca = pki.ca_file();
+    let dir = TempDir::new("probe");
+    let ca = pki.ca_file(&dir);
     let ca = ca.to_str().unwrap();
 
     // By IP: the IP must be an IP SAN. Without --ca the chain is only reported.
@@ -577,7 +565,8 @@ async fn tls_rejects_a_chain_from_another_ca_and_an_expired_certificate() {
     let other = Pki::new("another-cluster");
     let server = pki.issue("kube-apiserver", &["127.0.0.1"], false);
     let addr = https_server(&server, None, ready).await.to_string();
-    let other_ca = other.ca_file();
+    let dir = TempDir::new("probe");
+    let other_ca = other.ca_file(&dir);
     let run = lbctl_probe(&[&addr, "--ca", other_ca.to_str().unwrap(), "--json"]).await;
     assert_eq!(run.code, 1);
     let attempt = run.only();
@@ -681,10 +670,9 @@ async fn readyz_401_asks_for_a_client_certificate_which_then_works() {
     );
 
     let client = pki.issue("kubernetes-admin", &[], false);
-    let cert = temp_path("client.crt");
-    let key = temp_path("client.key");
-    std::fs::write(&cert, &client.cert_pem).unwrap();
-    std::fs::write(&key, &client.key_pem).unwrap();
+    let dir = TempDir::new("probe");
+    let cert = dir.write("client.crt", &client.cert_pem);
+    let key = dir.write("client.key", &client.key_pem);
     let run = lbctl_probe(&[
         &addr,
         "--http-path",
@@ -707,10 +695,10 @@ async fn config_probes_every_server_and_frontend_in_one_table() {
     let down_addr = closed_port();
     let frontend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let frontend_addr = frontend.local_addr().unwrap();
-    let config = temp_path("lbd.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let dir = TempDir::new("probe");
+    let config = dir.write(
+        "lbd.toml",
+        &format!(
             r#"
 [[frontend]]
 name = "kube-apiserver"
@@ -725,8 +713,7 @@ servers = [
 ]
 "#
         ),
-    )
-    .unwrap();
+    );
     let config = config.to_str().unwrap();
     let run = lbctl_probe(&["--config", config, "--hold", "50ms", "--json"]).await;
     assert_eq!(run.code, 1, "cp2 is down: {}{}", run.stdout, run.stderr);

@@ -1,0 +1,369 @@
+//! The core data path through the real `lbd` binary: balancing, byte-exact
+//! relaying with half-close, retries, timeouts, connection limits, drain.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use support::{Backend, Lbd, config_for, greeting, wait_until};
+
+fn three() -> [Backend; 3] {
+    [
+        Backend::named("a"),
+        Backend::named("b"),
+        Backend::named("c"),
+    ]
+}
+
+fn tally(addr: SocketAddr, connections: usize) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..connections {
+        *counts.entry(greeting(addr).unwrap()).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn round_robin_spreads_evenly_and_by_weight() {
+    let backends = three();
+    let lbd = Lbd::start(&config_for(
+        &backends.each_ref(),
+        "balance = \"round-robin\"",
+        "",
+    ));
+    let counts = tally(lbd.addr("api"), 30);
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        [10, 10, 10],
+        "{counts:?}"
+    );
+
+    let config = config_for(&backends.each_ref(), "", "").replace(
+        &format!("address = \"{}\" }}", backends[1].addr),
+        &format!("address = \"{}\", weight = 3 }}", backends[1].addr),
+    );
+    let lbd = Lbd::start(&config);
+    let counts = tally(lbd.addr("api"), 50);
+    assert_eq!(
+        (counts["a"], counts["b"], counts["c"]),
+        (10, 30, 10),
+        "{counts:?}"
+    );
+}
+
+#[test]
+fn least_connections_sends_new_clients_to_the_least_busy_server() {
+    let backends = three();
+    let lbd = Lbd::start(&config_for(
+        &backends.each_ref(),
+        "balance = \"least-connections\"",
+        "",
+    ));
+    let addr = lbd.addr("api");
+    let hold = || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let mut line = String::new();
+        BufReader::new(&mut stream).read_line(&mut line).unwrap();
+        (line.trim().to_owned(), stream)
+    };
+    // Six held connections spread two per server…
+    let mut held: Vec<(String, TcpStream)> = (0..6).map(|_| hold()).collect();
+    let mut per_server: HashMap<String, usize> = HashMap::new();
+    for (name, _) in &held {
+        *per_server.entry(name.clone()).or_default() += 1;
+    }
+    assert!(per_server.values().all(|&n| n == 2), "{per_server:?}");
+    // …and once b's two end, the next two both go to b (round-robin would not).
+    held.retain(|(name, _)| name != "b");
+    wait_until(
+        Duration::from_secs(5),
+        "lbd to see b's connections close",
+        || {
+            lbd.logs_matching("connection closed")
+                .iter()
+                .filter(|l| l.contains("server=b"))
+                .count()
+                == 2
+        },
+    );
+    let next: Vec<String> = (0..2)
+        .map(|_| hold())
+        .map(|(name, s)| {
+            held.push((name.clone(), s));
+            name
+        })
+        .collect();
+    assert_eq!(next, ["b", "b"]);
+}
+
+#[test]
+fn random_two_reaches_every_server() {
+    let backends = three();
+    let lbd = Lbd::start(&config_for(
+        &backends.each_ref(),
+        "balance = \"random-two\"",
+        "",
+    ));
+    let counts = tally(lbd.addr("api"), 60);
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.values().all(|&c| c >= 5), "{counts:?}");
+}
+
+#[test]
+fn source_hash_keeps_a_client_on_one_server() {
+    let backends = three();
+    let lbd = Lbd::start(&config_for(
+        &backends.each_ref(),
+        "balance = \"source-hash\"",
+        "",
+    ));
+    let addr = lbd.addr("api");
+    let mut by_source = HashMap::new();
+    for last in 1..=40u8 {
+        let source = SocketAddr::from(([127, 0, 0, last], 0));
+        let names: Vec<String> = (0..3).map(|_| greeting_from(source, addr)).collect();
+        assert!(
+            names.windows(2).all(|w| w[0] == w[1]),
+            "{source}: {names:?}"
+        );
+        by_source.insert(last, names[0].clone());
+    }
+    let servers: std::collections::HashSet<_> = by_source.values().collect();
+    assert_eq!(
+        servers.len(),
+        3,
+        "40 sources should reach all 3 servers: {by_source:?}"
+    );
+}
+
+fn greeting_from(source: SocketAddr, to: SocketAddr) -> String {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&source.into()).unwrap();
+    socket.connect(&to.into()).unwrap();
+    let mut line = String::new();
+    BufReader::new(TcpStream::from(socket))
+        .read_line(&mut line)
+        .unwrap();
+    line.trim().to_owned()
+}
+
+#[test]
+fn first_fills_the_first_server() {
+    let backends = three();
+    let lbd = Lbd::start(&config_for(&backends.each_ref(), "balance = \"first\"", ""));
+    let counts = tally(lbd.addr("api"), 10);
+    assert_eq!(counts.get("a"), Some(&10), "{counts:?}");
+}
+
+#[test]
+fn a_mebibyte_is_echoed_exactly_with_client_half_close() {
+    let backend = Backend::echo();
+    let lbd = Lbd::start(&config_for(&[&backend], "", ""));
+    let mut stream = TcpStream::connect(lbd.addr("api")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let payload: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut writer = stream.try_clone().unwrap();
+    let sent = payload.clone();
+    let send = std::thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        // Half-close: the client has nothing more to say but still wants the answer.
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut echoed = Vec::new();
+    stream.read_to_end(&mut echoed).unwrap();
+    send.join().unwrap();
+    assert_eq!(echoed.len(), payload.len());
+    assert!(echoed == payload, "echoed bytes differ");
+}
+
+#[test]
+fn a_failed_dial_is_retried_on_the_next_server() {
+    let dead = Backend::named("dead");
+    dead.stop();
+    let alive = Backend::named("alive");
+    let lbd = Lbd::start(&config_for(&[&dead, &alive], "retries = 1", ""));
+    for _ in 0..10 {
+        assert_eq!(greeting(lbd.addr("api")).unwrap(), "alive");
+    }
+}
+
+#[test]
+fn without_retries_a_failed_dial_resets_the_client() {
+    let dead = Backend::named("dead");
+    dead.stop();
+    let lbd = Lbd::start(&config_for(&[&dead], "retries = 0", ""));
+    let err = greeting(lbd.addr("api")).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn idle_timeout_closes_a_silent_connection() {
+    let backend = Backend::echo();
+    let lbd = Lbd::start(&config_for(&[&backend], "", "idle_timeout = \"1s\""));
+    let mut stream = TcpStream::connect(lbd.addr("api")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Traffic keeps it open past the timeout…
+    for _ in 0..3 {
+        stream.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        stream.read_exact(&mut buf).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // …silence closes it.
+    let started = Instant::now();
+    let mut buf = [0u8; 1];
+    assert_eq!(stream.read(&mut buf).unwrap(), 0);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400),
+        "closed too early: {waited:?}"
+    );
+    let closed = lbd.wait_for_log("connection closed", Duration::from_secs(5));
+    assert!(closed.contains("idle_timeout"), "{closed}");
+}
+
+#[test]
+fn fin_timeout_closes_a_half_closed_pair_whose_server_stays_silent() {
+    // A server that reads everything and never answers nor closes.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut stream in silent.incoming().map_while(Result::ok) {
+            let mut sink = Vec::new();
+            let _ = stream.read_to_end(&mut sink);
+            held.push(stream);
+        }
+    });
+    let config = format!(
+        "[[frontend]]\nname = \"api\"\nlisten = [\"127.0.0.1:0\"]\nbackend = \"pool\"\nfin_timeout = \"1s\"\n\n\
+         [[backend]]\nname = \"pool\"\nservers = [{{ address = \"{silent_addr}\" }}]\n"
+    );
+    let lbd = Lbd::start(&config);
+    let mut stream = TcpStream::connect(lbd.addr("api")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(b"request").unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        stream.read(&mut buf).unwrap(),
+        0,
+        "lbd should close the pair"
+    );
+    let closed = lbd.wait_for_log("connection closed", Duration::from_secs(5));
+    assert!(closed.contains("fin_timeout"), "{closed}");
+}
+
+#[test]
+fn over_max_connections_clients_wait_in_the_backlog() {
+    let backend = Backend::named("only");
+    let lbd = Lbd::start(&config_for(&[&backend], "", "max_connections = 2"));
+    let addr = lbd.addr("api");
+    let first = TcpStream::connect(addr).unwrap();
+    let _second = TcpStream::connect(addr).unwrap();
+    wait_until(Duration::from_secs(5), "two backend connections", || {
+        backend.accepted() == 2
+    });
+    // The third completes the TCP handshake in the kernel backlog but is not served…
+    let mut third = TcpStream::connect(addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert!(third.read(&mut buf).is_err(), "served over the limit");
+    assert_eq!(backend.accepted(), 2);
+    // …until a slot frees: then it is served, not dropped.
+    drop(first);
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let n = third.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"only\n");
+}
+
+#[test]
+fn sigterm_drains_live_connections_refuses_new_ones_and_exits_zero() {
+    let backend = Backend::echo();
+    let config = config_for(&[&backend], "", "")
+        .replace("[admin]", "[global]\ndrain_timeout = \"10s\"\n\n[admin]");
+    let mut lbd = Lbd::start(&config);
+    let addr = lbd.addr("api");
+    let mut live = TcpStream::connect(addr).unwrap();
+    live.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    live.write_all(b"before").unwrap();
+    let mut buf = [0u8; 6];
+    live.read_exact(&mut buf).unwrap();
+
+    lbd.signal(libc::SIGTERM);
+    lbd.wait_for_log("shutting down", Duration::from_secs(5));
+    wait_until(
+        Duration::from_secs(5),
+        "new connections to be refused",
+        || TcpStream::connect(addr).is_err(),
+    );
+    // The live connection still works during the drain…
+    live.write_all(b"during").unwrap();
+    live.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"during");
+    assert!(lbd.is_running());
+    // …and once it ends, lbd exits cleanly.
+    drop(live);
+    assert!(lbd.wait_exit(Duration::from_secs(5)).success());
+}
+
+#[test]
+fn the_drain_deadline_closes_what_is_left_and_still_exits_zero() {
+    let backend = Backend::echo();
+    let config = config_for(&[&backend], "", "")
+        .replace("[admin]", "[global]\ndrain_timeout = \"1s\"\n\n[admin]");
+    let mut lbd = Lbd::start(&config);
+    let mut live = TcpStream::connect(lbd.addr("api")).unwrap();
+    live.write_all(b"x").unwrap();
+    let mut buf = [0u8; 1];
+    live.read_exact(&mut buf).unwrap();
+    lbd.signal(libc::SIGTERM);
+    live.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        live.read(&mut buf).unwrap_or(0),
+        0,
+        "closed at the deadline"
+    );
+    assert!(lbd.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn ipv6_listeners_serve_alongside_ipv4() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback here; skipping");
+        return;
+    }
+    let backend = Backend::named("v6");
+    let config = config_for(&[&backend], "", "").replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\", \"[::1]:0\"]",
+    );
+    let lbd = Lbd::start(&config);
+    let addrs = lbd.addrs("api");
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    for addr in addrs {
+        assert_eq!(greeting(addr).unwrap(), "v6", "{addr}");
+    }
+}

@@ -1,12 +1,12 @@
 //! `lbctl probe`: `nc -v` that explains what is wrong with the control-plane endpoint.
 //!
-//! [`target`] turns HOST:PORT arguments or an lbd config into targets. Each
-//! round resolves every target and runs one [`attempt`] per resolved address,
+//! `target` turns HOST:PORT arguments or an lbd config into targets. Each
+//! round resolves every target and runs one `attempt` per resolved address,
 //! all in parallel: a dial through [`crate::dial`] (the daemon's classifier),
-//! then a hold that catches accept-first proxies, or a TLS handshake
-//! ([`tls`], [`cert`]) and a GET ([`http`]). [`explain`] holds every sentence
-//! the operator reads; [`render`] prints aligned lines or JSON Lines and the
-//! ping-like summary.
+//! then a hold that catches accept-first proxies, or a TLS handshake (`tls`,
+//! `verifier`, `cert`) and a GET (`http`). `explain` holds every
+//! sentence the operator reads; `render` prints aligned lines or JSON Lines
+//! and the ping-like summary.
 
 mod attempt;
 mod cert;
@@ -15,6 +15,7 @@ mod http;
 mod render;
 mod target;
 mod tls;
+mod verifier;
 
 use std::io::{self, Write};
 use std::path::PathBuf;

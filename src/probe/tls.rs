@@ -1,8 +1,7 @@
-//! The TLS step of a probe. A rustls handshake whose verifier accepts every
-//! certificate but records it (and, with `--ca`, whether the chain verifies),
-//! so the probe reports what the server presented and judges it afterwards
-//! instead of stopping at "unknown issuer". The stream also keeps the first
-//! bytes the peer sent: a plaintext answer on a TLS port is recognised by them.
+//! The TLS step of a probe: a rustls handshake with the recording
+//! [`super::verifier`], classified failures, and a report of the session.
+//! The stream keeps the first bytes the peer sent: a plaintext answer on a
+//! TLS port is recognised by them.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -12,14 +11,10 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{
-    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, InvalidMessage,
-    RootCertStore, SignatureScheme,
-};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{AlertDescription, ClientConfig, InvalidMessage, RootCertStore};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -27,6 +22,7 @@ use tokio_rustls::TlsConnector;
 
 use super::ProbeError;
 use super::cert::CertInfo;
+use super::verifier::{Recorded, RecordingVerifier};
 
 /// How much of the peer's first bytes is kept to recognise a plaintext answer.
 const HEAD_BYTES: usize = 64;
@@ -358,95 +354,8 @@ fn recorded_report(recorded: &Mutex<Recorded>, with_ca: bool) -> TlsReport {
     report
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// What the verifier saw during one handshake.
-#[derive(Debug, Default)]
-struct Recorded {
-    chain: Vec<CertificateDer<'static>>,
-    chain_error: Option<String>,
-}
-
-/// Accepts every certificate, records it, and (with `--ca`) records whether
-/// the chain verifies. Handshake signatures are still checked, so the peer
-/// proves it holds the key of the certificate it showed.
-#[derive(Debug)]
-struct RecordingVerifier {
-    inner: Option<Arc<WebPkiServerVerifier>>,
-    provider: Arc<CryptoProvider>,
-    recorded: Arc<Mutex<Recorded>>,
-}
-
-impl ServerCertVerifier for RecordingVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let chain_error = self.inner.as_ref().and_then(|inner| {
-            match inner.verify_server_cert(
-                end_entity,
-                intermediates,
-                server_name,
-                ocsp_response,
-                now,
-            ) {
-                Ok(_) => None,
-                // The probe checks the name itself, to attach the kubeadm fix.
-                Err(rustls::Error::InvalidCertificate(
-                    CertificateError::NotValidForName
-                    | CertificateError::NotValidForNameContext { .. },
-                )) => None,
-                Err(e) => Some(e.to_string()),
-            }
-        });
-        let mut recorded = lock(&self.recorded);
-        recorded.chain = std::iter::once(end_entity)
-            .chain(intermediates)
-            .map(|cert| cert.clone().into_owned())
-            .collect();
-        recorded.chain_error = chain_error;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// Bytes the peer has sent: how many, and the first [`HEAD_BYTES`].

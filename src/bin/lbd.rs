@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 
 /// A TCP load balancer for the Kubernetes control-plane endpoint.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, after_long_help = SERVICE_HELP)]
 struct Cli {
     /// Config file to serve.
     #[arg(long, short, default_value = config::DEFAULT_PATH)]
@@ -41,6 +41,19 @@ struct Cli {
     #[arg(long, num_args = 2, value_names = ["KIND", "TARGET"], hide = true)]
     generate: Option<Vec<String>>,
 }
+
+/// The long help's (and man page's) account of lbd as a service.
+const SERVICE_HELP: &str = "\
+Signals: SIGTERM or SIGINT stops accepting and lets live connections finish \
+for [global] drain_timeout; SIGHUP reloads the config file.
+
+Under systemd (Type=notify), lbd reports READY=1 once it serves, RELOADING=1 \
+and READY=1 around a reload, STOPPING=1, a STATUS= line, and WATCHDOG=1 \
+pings at half of WatchdogSec. It serves listening sockets handed over by a \
+socket unit (LISTEN_FDS), matched to frontends by FileDescriptorName= (the \
+frontend's name) or by address, and binds the rest itself.
+
+Files: /etc/lbd/lbd.toml (the config); lbd.service and lbd.socket.";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -309,7 +309,12 @@ impl Checker<'_> {
                 2 * SECOND,
                 Duration::from_millis(10)..=Duration::from_secs(300),
             ),
-            retries: self.integer(&raw.retries, "retries", 2, 0..=16) as u32,
+            retries: self.integer(
+                &raw.retries,
+                "retries",
+                2,
+                0..=u64::from(super::MAX_RETRIES),
+            ) as u32,
             servers,
             health,
         }

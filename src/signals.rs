@@ -17,7 +17,14 @@ pub async fn serve_until_terminated(daemon: &Daemon) -> io::Result<()> {
             _ = terminate.recv() => break "SIGTERM",
             _ = interrupt.recv() => break "SIGINT",
             _ = hangup.recv() => {
-                info!("SIGHUP received; reload is not implemented yet");
+                info!("SIGHUP received");
+                // Reloads take turns inside the daemon; the outcome is logged
+                // there and shown in /api/v1/status. The signal loop stays free
+                // for SIGTERM meanwhile.
+                let daemon = daemon.clone();
+                tokio::spawn(async move {
+                    let _ = daemon.reload().await;
+                });
             }
         }
     };

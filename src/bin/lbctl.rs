@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use lbd::config::Config;
 use lbd::ctl::{AdminAddr, AdminClient, commands};
 
 /// Control and diagnose lbd.
@@ -31,6 +30,9 @@ enum Command {
     CheckConfig {
         /// The config file.
         path: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Exit 0 if the daemon is ready to serve (GET /readyz), else print why
     /// and exit 1: keepalived's vrrp_script.
@@ -44,16 +46,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { path } => match Config::load(&path) {
-            Ok(config) => {
-                println!("{}: OK: {}", path.display(), config.summary());
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("{err}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::CheckConfig { path, json } => ExitCode::from(commands::check_config(&path, json)),
         Command::Ready { json } => {
             let client = AdminClient::new(cli.admin, commands::REQUEST_TIMEOUT);
             ExitCode::from(block_on(commands::ready(&client, json)))

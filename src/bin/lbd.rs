@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use lbd::config::{self, AdminListen, Config};
+use lbd::config::{self, AdminListen};
 use lbd::{Daemon, demo, signals};
 use tracing_subscriber::EnvFilter;
 
@@ -42,16 +42,7 @@ async fn main() -> ExitCode {
     init_logging(cli.log_level.as_deref());
 
     if let Some(path) = &cli.check_config {
-        return match Config::load(path) {
-            Ok(config) => {
-                println!("{}: OK: {}", path.display(), config.summary());
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("{err}");
-                ExitCode::FAILURE
-            }
-        };
+        return ExitCode::from(lbd::ctl::commands::check_config(path, false));
     }
 
     let (path, demo) = if cli.demo {
@@ -96,8 +87,7 @@ async fn main() -> ExitCode {
 }
 
 async fn start(path: &std::path::Path) -> Result<Daemon, lbd::StartError> {
-    let config = Config::load(path)?;
-    Daemon::start(path, config).await
+    Daemon::start_from_file(path).await
 }
 
 fn init_logging(level: Option<&str>) {

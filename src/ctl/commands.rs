@@ -52,3 +52,40 @@ pub async fn ready(client: &AdminClient, json: bool) -> u8 {
     }
     if ready { EXIT_OK } else { EXIT_FAILED }
 }
+
+/// `lbctl check-config PATH` and `lbd --check-config PATH`: validate a file,
+/// print a summary and the timing lint's warnings, or every error.
+/// Warnings do not fail the check.
+pub fn check_config(path: &std::path::Path, json: bool) -> u8 {
+    match crate::config::Config::load_with_warnings(path) {
+        Ok(checked) => {
+            if json {
+                let warnings: Vec<String> = checked.warnings.iter().map(|w| w.one_line()).collect();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "ok": true,
+                        "summary": checked.config.summary(),
+                        "warnings": warnings,
+                    })
+                );
+            } else {
+                for warning in &checked.warnings {
+                    eprintln!("warning: {warning}");
+                }
+                println!("{}: OK: {}", path.display(), checked.config.summary());
+            }
+            EXIT_OK
+        }
+        Err(err) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": false, "error": err.summary(), "detail": err.to_string() })
+                );
+            }
+            eprintln!("{err}");
+            EXIT_FAILED
+        }
+    }
+}

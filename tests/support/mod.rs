@@ -67,6 +67,8 @@ impl Lbd {
     /// Like [`Lbd::start`], letting the caller adjust the command (env, args).
     pub fn start_with(config: &str, adjust: impl FnOnce(&mut Command)) -> Lbd {
         let dir = TempDir::new("lbd");
+        let config = with_admin_on_free_port(config);
+        let config = config.as_str();
         let config_path = dir.write("lbd.toml", config);
         let mut command = Command::new(env!("CARGO_BIN_EXE_lbd"));
         command
@@ -200,6 +202,16 @@ impl Drop for Lbd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Tests run in parallel: a config without `[admin]` would make every lbd
+/// race for the default 127.0.0.1:8404, so give it a free port instead.
+pub fn with_admin_on_free_port(config: &str) -> String {
+    if config.lines().any(|l| l.trim() == "[admin]") {
+        config.to_owned()
+    } else {
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n{config}")
     }
 }
 

@@ -1,0 +1,231 @@
+//! The running daemon: binds the frontends, builds the first snapshot, owns
+//! the cancellation tree, serves the admin API, reloads, and drains on
+//! shutdown.
+//!
+//! Cancellation tree: `stop_accepting` ends every accept loop (SIGTERM);
+//! `close_connections` ends every live relay (the drain deadline). The
+//! connection tasks are tracked so shutdown knows when they are all gone.
+
+mod listeners;
+mod reload;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::admin::{self, AdminError, AdminServer};
+use crate::config::{Config, ConfigError};
+use crate::frontend::Frontend;
+use crate::pool::{Server, Snapshot};
+use crate::reload as pools;
+use crate::socket;
+
+pub use listeners::BindError;
+pub use reload::{AdminChange, LastReload, ReloadError, ReloadReport, UnknownServer};
+
+use listeners::Listeners;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config file is unreadable or invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A listen address could not be bound.
+    #[error("{0}")]
+    Bind(#[from] BindError),
+    /// The admin API could not listen.
+    #[error("{0}")]
+    Admin(#[from] AdminError),
+}
+
+/// A running lbd: frontends listening, connections being forwarded.
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config_path: PathBuf,
+    snapshot: ArcSwap<Snapshot>,
+    listeners: Mutex<Listeners>,
+    connections: TaskTracker,
+    stop_accepting: CancellationToken,
+    close_connections: CancellationToken,
+    /// Held for the whole of a reload or DNS refresh: one change at a time.
+    reload_lock: tokio::sync::Mutex<reload::ReloadState>,
+    last_reload: Mutex<LastReload>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    started_at: SystemTime,
+    admin: Mutex<Option<AdminServer>>,
+}
+
+impl Daemon {
+    /// Loads the config at `path` (logging the timing lint's warnings) and starts.
+    pub async fn start_from_file(path: &Path) -> Result<Daemon, StartError> {
+        let checked = Config::load_with_warnings(path)?;
+        for warning in &checked.warnings {
+            warn!("{}", warning.one_line());
+        }
+        let warnings = checked.warnings.iter().map(|w| w.one_line()).collect();
+        Daemon::start_with_warnings(path, checked.config, warnings).await
+    }
+
+    /// Binds every frontend of `config`, the admin API, and starts serving.
+    pub async fn start(config_path: &Path, config: Config) -> Result<Daemon, StartError> {
+        Daemon::start_with_warnings(config_path, config, Vec::new()).await
+    }
+
+    async fn start_with_warnings(
+        config_path: &Path,
+        config: Config,
+        warnings: Vec<String>,
+    ) -> Result<Daemon, StartError> {
+        let config = Arc::new(config);
+        let resolved = pools::resolve_pools(&config, None).await;
+        let mut frontends = Vec::with_capacity(config.frontends.len());
+        let mut bound = Vec::new();
+        for spec in &config.frontends {
+            let pool = resolved
+                .pools
+                .iter()
+                .find(|p| p.spec.name == spec.backend)
+                .cloned()
+                .expect("validation guarantees the backend exists");
+            let frontend = Arc::new(Frontend::new(spec, pool));
+            for &addr in &spec.listen {
+                let listener =
+                    socket::bind_listener(addr, spec.backlog).map_err(|source| BindError {
+                        frontend: spec.name.clone(),
+                        addr,
+                        source,
+                    })?;
+                bound.push((Arc::clone(&frontend), addr, listener));
+            }
+            frontends.push(frontend);
+        }
+        let admin_listener = admin::bind(&config.admin.listen).await?;
+
+        let shared = Arc::new(Shared {
+            config_path: config_path.to_owned(),
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                config: Arc::clone(&config),
+                pools: resolved.pools,
+                frontends,
+            }),
+            listeners: Mutex::new(Listeners::default()),
+            connections: TaskTracker::new(),
+            stop_accepting: CancellationToken::new(),
+            close_connections: CancellationToken::new(),
+            reload_lock: tokio::sync::Mutex::new(reload::ReloadState::default()),
+            last_reload: Mutex::new(LastReload::loaded(warnings)),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            started_at: SystemTime::now(),
+            admin: Mutex::new(None),
+        });
+        let daemon = Daemon { shared };
+        daemon
+            .note_dns_results(&resolved.dns_failures, &resolved.dns_resolved)
+            .await;
+        for (frontend, configured, listener) in bound {
+            daemon.spawn_accept_loop(frontend, configured, listener);
+        }
+        // The admin API outlives `stop_accepting`: /readyz says "shutting
+        // down" and /metrics keeps answering while connections drain.
+        let admin = admin::serve(admin_listener, daemon.clone());
+        *daemon.shared.admin.lock().expect("admin lock") = Some(admin);
+        daemon.sync_health_checks(&daemon.snapshot());
+        tokio::spawn(daemon.clone().refresh_dns_periodically());
+        Ok(daemon)
+    }
+
+    /// The config file this daemon reloads from.
+    pub fn config_path(&self) -> &Path {
+        &self.shared.config_path
+    }
+
+    /// The current snapshot: config, pools and frontends.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// When the daemon started.
+    pub fn started_at(&self) -> SystemTime {
+        self.shared.started_at
+    }
+
+    /// The addresses a frontend actually listens on (port 0 resolved).
+    pub fn local_addrs(&self, frontend: &str) -> Vec<SocketAddr> {
+        self.shared
+            .listeners
+            .lock()
+            .expect("listener list lock")
+            .local_addrs(frontend)
+    }
+
+    /// Whether shutdown has begun (no new connections are accepted).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.stop_accepting.is_cancelled()
+    }
+
+    /// Health-check hook, called after every snapshot swap (start, reload,
+    /// DNS change): start checks for servers that are new, stop those of
+    /// servers that are gone.
+    // TODO(health): call `HealthChecks::sync(&snapshot)` once src/health lands in main.
+    fn sync_health_checks(&self, snapshot: &Arc<Snapshot>) {
+        let _ = snapshot;
+    }
+
+    /// Health-check hook for a server that needs a check right away (an
+    /// operator enabled it again).
+    // TODO(health): call `HealthChecks::check_now(server)` once src/health lands in main.
+    fn check_now(&self, server: &Arc<Server>) {
+        let _ = server;
+    }
+
+    /// Stops accepting at once, lets live connections finish for up to
+    /// `drain_timeout`, then closes the rest. Returns when all are gone.
+    pub async fn shutdown(&self) {
+        let drain_timeout = self.snapshot().config.global.drain_timeout;
+        self.shared.stop_accepting.cancel();
+        // An accept loop hands its socket back to its join handle when it
+        // stops; dropping the handles closes the sockets.
+        self.shared
+            .listeners
+            .lock()
+            .expect("listener list lock")
+            .close_all();
+        let connections = &self.shared.connections;
+        connections.close();
+        let live = connections.len();
+        if live > 0 {
+            info!(connections = live, deadline = ?drain_timeout, "draining connections");
+        }
+        if tokio::time::timeout(drain_timeout, connections.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                connections = connections.len(),
+                "drain deadline reached; closing the remaining connections"
+            );
+            self.shared.close_connections.cancel();
+            // Relays end at once on cancellation; this bound is only a backstop.
+            let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
+        }
+        if let Some(admin) = self.shared.admin.lock().expect("admin lock").take() {
+            admin.stop();
+        }
+        info!("shutdown complete");
+    }
+}

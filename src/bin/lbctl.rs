@@ -2,9 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use lbd::ctl::{AdminAddr, AdminClient, commands};
+use lbd::ctl::commands::{self, AdminAction, DrainWait};
+use lbd::ctl::{AdminAddr, AdminClient};
 
 /// Control and diagnose lbd.
 #[derive(Debug, Parser)]
@@ -34,6 +36,48 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show frontends, servers, their states and counters.
+    Status {
+        /// Print lbd's status JSON as is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop new connections to a server; live ones go on.
+    Drain {
+        /// BACKEND/SERVER, as `lbctl status` lists them.
+        target: String,
+        /// Wait until the server has no connection left, reporting the count.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (e.g. "5m"); exit 1, connections stay.
+        #[arg(long, requires = "wait", value_parser = lbd::config::parse_duration, value_name = "DUR")]
+        deadline: Option<Duration>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a drained or disabled server take traffic again.
+    Enable {
+        /// BACKEND/SERVER, as `lbctl status` lists them.
+        target: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Maintenance: no traffic and no health checks for a server.
+    Disable {
+        /// BACKEND/SERVER, as `lbctl status` lists them.
+        target: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reload the daemon's config file; on error print it with its location.
+    Reload {
+        /// Print lbd's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Exit 0 if the daemon is ready to serve (GET /readyz), else print why
     /// and exit 1: keepalived's vrrp_script.
     Ready {
@@ -47,10 +91,38 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { path, json } => ExitCode::from(commands::check_config(&path, json)),
-        Command::Ready { json } => {
+        command => {
             let client = AdminClient::new(cli.admin, commands::REQUEST_TIMEOUT);
-            ExitCode::from(block_on(commands::ready(&client, json)))
+            ExitCode::from(block_on(talk(&client, command)))
         }
+    }
+}
+
+/// The commands that talk to the daemon.
+async fn talk(client: &AdminClient, command: Command) -> u8 {
+    match command {
+        Command::Status { json } => commands::status(client, json).await,
+        Command::Ready { json } => commands::ready(client, json).await,
+        Command::Reload { json } => commands::reload(client, json).await,
+        Command::Drain {
+            target,
+            wait,
+            deadline,
+            json,
+        } => {
+            let wait = wait.then_some(DrainWait {
+                deadline,
+                poll: Duration::from_millis(500),
+            });
+            commands::set_admin(client, &target, AdminAction::Drain, wait, json).await
+        }
+        Command::Enable { target, json } => {
+            commands::set_admin(client, &target, AdminAction::Enable, None, json).await
+        }
+        Command::Disable { target, json } => {
+            commands::set_admin(client, &target, AdminAction::Disable, None, json).await
+        }
+        Command::CheckConfig { path, json } => commands::check_config(&path, json),
     }
 }
 

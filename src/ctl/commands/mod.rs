@@ -1,11 +1,21 @@
-//! The `lbctl` subcommands that talk to a running daemon: each prints what
-//! an operator needs and returns the process exit code.
+//! The `lbctl` subcommands: each prints what an operator needs and returns
+//! the process exit code.
+//!
+//! - [`status`]: `lbctl status`, the table.
+//! - [`server_admin`]: `lbctl drain|enable|disable`, with `drain --wait`.
+//! - here: `ready`, `reload`, `check-config`.
+
+mod server_admin;
+mod status;
+
+pub use server_admin::{AdminAction, DrainWait, parse_target, percent_encode, set_admin};
+pub use status::{render_status, status};
 
 use std::time::Duration;
 
 use hyper::StatusCode;
 
-use super::client::{AdminClient, ClientError};
+use super::client::{AdminClient, Answer, ClientError};
 
 /// How long one admin request may take before lbctl gives up.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -18,6 +28,7 @@ pub const EXIT_FAILED: u8 = 1;
 /// The daemon could not be reached or gave a broken answer.
 pub const EXIT_UNREACHABLE: u8 = 2;
 
+/// Prints why the daemon could not be asked; returns the matching code.
 fn unreachable(err: &ClientError) -> u8 {
     eprintln!("lbctl: {err}");
     EXIT_UNREACHABLE
@@ -87,5 +98,55 @@ pub fn check_config(path: &std::path::Path, json: bool) -> u8 {
             eprintln!("{err}");
             EXIT_FAILED
         }
+    }
+}
+
+/// Prints the daemon's error answer and returns the failure code.
+fn refused(answer: &Answer) -> u8 {
+    let message = serde_json::from_slice::<serde_json::Value>(&answer.body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| answer.text().trim().to_owned());
+    eprintln!("lbctl: lbd answered {}: {message}", answer.status);
+    EXIT_FAILED
+}
+
+/// `lbctl reload`: reload the daemon's config file; print the error with its
+/// location and exit 1 when the file is refused.
+pub async fn reload(client: &AdminClient, json: bool) -> u8 {
+    let answer = match client.post("/api/v1/reload").await {
+        Ok(answer) => answer,
+        Err(err) => return unreachable(&err),
+    };
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+    if json {
+        print!("{}", answer.text());
+    }
+    if answer.status == StatusCode::OK {
+        if !json {
+            let changes = body["changes"].as_array().cloned().unwrap_or_default();
+            if changes.is_empty() {
+                println!("reloaded: nothing changed");
+            } else {
+                println!("reloaded:");
+                for change in changes {
+                    println!("  {}", change.as_str().unwrap_or_default());
+                }
+            }
+            for warning in body["warnings"].as_array().into_iter().flatten() {
+                eprintln!("warning: {}", warning.as_str().unwrap_or_default());
+            }
+        }
+        return EXIT_OK;
+    }
+    if body.get("ok").is_some() {
+        let detail = body["detail"]
+            .as_str()
+            .or(body["error"].as_str())
+            .unwrap_or("unknown error");
+        eprintln!("lbctl: reload refused; lbd keeps the running config:\n{detail}");
+        EXIT_FAILED
+    } else {
+        refused(&answer)
     }
 }

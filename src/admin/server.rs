@@ -212,6 +212,8 @@ where
             async move { Ok::<_, Infallible>(handle(&context, &peer, request).await) }
         });
         let served = http1::Builder::new()
+            // `printf 'GET …' | nc` closes its write side after the request.
+            .half_close(true)
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
             .max_buf_size(routes::MAX_HEAD_BYTES)

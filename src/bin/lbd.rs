@@ -57,6 +57,13 @@ async fn main() -> ExitCode {
         (cli.config.clone(), None)
     };
 
+    let signals = match signals::Signals::install() {
+        Ok(signals) => signals,
+        Err(err) => {
+            eprintln!("lbd: cannot install signal handlers: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let daemon = match start(&path).await {
         Ok(daemon) => daemon,
         Err(err) => {
@@ -73,7 +80,7 @@ async fn main() -> ExitCode {
         let frontend = daemon.local_addrs("kube-apiserver")[0];
         eprintln!("{}", demo.instructions(frontend, &admin));
     }
-    let served = signals::serve_until_terminated(&daemon).await;
+    let served = signals::serve_with(signals, &daemon).await;
     if let Some(demo) = demo {
         let _ = std::fs::remove_file(demo.config_path);
     }

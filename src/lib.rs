@@ -26,6 +26,7 @@
 //! - [`clock`]: RFC 3339 timestamps for status JSON and lbctl.
 //! - [`demo`]: `lbd --demo`, stand-in apiservers for a first run.
 //! - [`ctl`]: `lbctl`'s admin API client and commands.
+//! - [`probe`]: `lbctl probe`, which dials endpoints and explains what is wrong.
 
 pub mod admin;
 pub mod balance;
@@ -42,6 +43,7 @@ pub mod histogram;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
+pub mod probe;
 pub mod relay;
 pub mod reload;
 pub mod signals;

@@ -85,25 +85,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Dial endpoints (or every server of a config) and explain what is wrong with them.
+    Probe(lbd::probe::ProbeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::CheckConfig { path, json } => ExitCode::from(commands::check_config(&path, json)),
-        command => {
-            let client = AdminClient::new(cli.admin, commands::REQUEST_TIMEOUT);
-            ExitCode::from(block_on(talk(&client, command)))
-        }
-    }
-}
-
-/// The commands that talk to the daemon.
-async fn talk(client: &AdminClient, command: Command) -> u8 {
-    match command {
-        Command::Status { json } => commands::status(client, json).await,
-        Command::Ready { json } => commands::ready(client, json).await,
-        Command::Reload { json } => commands::reload(client, json).await,
+    let client = || AdminClient::new(cli.admin.clone(), commands::REQUEST_TIMEOUT);
+    let code = match cli.command {
+        Command::CheckConfig { path, json } => commands::check_config(&path, json),
+        Command::Status { json } => block_on(commands::status(&client(), json)),
+        Command::Ready { json } => block_on(commands::ready(&client(), json)),
+        Command::Reload { json } => block_on(commands::reload(&client(), json)),
         Command::Drain {
             target,
             wait,
@@ -114,16 +107,38 @@ async fn talk(client: &AdminClient, command: Command) -> u8 {
                 deadline,
                 poll: Duration::from_millis(500),
             });
-            commands::set_admin(client, &target, AdminAction::Drain, wait, json).await
+            block_on(commands::set_admin(
+                &client(),
+                &target,
+                AdminAction::Drain,
+                wait,
+                json,
+            ))
         }
-        Command::Enable { target, json } => {
-            commands::set_admin(client, &target, AdminAction::Enable, None, json).await
-        }
-        Command::Disable { target, json } => {
-            commands::set_admin(client, &target, AdminAction::Disable, None, json).await
-        }
-        Command::CheckConfig { path, json } => commands::check_config(&path, json),
-    }
+        Command::Enable { target, json } => block_on(commands::set_admin(
+            &client(),
+            &target,
+            AdminAction::Enable,
+            None,
+            json,
+        )),
+        Command::Disable { target, json } => block_on(commands::set_admin(
+            &client(),
+            &target,
+            AdminAction::Disable,
+            None,
+            json,
+        )),
+        Command::Probe(args) => match lbd::probe::run(args) {
+            Ok(lbd::probe::Verdict::AllOpen) => 0,
+            Ok(lbd::probe::Verdict::SomeFailed) => 1,
+            Err(err) => {
+                eprintln!("lbctl probe: {err}");
+                2
+            }
+        },
+    };
+    ExitCode::from(code)
 }
 
 /// Runs one command on a small single-threaded runtime.

@@ -2,6 +2,8 @@
 //! child process, backends on 127.0.0.1, and polling instead of sleeping.
 #![allow(dead_code)]
 
+pub mod blackhole;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;

@@ -22,30 +22,25 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Accepts on `listener` until `stop` fires, spawning one task per connection
 /// on `tracker`; `close` is handed to each connection for the drain deadline.
-/// Returns the listener, still bound, so a reload can hand it to another
-/// frontend without closing it.
 pub async fn accept_loop(
     listener: TcpListener,
     frontend: Arc<Frontend>,
     stop: CancellationToken,
     tracker: TaskTracker,
     close: CancellationToken,
-) -> TcpListener {
+) {
     let mut backoff = BACKOFF_START;
     loop {
         let permit = tokio::select! {
-            () = stop.cancelled() => return listener,
+            () = stop.cancelled() => return,
             permit = Arc::clone(&frontend.limit).acquire_owned() => match permit {
                 Ok(permit) => permit,
-                Err(_) => return listener,
+                Err(_) => return,
             },
         };
         let accepted = tokio::select! {
-            () = stop.cancelled() => None,
-            accepted = listener.accept() => Some(accepted),
-        };
-        let Some(accepted) = accepted else {
-            return listener;
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -66,7 +61,7 @@ pub async fn accept_loop(
                     warn!(frontend = %frontend.name, error = %e, "accept failed; backing off (raise LimitNOFILE if this is EMFILE)");
                 }
                 tokio::select! {
-                    () = stop.cancelled() => return listener,
+                    () = stop.cancelled() => return,
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);

@@ -1,14 +1,19 @@
 //! The daemon's listening sockets: which frontend each one feeds, and how a
 //! reload opens new ones, closes removed ones, and hands a socket that
 //! changes frontend over without closing it.
+//!
+//! The daemon keeps a duplicate descriptor of every listening socket: the
+//! accept loop owns one, the daemon the other, so a socket moving to another
+//! frontend stays open (and keeps queuing clients) while one accept loop
+//! ends and the next begins. A socket closes once both are dropped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use socket2::SockRef;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info};
 
 use super::Daemon;
 use crate::frontend::Frontend;
@@ -39,8 +44,8 @@ struct BoundListener {
     /// The address actually bound.
     local: SocketAddr,
     stop: CancellationToken,
-    /// Ends with the socket, still bound, once `stop` fires.
-    accept_loop: JoinHandle<TcpListener>,
+    /// The daemon's descriptor of the socket (the accept loop has another).
+    socket: std::net::TcpListener,
 }
 
 /// Every listening socket of the daemon.
@@ -58,7 +63,7 @@ impl Listeners {
             .collect()
     }
 
-    /// Stops every accept loop and closes its socket as it ends.
+    /// Stops every accept loop; each socket closes as its loop ends.
     pub(super) fn close_all(&mut self) {
         for bound in self.bound.drain(..) {
             bound.stop.cancel();
@@ -83,8 +88,8 @@ pub(super) struct ListenerPlan {
     open: Vec<(String, SocketAddr, TcpListener)>,
     /// (frontend, configured address) to stop accepting on.
     close: Vec<(String, SocketAddr)>,
-    /// An address leaving one frontend for another: (from, to, address).
-    hand_over: Vec<(String, String, SocketAddr)>,
+    /// An address leaving one frontend for another: (from, to, address, backlog).
+    hand_over: Vec<(String, String, SocketAddr, u32)>,
 }
 
 impl Daemon {
@@ -104,7 +109,8 @@ impl Daemon {
                 .flatten();
             if let Some(index) = moving {
                 let (from, _) = removed.remove(index);
-                plan.hand_over.push((from, frontend.clone(), *addr));
+                plan.hand_over
+                    .push((from, frontend.clone(), *addr, backlog_of(frontend)));
                 continue;
             }
             let listener =
@@ -120,7 +126,7 @@ impl Daemon {
     }
 
     /// Carries a plan out against the frontends of the new snapshot.
-    pub(super) async fn apply_listeners(&self, plan: ListenerPlan, frontends: &[Arc<Frontend>]) {
+    pub(super) fn apply_listeners(&self, plan: ListenerPlan, frontends: &[Arc<Frontend>]) {
         let find = |name: &str| {
             frontends
                 .iter()
@@ -140,7 +146,7 @@ impl Daemon {
                 info!(frontend = %frontend, address = %bound.local, "stopped listening; live connections go on");
             }
         }
-        for (from, to, addr) in plan.hand_over {
+        for (from, to, addr, backlog) in plan.hand_over {
             let taken = self
                 .shared
                 .listeners
@@ -149,14 +155,18 @@ impl Daemon {
                 .take(&from, addr);
             let Some(bound) = taken else { continue };
             bound.stop.cancel();
-            // Clients arriving meanwhile wait in the kernel's accept queue.
-            match bound.accept_loop.await {
+            // listen() again: harmless on a listening socket, and it wakes
+            // one the old accept loop had paused.
+            let handed = SockRef::from(&bound.socket)
+                .listen(i32::try_from(backlog).unwrap_or(i32::MAX))
+                .and_then(|()| TcpListener::from_std(bound.socket));
+            match handed {
                 Ok(listener) => {
                     info!(from = %from, frontend = %to, address = %bound.local, "listener handed over");
                     self.spawn_accept_loop(find(&to), addr, listener);
                 }
-                Err(error) => {
-                    tracing::error!(frontend = %to, address = %addr, %error, "accept loop ended abnormally; the address is not served");
+                Err(err) => {
+                    error!(frontend = %to, address = %addr, error = %err, "cannot hand the listener over; the address is not served until the next reload");
                 }
             }
         }
@@ -176,9 +186,16 @@ impl Daemon {
             .local_addr()
             .expect("a bound socket has a local address");
         info!(frontend = %frontend.name, address = %local, "listening");
+        let socket = match duplicate(&listener) {
+            Ok(socket) => socket,
+            Err(err) => {
+                error!(frontend = %frontend.name, address = %local, error = %err, "cannot keep a descriptor of the listener (out of file descriptors?); not serving this address");
+                return;
+            }
+        };
         let stop = self.shared.stop_accepting.child_token();
         let name = frontend.name.clone();
-        let accept_loop = tokio::spawn(listener::accept_loop(
+        tokio::spawn(listener::accept_loop(
             listener,
             frontend,
             stop.clone(),
@@ -195,7 +212,14 @@ impl Daemon {
                 configured,
                 local,
                 stop,
-                accept_loop,
+                socket,
             });
     }
+}
+
+/// A second descriptor of a listening socket, outside tokio's reactor.
+fn duplicate(listener: &TcpListener) -> std::io::Result<std::net::TcpListener> {
+    let socket = SockRef::from(listener).try_clone()?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }

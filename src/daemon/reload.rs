@@ -172,11 +172,10 @@ impl Daemon {
             pools: resolved.pools,
             frontends,
         });
-        self.shared.snapshot.store(Arc::clone(&snapshot));
-        self.apply_listeners(plan, &snapshot.frontends).await;
+        self.install_snapshot(Arc::clone(&snapshot));
+        self.apply_listeners(plan, &snapshot.frontends);
         self.note_dns_failures(state, &resolved.dns_failures, &resolved.dns_resolved);
         self.log_new_and_gone_servers(&old, &snapshot);
-        self.sync_health_checks(&snapshot);
         Ok(ReloadReport {
             changes: diff.describe(),
             warnings,
@@ -230,9 +229,8 @@ impl Daemon {
             pools: resolved.pools,
             frontends: old.frontends.clone(),
         });
-        self.shared.snapshot.store(Arc::clone(&snapshot));
+        self.install_snapshot(Arc::clone(&snapshot));
         self.log_new_and_gone_servers(&old, &snapshot);
-        self.sync_health_checks(&snapshot);
     }
 
     pub(super) async fn note_dns_results(

@@ -137,6 +137,8 @@ impl Daemon {
         daemon
             .note_dns_results(&resolved.dns_failures, &resolved.dns_resolved)
             .await;
+        // Checks start before the listeners so few clients meet an unchecked server.
+        daemon.sync_health_checks(&daemon.snapshot());
         for (frontend, configured, listener) in bound {
             daemon.spawn_accept_loop(frontend, configured, listener);
         }
@@ -144,7 +146,6 @@ impl Daemon {
         // down" and /metrics keeps answering while connections drain.
         let admin = admin::serve(admin_listener, daemon.clone());
         *daemon.shared.admin.lock().expect("admin lock") = Some(admin);
-        daemon.sync_health_checks(&daemon.snapshot());
         tokio::spawn(daemon.clone().refresh_dns_periodically());
         Ok(daemon)
     }
@@ -157,6 +158,13 @@ impl Daemon {
     /// The current snapshot: config, pools and frontends.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.snapshot.load_full()
+    }
+
+    /// Makes `snapshot` the running one and brings the health checks in
+    /// line with it. Reloads and DNS changes store every snapshot through here.
+    fn install_snapshot(&self, snapshot: Arc<Snapshot>) {
+        self.shared.snapshot.store(Arc::clone(&snapshot));
+        self.sync_health_checks(&snapshot);
     }
 
     /// When the daemon started.

@@ -206,8 +206,8 @@ impl Daemon {
     pub async fn shutdown(&self) {
         let drain_timeout = self.snapshot().config.global.drain_timeout;
         self.shared.stop_accepting.cancel();
-        // An accept loop hands its socket back to its join handle when it
-        // stops; dropping the handles closes the sockets.
+        // The daemon's own descriptors go too, so each socket closes as its
+        // accept loop ends.
         self.shared
             .listeners
             .lock()

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,7 +110,13 @@ pub async fn bind(listen: &AdminListen) -> Result<AdminListener, AdminError> {
 }
 
 fn bind_unix(path: &Path) -> io::Result<UnixListener> {
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way; lbd will not remove it",
+            ));
+        }
         // A socket file nobody answers on is left over from a crash.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(io::Error::new(
@@ -252,4 +258,34 @@ pub struct Refusal {
     pub status: hyper::StatusCode,
     /// What the client should do about it.
     pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unix_socket_replaces_a_stale_socket_but_never_a_file() {
+        let dir = std::env::temp_dir().join(format!("lbd-admin-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("not-a-socket");
+        std::fs::write(&file, "keep me").unwrap();
+        let err = bind_unix(&file).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+
+        let socket = dir.join("admin.sock");
+        let live = bind_unix(&socket).unwrap();
+        assert_eq!(
+            bind_unix(&socket).unwrap_err().kind(),
+            io::ErrorKind::AddrInUse
+        );
+        drop(live);
+        // The file stays after the listener is gone: a stale socket, replaced.
+        let again = bind_unix(&socket).unwrap();
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, SOCKET_MODE);
+        drop(again);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -6,8 +6,8 @@
 //! `close_connections` ends every live relay (the drain deadline). The
 //! connection tasks are tracked so shutdown knows when they are all gone.
 
+mod control;
 mod listeners;
-mod reload;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,11 +24,11 @@ use crate::admin::{self, AdminError, AdminServer};
 use crate::config::{Config, ConfigError};
 use crate::frontend::Frontend;
 use crate::pool::{Server, Snapshot};
-use crate::reload as pools;
+use crate::reload;
 use crate::socket;
 
+pub use control::{AdminChange, LastReload, ReloadError, ReloadReport, UnknownServer};
 pub use listeners::BindError;
-pub use reload::{AdminChange, LastReload, ReloadError, ReloadReport, UnknownServer};
 
 use listeners::Listeners;
 
@@ -61,7 +61,7 @@ struct Shared {
     stop_accepting: CancellationToken,
     close_connections: CancellationToken,
     /// Held for the whole of a reload or DNS refresh: one change at a time.
-    reload_lock: tokio::sync::Mutex<reload::ReloadState>,
+    reload_lock: tokio::sync::Mutex<control::ReloadState>,
     last_reload: Mutex<LastReload>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
@@ -91,7 +91,7 @@ impl Daemon {
         warnings: Vec<String>,
     ) -> Result<Daemon, StartError> {
         let config = Arc::new(config);
-        let resolved = pools::resolve_pools(&config, None).await;
+        let resolved = reload::resolve_pools(&config, None).await;
         let mut frontends = Vec::with_capacity(config.frontends.len());
         let mut bound = Vec::new();
         for spec in &config.frontends {
@@ -126,7 +126,7 @@ impl Daemon {
             connections: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),
             close_connections: CancellationToken::new(),
-            reload_lock: tokio::sync::Mutex::new(reload::ReloadState::default()),
+            reload_lock: tokio::sync::Mutex::new(control::ReloadState::default()),
             last_reload: Mutex::new(LastReload::loaded(warnings)),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),

@@ -14,7 +14,7 @@ use super::Daemon;
 use crate::config::{Config, ConfigError};
 use crate::frontend::Frontend;
 use crate::pool::{AdminState, Server, Snapshot};
-use crate::reload::{self as pools, DnsFailure};
+use crate::reload::{self, DnsFailure};
 
 use super::listeners::BindError;
 
@@ -137,9 +137,9 @@ impl Daemon {
             warn!("{warning}");
         }
         let old = self.snapshot();
-        let diff = pools::diff(&old.config, &checked.config);
+        let diff = reload::diff(&old.config, &checked.config);
         let config = Arc::new(checked.config);
-        let resolved = pools::resolve_pools(&config, Some(&old)).await;
+        let resolved = reload::resolve_pools(&config, Some(&old)).await;
 
         // Everything that can fail happens before the first change.
         let plan = self.plan_listeners(&diff, |name| {
@@ -199,10 +199,10 @@ impl Daemon {
     pub async fn refresh_dns(&self) {
         let mut state = self.shared.reload_lock.lock().await;
         let old = self.snapshot();
-        if !pools::has_dns_names(&old.config) {
+        if !reload::has_dns_names(&old.config) {
             return;
         }
-        let resolved = pools::resolve_pools(&old.config, Some(&old)).await;
+        let resolved = reload::resolve_pools(&old.config, Some(&old)).await;
         self.note_dns_failures(&mut state, &resolved.dns_failures, &resolved.dns_resolved);
         let changed = old.pools.len() != resolved.pools.len()
             || old

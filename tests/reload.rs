@@ -120,7 +120,12 @@ fn sighup_adds_and_removes_servers_under_load_without_a_failure() {
     wait_until(Duration::from_secs(10), "more connections", || {
         clients.ok() > before + 50
     });
+    let made = clients.ok();
     let failures = clients.finish();
+    eprintln!(
+        "{made} short connections across the reload, {} failed",
+        failures.len()
+    );
     assert!(
         failures.is_empty(),
         "{} failures: {failures:?}",

@@ -20,14 +20,20 @@
 //! - [`pool`]: servers (health, admin state, counters), pools, the snapshot.
 //! - [`histogram`]: lock-free latency histograms for dial and check times.
 //! - [`balance`]: round-robin, least-connections, random-two, source-hash, first.
-//! - [`reload`]: builds pools from a config, carrying server state over.
+//! - [`reload`]: builds pools from a config, carrying server state over; the
+//!   pure config diff a reload applies.
+//! - [`admin`]: the admin API (hyper): /metrics, /readyz, /api/v1/….
+//! - [`metrics`]: the Prometheus collector that reads the current snapshot.
+//! - [`clock`]: RFC 3339 timestamps for status JSON and lbctl.
 //! - [`demo`]: `lbd --demo`, stand-in apiservers for a first run.
 //! - [`ctl`]: `lbctl`'s admin API client and commands.
 //! - [`probe`]: `lbctl probe`, which dials endpoints and explains what is wrong.
 //! - [`generate`]: man pages and shell completions from the binaries' clap definitions.
 
+pub mod admin;
 pub mod balance;
 pub mod buffer;
+pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
@@ -38,6 +44,7 @@ pub mod frontend;
 pub mod generate;
 pub mod histogram;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
 pub mod probe;
 pub mod relay;
@@ -55,8 +62,7 @@ pub use daemon::{Daemon, StartError};
 /// Loads the config at `path`, serves it until `shutdown` is cancelled, then
 /// drains live connections within the configured deadline.
 pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), StartError> {
-    let config = config::Config::load(path)?;
-    let daemon = Daemon::start(path, config).await?;
+    let daemon = Daemon::start_from_file(path).await?;
     shutdown.cancelled().await;
     daemon.shutdown().await;
     Ok(())

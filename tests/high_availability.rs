@@ -6,7 +6,9 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::{TempDir, have};
+use std::time::Duration;
+
+use support::{Backend, Lbd, TempDir, config_for, have, lbctl, wait_until};
 
 const SHIPPED: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -90,4 +92,60 @@ fn keepalived_accepts_the_shipped_pair_config() {
         "keepalived -t rejects the config ({}):\n{said}\n--- tested copy ---\n{local}",
         out.status
     );
+}
+
+/// The shipped vrrp_script's command as words, `lbctl` resolved to the
+/// built binary.
+fn vrrp_script_command() -> Vec<String> {
+    let shipped = std::fs::read_to_string(SHIPPED).expect("config/keepalived/keepalived.conf");
+    let line = shipped
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("script \""))
+        .expect("a vrrp_script with a script line");
+    let command = line
+        .trim_start_matches("script \"")
+        .split('"')
+        .next()
+        .unwrap();
+    let mut words: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
+    assert!(words[0].ends_with("/lbctl"), "{line}");
+    words[0] = env!("CARGO_BIN_EXE_lbctl").to_owned();
+    words
+}
+
+/// Runs the vrrp_script as keepalived would (LBD_ADMIN names the daemon).
+fn vrrp_check(admin: &str) -> i32 {
+    let words = vrrp_script_command();
+    Command::new(&words[0])
+        .args(&words[1..])
+        .env("LBD_ADMIN", admin)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+        .status
+        .code()
+        .unwrap_or(-1)
+}
+
+#[test]
+fn the_vrrp_script_passes_only_while_lbd_can_forward() {
+    let cp1 = Backend::named("cp1");
+    let mut lbd = Lbd::start(&config_for(&[&cp1], "", ""));
+    let admin = lbd.admin_addr().to_string();
+    wait_until(Duration::from_secs(10), "the check to pass", || {
+        vrrp_check(&admin) == 0
+    });
+
+    // No server to forward to: keepalived must give the VIP up.
+    let disabled = lbctl(&["--admin", &admin, "disable", "pool/cp1"]);
+    assert_eq!(disabled.code, 0, "{}", disabled.stderr);
+    assert_ne!(vrrp_check(&admin), 0);
+    assert_eq!(lbctl(&["--admin", &admin, "enable", "pool/cp1"]).code, 0);
+    assert_eq!(vrrp_check(&admin), 0);
+
+    // lbd gone: the check fails too.
+    lbd.signal(libc::SIGTERM);
+    assert!(lbd.wait_exit(Duration::from_secs(10)).success());
+    assert_ne!(vrrp_check(&admin), 0);
 }

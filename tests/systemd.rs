@@ -74,6 +74,16 @@ fn a_connection_queued_before_lbd_starts_is_served_through_the_inherited_socket(
     );
     assert_eq!(greeting(addr).unwrap(), "cp1");
 
+    // A reload keeps serving the inherited socket (nothing to rebind).
+    lbd.signal(libc::SIGHUP);
+    lbd.wait_for_log("config reloaded", Duration::from_secs(10));
+    assert_eq!(greeting(addr).unwrap(), "cp1");
+    assert!(
+        lbd.logs_matching("stopped listening").is_empty(),
+        "{:#?}",
+        lbd.logs()
+    );
+
     lbd.signal(libc::SIGTERM);
     assert!(lbd.wait_exit(Duration::from_secs(10)).success());
 }
@@ -178,7 +188,7 @@ impl NotifySocket {
 }
 
 #[test]
-fn readiness_watchdog_status_and_stopping_reach_notify_socket() {
+fn ready_reloading_ready_stopping_watchdog_and_status_reach_notify_socket() {
     let dir = support::TempDir::new("notify");
     let path = dir.0.join("notify.sock");
     let notify = NotifySocket::bind(UnixDatagram::bind(&path).unwrap());
@@ -209,9 +219,28 @@ fn readiness_watchdog_status_and_stopping_reach_notify_socket() {
         lbd.logs()
     );
 
+    // SIGHUP (systemctl reload): RELOADING=1 with the monotonic clock, then READY=1.
+    lbd.signal(libc::SIGHUP);
+    notify.wait_for("READY=1 after the reload", |_| {
+        notify.states() == ["READY=1", "RELOADING=1", "READY=1"]
+    });
+    let reloading = notify
+        .messages()
+        .into_iter()
+        .find(|m| m.starts_with("RELOADING=1"))
+        .unwrap();
+    let usec = reloading
+        .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(usec.is_some_and(|n| n > 0), "{reloading:?}");
+    lbd.wait_for_log("config reloaded", Duration::from_secs(5));
+
     lbd.signal(libc::SIGTERM);
     assert!(lbd.wait_exit(Duration::from_secs(10)).success());
-    assert_eq!(notify.states(), ["READY=1", "STOPPING=1"]);
+    assert_eq!(
+        notify.states(),
+        ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"]
+    );
 }
 
 #[test]

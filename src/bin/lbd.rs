@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use lbd::config::{self, AdminListen, Config};
+use lbd::config::{self, AdminListen};
 use lbd::systemd::{self, InheritedListeners};
 use lbd::{Daemon, demo, generate, signals};
 use tokio_util::sync::CancellationToken;
@@ -91,16 +91,7 @@ fn main() -> ExitCode {
 
 async fn serve(cli: Cli, inherited: InheritedListeners) -> ExitCode {
     if let Some(path) = &cli.check_config {
-        return match Config::load(path) {
-            Ok(config) => {
-                println!("{}: OK: {}", path.display(), config.summary());
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("{err}");
-                ExitCode::FAILURE
-            }
-        };
+        return ExitCode::from(lbd::ctl::commands::check_config(path, false));
     }
 
     let (path, demo) = if cli.demo {
@@ -115,7 +106,14 @@ async fn serve(cli: Cli, inherited: InheritedListeners) -> ExitCode {
         (cli.config.clone(), None)
     };
 
-    let daemon = match start(&path, inherited).await {
+    let signals = match signals::Signals::install() {
+        Ok(signals) => signals,
+        Err(err) => {
+            eprintln!("lbd: cannot install signal handlers: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let daemon = match Daemon::start_from_file_with(&path, inherited).await {
         Ok(daemon) => daemon,
         Err(err) => {
             eprintln!("lbd: {err}");
@@ -133,7 +131,7 @@ async fn serve(cli: Cli, inherited: InheritedListeners) -> ExitCode {
     }
     let service = CancellationToken::new();
     systemd::service::announce(&daemon, &service);
-    let served = signals::serve_until_terminated(&daemon).await;
+    let served = signals::serve_with(signals, &daemon).await;
     service.cancel();
     if let Some(demo) = demo {
         let _ = std::fs::remove_file(demo.config_path);
@@ -145,14 +143,6 @@ async fn serve(cli: Cli, inherited: InheritedListeners) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-async fn start(
-    path: &std::path::Path,
-    inherited: InheritedListeners,
-) -> Result<Daemon, lbd::StartError> {
-    let config = Config::load(path)?;
-    Daemon::start_with(path, config, inherited).await
 }
 
 fn init_logging(level: Option<&str>) {

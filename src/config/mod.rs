@@ -7,6 +7,7 @@
 
 mod duration;
 mod error;
+mod lint;
 mod raw;
 mod validate;
 
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use error::{ConfigError, Problem};
+pub use lint::{APISERVER_SHUTDOWN_WINDOW, MIN_IDLE_TIMEOUT};
 
 /// The largest `retries` a backend may ask for; also sizes the per-connection
 /// record of servers already tried.
@@ -272,6 +274,38 @@ impl Config {
         validate::validate(path, text, raw)
     }
 
+    /// Reads and validates the file at `path`, and lints the result.
+    pub fn load_with_warnings(path: &Path) -> Result<Checked, ConfigError> {
+        let bytes = std::fs::read(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let config = Config::parse_bytes(path, &bytes)?;
+        // parse_bytes succeeded, so the file is UTF-8 and valid TOML.
+        let text = String::from_utf8_lossy(&bytes);
+        Ok(Checked {
+            warnings: Config::lint(path, &text, &config),
+            config,
+        })
+    }
+
+    /// Validates config text and lints the result; `path` only labels the messages.
+    pub fn parse_with_warnings(path: &Path, text: &str) -> Result<Checked, ConfigError> {
+        let config = Config::parse(path, text)?;
+        Ok(Checked {
+            warnings: Config::lint(path, text, &config),
+            config,
+        })
+    }
+
+    /// The timing lint's warnings about a config parsed from `text`.
+    fn lint(path: &Path, text: &str, config: &Config) -> Vec<Problem> {
+        match toml::from_str::<raw::RawConfig>(text) {
+            Ok(raw) => lint::lint(path, text, &raw, config),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// The backend a frontend forwards to.
     pub fn backend(&self, name: &str) -> Option<&Backend> {
         self.backends.iter().find(|b| b.name == name)
@@ -293,6 +327,15 @@ impl Config {
             plural(servers),
         )
     }
+}
+
+/// A valid config and the timing lint's warnings about it.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The config, ready to serve.
+    pub config: Config,
+    /// Valid but risky settings, located like errors.
+    pub warnings: Vec<Problem>,
 }
 
 fn plural(n: usize) -> &'static str {

@@ -146,6 +146,16 @@ impl InheritedSocket {
         })
     }
 
+    /// The `listen` address this socket stands for: the first one it covers,
+    /// else its own address (a socket matched by name alone).
+    pub fn configured_as(&self, listen: &[SocketAddr]) -> SocketAddr {
+        listen
+            .iter()
+            .copied()
+            .find(|&addr| self.covers(addr))
+            .unwrap_or(self.local)
+    }
+
     /// The listening socket, to hand to the accept loop.
     pub fn into_listener(self) -> TcpListener {
         self.listener

@@ -9,7 +9,7 @@ use tracing::info;
 
 use super::notify::{notifier, watchdog_interval};
 use crate::daemon::Daemon;
-use crate::pool::{Health, Snapshot};
+use crate::pool::Health;
 
 /// How often the status line is recomputed (sent only when it changed).
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
@@ -22,7 +22,7 @@ pub fn announce(daemon: &Daemon, stop: &CancellationToken) {
     if !notifier.is_enabled() {
         return;
     }
-    notifier.status(&status_line(&daemon.snapshot()));
+    notifier.status(&status_line(daemon));
     notifier.ready();
     spawn_watchdog(stop.clone());
     spawn_status(daemon.clone(), stop.clone());
@@ -52,7 +52,7 @@ pub fn spawn_status(daemon: Daemon, stop: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = String::new();
         loop {
-            let line = status_line(&daemon.snapshot());
+            let line = status_line(&daemon);
             if line != last {
                 notifier().status(&line);
                 last = line;
@@ -65,8 +65,10 @@ pub fn spawn_status(daemon: Daemon, stop: CancellationToken) -> JoinHandle<()> {
     })
 }
 
-/// What `systemctl status` shows: servers up out of all, live connections.
-pub fn status_line(snapshot: &Snapshot) -> String {
+/// What `systemctl status` shows: servers up out of all and live
+/// connections, or how many connections are left while draining.
+pub fn status_line(daemon: &Daemon) -> String {
+    let snapshot = daemon.snapshot();
     let servers = snapshot.pools.iter().flat_map(|pool| pool.servers.iter());
     let (up, total) = servers.fold((0, 0), |(up, total), server| {
         (up + usize::from(server.health() == Health::Up), total + 1)
@@ -76,5 +78,8 @@ pub fn status_line(snapshot: &Snapshot) -> String {
         .iter()
         .map(|f| f.stats.active.load(std::sync::atomic::Ordering::Relaxed))
         .sum();
+    if daemon.is_shutting_down() {
+        return format!("stopping: draining {connections} connections");
+    }
     format!("{up}/{total} servers up, {connections} connections")
 }

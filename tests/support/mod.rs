@@ -69,25 +69,87 @@ impl Lbd {
 
     /// Like [`Lbd::start`], letting the caller adjust the command (env, args).
     pub fn start_with(config: &str, adjust: impl FnOnce(&mut Command)) -> Lbd {
-        let mut lbd = Lbd::spawn_under(&[], config, adjust);
-        lbd.wait_listening();
-        lbd
+        Lbd::launch(
+            config,
+            TempDir::new("lbd"),
+            Command::new(env!("CARGO_BIN_EXE_lbd")),
+            adjust,
+        )
     }
 
     /// Starts lbd as the last argument of `wrapper` (a program that execs
     /// it, such as `systemd-socket-activate -l ADDR`), without waiting for
     /// it to listen: see [`Lbd::wait_listening`].
     pub fn spawn_under(wrapper: &[&str], config: &str, adjust: impl FnOnce(&mut Command)) -> Lbd {
+        let (program, args) = wrapper.split_first().expect("a wrapper program");
+        let mut command = Command::new(program);
+        command.args(args).arg(env!("CARGO_BIN_EXE_lbd"));
+        Lbd::spawn(config, TempDir::new("lbd"), command, adjust)
+    }
+
+    /// Starts lbd in its own user and mount namespace where `/etc/hosts`
+    /// reads `hosts` (and DNS goes to 127.0.0.1, where nothing answers), so a
+    /// test controls what names resolve to, on loopback only. The file can
+    /// be rewritten with [`Lbd::rewrite_hosts`]. `None` when the system does
+    /// not allow unprivileged namespaces.
+    pub fn start_with_hosts(config: &str, hosts: &str) -> Option<Lbd> {
+        let probe = Command::new("unshare")
+            .args(["-Urm", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !probe.is_ok_and(|s| s.success()) {
+            eprintln!("SKIPPED: `unshare -Urm` is not available here; cannot fake /etc/hosts");
+            return None;
+        }
         let dir = TempDir::new("lbd");
+        let hosts_path = dir.write("hosts", hosts);
+        let resolv_path = dir.write(
+            "resolv.conf",
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        );
+        let mut command = Command::new("unshare");
+        command
+            .args(["-Urm", "sh", "-c"])
+            .arg("mount --bind \"$1\" /etc/hosts && mount --bind \"$2\" /etc/resolv.conf && shift 2 && exec \"$@\"")
+            .arg("sh")
+            .arg(&hosts_path)
+            .arg(&resolv_path)
+            .arg(env!("CARGO_BIN_EXE_lbd"));
+        Some(Lbd::launch(config, dir, command, |_| {}))
+    }
+
+    /// Rewrites the hosts file of an lbd started with [`Lbd::start_with_hosts`]
+    /// in place (the bind mount follows the file, not its name).
+    pub fn rewrite_hosts(&self, hosts: &str) {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(self.dir.0.join("hosts"))
+            .unwrap();
+        file.write_all(hosts.as_bytes()).unwrap();
+    }
+
+    fn launch(
+        config: &str,
+        dir: TempDir,
+        command: Command,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Lbd {
+        let mut lbd = Lbd::spawn(config, dir, command, adjust);
+        lbd.wait_listening();
+        lbd
+    }
+
+    fn spawn(
+        config: &str,
+        dir: TempDir,
+        mut command: Command,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Lbd {
+        let config = with_admin_on_free_port(config);
+        let config = config.as_str();
         let config_path = dir.write("lbd.toml", config);
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(env!("CARGO_BIN_EXE_lbd"));
-                command
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_lbd")),
-        };
         command
             .arg("--config")
             .arg(&config_path)
@@ -214,9 +276,46 @@ impl Lbd {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// `GET path` on the admin API: (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http(self.admin_addr(), "GET", path)
+    }
+
+    /// `POST path` on the admin API: (status, body).
+    pub fn post(&self, path: &str) -> (u16, String) {
+        http(self.admin_addr(), "POST", path)
+    }
+
+    /// The parsed `GET /api/v1/status`.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = self.get("/api/v1/status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Names of the servers of `backend` in the current status.
+    pub fn server_names(&self, backend: &str) -> Vec<String> {
+        self.status()["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["name"] == backend)
+            .flat_map(|b| b["servers"].as_array().unwrap().clone())
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Runs `lbctl --admin ADDR args…` against this daemon.
+    pub fn lbctl(&self, args: &[&str]) -> LbctlOutput {
+        let admin = self.admin_addr().to_string();
+        let mut full = vec!["--admin", admin.as_str()];
+        full.extend_from_slice(args);
+        lbctl(&full)
+    }
+
     /// Rewrites the config file (for reload tests).
     pub fn rewrite_config(&self, config: &str) {
-        std::fs::write(&self.config_path, config).unwrap();
+        std::fs::write(&self.config_path, with_admin_on_free_port(config)).unwrap();
     }
 }
 
@@ -224,6 +323,104 @@ impl Drop for Lbd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What an `lbctl` run printed and how it exited.
+#[derive(Debug)]
+pub struct LbctlOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `lbctl` binary with `args` (LBD_ADMIN unset unless `args` say so).
+pub fn lbctl(args: &[&str]) -> LbctlOutput {
+    lbctl_with(args, |_| {})
+}
+
+/// Like [`lbctl`], letting the caller adjust the command (env).
+pub fn lbctl_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> LbctlOutput {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lbctl"));
+    command
+        .args(args)
+        .env_remove("LBD_ADMIN")
+        .stdin(Stdio::null());
+    adjust(&mut command);
+    let out = command.output().expect("run lbctl");
+    LbctlOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A minimal HTTP/1.1 exchange (Connection: close): (status, body). Written
+/// by hand so the tests do not share code with the server they check.
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    let answer = http_raw(addr, request.as_bytes());
+    parse_http_answer(&answer)
+}
+
+/// Sends raw bytes to an HTTP server and returns everything it answers.
+pub fn http_raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Splits an HTTP/1.1 answer with a Content-Length body into (status, body).
+pub fn parse_http_answer(answer: &str) -> (u16, String) {
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_owned())
+}
+
+/// Connects through lbd to a named backend and keeps the connection:
+/// (the greeting, the stream).
+pub fn hold(addr: SocketAddr) -> (String, TcpStream) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut greeting = Vec::new();
+    let mut byte = [0u8; 1];
+    while stream.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        greeting.push(byte[0]);
+    }
+    (String::from_utf8(greeting).unwrap(), stream)
+}
+
+/// Sends `message` on a held connection and reads the echo back.
+pub fn echo_round_trip(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<Vec<u8>> {
+    stream.write_all(message)?;
+    let mut back = vec![0u8; message.len()];
+    stream.read_exact(&mut back)?;
+    Ok(back)
+}
+
+/// Tests run in parallel: a config without `[admin]` would make every lbd
+/// race for the default 127.0.0.1:8404, so give it a free port instead.
+pub fn with_admin_on_free_port(config: &str) -> String {
+    if config.lines().any(|l| l.trim() == "[admin]") {
+        config.to_owned()
+    } else {
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n{config}")
     }
 }
 

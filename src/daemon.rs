@@ -4,6 +4,9 @@
 //! Cancellation tree: `stop_accepting` ends every accept loop (SIGTERM);
 //! `close_connections` ends every live relay (the drain deadline). The
 //! connection tasks are tracked so shutdown knows when they are all gone.
+//!
+//! Health checks follow the snapshot: every snapshot stored goes through
+//! [`Daemon::install_snapshot`], which also syncs the health tasks.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
 use crate::frontend::Frontend;
+use crate::health::HealthChecks;
 use crate::listener;
 use crate::pool::Snapshot;
 use crate::reload;
@@ -65,6 +69,7 @@ struct Shared {
     connections: TaskTracker,
     stop_accepting: CancellationToken,
     close_connections: CancellationToken,
+    health: HealthChecks,
 }
 
 impl Daemon {
@@ -105,8 +110,12 @@ impl Daemon {
             connections: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),
             close_connections: CancellationToken::new(),
+            health: HealthChecks::new(),
         });
         let daemon = Daemon { shared };
+        // Checks start before the listeners: the first ones finish within
+        // milliseconds, so few clients meet an unchecked server.
+        daemon.shared.health.sync(&daemon.snapshot());
         for (frontend, listener) in bound {
             daemon.spawn_accept_loop(frontend, listener);
         }
@@ -147,6 +156,20 @@ impl Daemon {
         self.shared.snapshot.load_full()
     }
 
+    /// Makes `snapshot` the running one and brings the health checks in
+    /// line with it (new servers checked at once, removed ones no longer).
+    /// Reload stores every new snapshot through here.
+    pub fn install_snapshot(&self, snapshot: Arc<Snapshot>) {
+        self.shared.snapshot.store(Arc::clone(&snapshot));
+        self.shared.health.sync(&snapshot);
+    }
+
+    /// The health checks: `check_now` after an admin change, `first_round`
+    /// before telling systemd READY.
+    pub fn health(&self) -> &HealthChecks {
+        &self.shared.health
+    }
+
     /// The addresses a frontend actually listens on (port 0 resolved).
     pub fn local_addrs(&self, frontend: &str) -> Vec<SocketAddr> {
         self.shared
@@ -164,6 +187,7 @@ impl Daemon {
     pub async fn shutdown(&self) {
         let drain_timeout = self.snapshot().config.global.drain_timeout;
         self.shared.stop_accepting.cancel();
+        self.shared.health.shutdown().await;
         let connections = &self.shared.connections;
         connections.close();
         let live = connections.len();

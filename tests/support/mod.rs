@@ -50,6 +50,9 @@ impl Drop for TempDir {
     }
 }
 
+/// Logged once every server of the first config has had its first check.
+pub const FIRST_CHECKS_DONE: &str = "first health checks done";
+
 /// The `lbd` binary running as a child process, its stderr collected.
 pub struct Lbd {
     child: Child,
@@ -105,12 +108,15 @@ impl Lbd {
             logs,
         };
         let mut exited = None;
+        // Listening, and every server's first health check done, so tests
+        // see settled health rather than a mix of checked and unchecked.
         wait_until(Duration::from_secs(20), "lbd to listen", || {
             if let Ok(Some(status)) = lbd.child.try_wait() {
                 exited = Some(status);
                 return true;
             }
             lbd.logs_matching(" listening frontend=").len() >= expected
+                && !lbd.logs_matching(FIRST_CHECKS_DONE).is_empty()
         });
         if let Some(status) = exited {
             panic!("lbd exited early ({status}):\n{}", lbd.logs().join("\n"));

@@ -126,7 +126,7 @@ async fn pause_while_unavailable(
         return Paused::Failed;
     }
     info!(frontend = %frontend.name, %address,
-        "frontend {} paused on {address}: new connections are refused; {why}", frontend.name);
+        "frontend {} paused on {address} until a server is back; {why}", frontend.name);
     loop {
         tokio::select! {
             () = stop.cancelled() => return Paused::Stopped,

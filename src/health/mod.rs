@@ -364,13 +364,22 @@ impl Shared {
                 .lock()
                 .expect("pool state lock")
                 .insert(backend.to_owned(), now);
-            if before.is_some_and(|b| b != now) || (before.is_none() && !now.can_serve()) {
-                match (now, pool.readiness()) {
-                    (Availability::Healthy, _) => {
+            if before != Some(now) {
+                match now {
+                    Availability::Healthy
+                        if matches!(
+                            before,
+                            Some(Availability::Panic | Availability::Unavailable)
+                        ) =>
+                    {
                         info!(backend, "backend {backend} has a healthy server again");
                     }
-                    (_, Err(why)) => warn!(backend, "backend {backend}: {why}"),
-                    (_, Ok(())) => {}
+                    Availability::Panic | Availability::Unavailable => {
+                        if let Err(why) = pool.readiness() {
+                            warn!(backend, "backend {backend}: {why}");
+                        }
+                    }
+                    Availability::Healthy | Availability::Unchecked => {}
                 }
             }
         }
@@ -392,12 +401,7 @@ impl Shared {
                 Health::Unknown => other += 1,
             }
         }
-        info!(
-            up,
-            down,
-            unchecked = other,
-            "first health checks done: {up} up, {down} down"
-        );
+        info!("first health checks done: {up} up, {down} down, {other} not checked");
     }
 }
 

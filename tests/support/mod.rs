@@ -2,6 +2,9 @@
 //! child process, backends on 127.0.0.1, and polling instead of sleeping.
 #![allow(dead_code)]
 
+pub mod blackhole;
+pub mod https;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -229,6 +232,9 @@ pub struct Backend {
     pub name: String,
     pub accepted: Arc<AtomicUsize>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by [`Backend::blackhole`]: the listener stays open, unaccepted.
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+    queued: Mutex<Vec<TcpStream>>,
     connections: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -261,20 +267,48 @@ impl Backend {
         Backend::spawn(name, true, listener.unwrap())
     }
 
+    /// A named backend with a small accept queue, so that
+    /// [`Backend::blackhole`] can turn it into one that drops SYNs.
+    pub fn blackholable(name: &str) -> Backend {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        socket.listen(8).unwrap();
+        Backend::spawn(name, true, socket.into())
+    }
+
+    /// Stops accepting (the listener stays open) and fills the accept queue:
+    /// from now on dials time out, as if the network dropped the traffic.
+    /// Connections already open keep working.
+    pub fn blackhole(&self) {
+        self.frozen.store(true, Ordering::Relaxed);
+        // Let the accept thread see the flag before the queue fills.
+        std::thread::sleep(Duration::from_millis(20));
+        *self.queued.lock().unwrap() = blackhole::fill_accept_queue(self.addr);
+    }
+
     fn spawn(name: &str, greet: bool, listener: std::net::TcpListener) -> Backend {
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let connections = Arc::new(Mutex::new(Vec::new()));
-        let (a, s, c, n) = (
+        let (a, s, f, c, n) = (
             Arc::clone(&accepted),
             Arc::clone(&stop),
+            Arc::clone(&frozen),
             Arc::clone(&connections),
             name.to_owned(),
         );
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
+                if f.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
                 match listener.accept() {
                     Ok((stream, _)) => {
                         stream.set_nonblocking(false).unwrap();
@@ -292,6 +326,8 @@ impl Backend {
             name: name.to_owned(),
             accepted,
             stop,
+            frozen,
+            queued: Mutex::new(Vec::new()),
             connections,
         }
     }

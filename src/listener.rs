@@ -129,7 +129,12 @@ async fn pause_while_unavailable(
         "frontend {} paused on {address} until a server is back; {why}", frontend.name);
     loop {
         tokio::select! {
-            () = stop.cancelled() => return Paused::Stopped,
+            () = stop.cancelled() => {
+                // Leave the socket listening: one shared with systemd (socket
+                // activation) must be ready for the next lbd.
+                let _ = listener.resume();
+                return Paused::Stopped;
+            }
             () = changed(changes) => {}
             () = tokio::time::sleep(PAUSED_RECHECK) => {}
         }

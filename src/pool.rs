@@ -102,7 +102,25 @@ pub struct ServerStats {
     pub connect_duration: Histogram,
     /// Time health checks took.
     pub check_duration: Histogram,
+    /// Active health checks by result, indexed like [`CHECK_RESULTS`].
+    pub check_results: [AtomicU64; CHECK_RESULTS.len()],
 }
+
+/// Every result an active check can record in `last_check.result`: `ok`,
+/// `auth_error` (alive, but 401/403), a dial error kind, `tls_error` or
+/// `http_error`. The order of [`ServerStats::check_results`].
+pub const CHECK_RESULTS: [&str; 10] = [
+    "ok",
+    "auth_error",
+    "refused",
+    "timeout",
+    "unreachable",
+    "reset",
+    "dns_error",
+    "other",
+    "tls_error",
+    "http_error",
+];
 
 /// The outcome of the latest health check of a server, for status and logs.
 #[derive(Debug, Clone, PartialEq)]
@@ -275,6 +293,13 @@ impl Server {
         self.stats.total.fetch_add(1, Relaxed);
         self.stats.active.fetch_add(1, Relaxed);
         ActiveConnection(Arc::clone(self))
+    }
+
+    /// Counts an active check's result (one of [`CHECK_RESULTS`]).
+    pub fn count_check_result(&self, result: &str) {
+        if let Some(i) = CHECK_RESULTS.iter().position(|&r| r == result) {
+            self.stats.check_results[i].fetch_add(1, Relaxed);
+        }
     }
 
     /// Counts a failed dial of the given kind.

@@ -138,6 +138,7 @@ impl<C: Check> ServerTask<C> {
                 self.spec.path
             );
         }
+        self.server.count_check_result(label);
         let record = CheckRecord {
             result: label.to_owned(),
             check: self.check.kind(),

@@ -170,6 +170,11 @@ async fn the_first_result_decides_at_once_and_ends_the_first_round() {
         0,
         "a first verdict is no transition"
     );
+    let refused = crate::pool::CHECK_RESULTS
+        .iter()
+        .position(|&r| r == "refused")
+        .unwrap();
+    assert_eq!(server.stats.check_results[refused].load(Relaxed), 1);
     checks.shutdown().await;
 }
 

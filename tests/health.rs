@@ -87,12 +87,17 @@ fn a_killed_server_is_marked_down_in_time_and_clients_never_notice() {
     assert!(served["a"] > 0 && served["c"] > 0, "{served:?}");
     let line = wait_for_transition(&lbd, "b", "down", 1, bound.saturating_sub(killed.elapsed()));
     assert!(line.contains("refused"), "{line}");
+    eprintln!(
+        "killed under traffic: marked down after {:?}",
+        killed.elapsed()
+    );
 
     // Killed quietly: only the active checks can notice.
     let killed = Instant::now();
     backends[2].stop();
     let line = wait_for_transition(&lbd, "c", "down", 1, bound);
     assert!(killed.elapsed() <= bound, "{:?}", killed.elapsed());
+    eprintln!("killed quietly: marked down after {:?}", killed.elapsed());
     assert!(line.contains("3 consecutive refused connections"), "{line}");
     for _ in 0..20 {
         assert_eq!(greeting(addr).unwrap(), "a");
@@ -125,6 +130,10 @@ fn a_blackholed_server_is_marked_down_by_timeout_and_costs_a_client_one_dial_at_
     assert!(slowest < 2 * connect_timeout, "a client waited {slowest:?}");
     let line = wait_for_transition(&lbd, "b", "down", 1, Duration::from_secs(4));
     assert!(blackholed.elapsed() <= Duration::from_secs(4));
+    eprintln!(
+        "blackholed: slowest client {slowest:?}, marked down after {:?}",
+        blackholed.elapsed()
+    );
     assert!(line.contains("timeout"), "{line}");
 }
 

@@ -1,9 +1,9 @@
 //! Health checking: which servers can take a connection right now.
 //!
-//! Every server of every backend gets one task ([`task`]) that runs the
-//! backend's active check ([`tcp`], [`tls`] or [`https`]) on an interval
+//! Every server of every backend gets one task (`task.rs`) that runs the
+//! backend's active check (`tcp`, `tls` or `https`) on an interval
 //! with jitter, faster while the server is changing state, and feeds the
-//! results to a rise/fall state machine ([`machine`]). Failed dials on client
+//! results to a rise/fall state machine (`machine.rs`). Failed dials on client
 //! traffic (passive health) feed the same machine at once. The verdict is
 //! stored on the [`Server`] (an atomic the data path reads); every change is
 //! logged at info with its reason, counted, and wakes the frontends so they

@@ -5,6 +5,9 @@
 //! Cancellation tree: `stop_accepting` ends every accept loop (SIGTERM);
 //! `close_connections` ends every live relay (the drain deadline). The
 //! connection tasks are tracked so shutdown knows when they are all gone.
+//!
+//! Health checks follow the snapshot: every snapshot stored goes through
+//! [`Daemon::install_snapshot`], which also syncs the health tasks.
 
 mod control;
 mod listeners;
@@ -23,6 +26,7 @@ use tracing::{info, warn};
 use crate::admin::{self, AdminError, AdminServer};
 use crate::config::{Config, ConfigError};
 use crate::frontend::Frontend;
+use crate::health::HealthChecks;
 use crate::pool::{Server, Snapshot};
 use crate::reload;
 use crate::socket;
@@ -71,6 +75,7 @@ struct Shared {
     reloads_failed: AtomicU64,
     started_at: SystemTime,
     admin: Mutex<Option<AdminServer>>,
+    health: HealthChecks,
 }
 
 impl Daemon {
@@ -169,12 +174,14 @@ impl Daemon {
             reloads_failed: AtomicU64::new(0),
             started_at: SystemTime::now(),
             admin: Mutex::new(None),
+            health: HealthChecks::new(),
         });
         let daemon = Daemon { shared };
         daemon
             .note_dns_results(&resolved.dns_failures, &resolved.dns_resolved)
             .await;
-        // Checks start before the listeners so few clients meet an unchecked server.
+        // Checks start before the listeners: the first ones finish within
+        // milliseconds, so few clients meet an unchecked server.
         daemon.sync_health_checks(&daemon.snapshot());
         for (frontend, configured, listener) in bound {
             daemon.spawn_accept_loop(frontend, configured, listener);
@@ -198,8 +205,9 @@ impl Daemon {
     }
 
     /// Makes `snapshot` the running one and brings the health checks in
-    /// line with it. Reloads and DNS changes store every snapshot through here.
-    fn install_snapshot(&self, snapshot: Arc<Snapshot>) {
+    /// line with it (new servers checked at once, removed ones no longer).
+    /// Reloads and DNS changes store every snapshot through here.
+    pub fn install_snapshot(&self, snapshot: Arc<Snapshot>) {
         self.shared.snapshot.store(Arc::clone(&snapshot));
         self.sync_health_checks(&snapshot);
     }
@@ -207,6 +215,12 @@ impl Daemon {
     /// When the daemon started.
     pub fn started_at(&self) -> SystemTime {
         self.shared.started_at
+    }
+
+    /// The health checks: `check_now` after an admin change, `first_round`
+    /// before telling systemd READY.
+    pub fn health(&self) -> &HealthChecks {
+        &self.shared.health
     }
 
     /// The addresses a frontend actually listens on (port 0 resolved).
@@ -223,19 +237,15 @@ impl Daemon {
         self.shared.stop_accepting.is_cancelled()
     }
 
-    /// Health-check hook, called after every snapshot swap (start, reload,
-    /// DNS change): start checks for servers that are new, stop those of
-    /// servers that are gone.
-    // TODO(health): call `HealthChecks::sync(&snapshot)` once src/health lands in main.
+    /// Called after every snapshot swap (start, reload, DNS change): starts
+    /// checks for servers that are new, stops those of servers that are gone.
     fn sync_health_checks(&self, snapshot: &Arc<Snapshot>) {
-        let _ = snapshot;
+        self.shared.health.sync(snapshot);
     }
 
-    /// Health-check hook for a server that needs a check right away (an
-    /// operator enabled it again).
-    // TODO(health): call `HealthChecks::check_now(server)` once src/health lands in main.
+    /// Checks a server right away (an operator drained, disabled or enabled it).
     fn check_now(&self, server: &Arc<Server>) {
-        let _ = server;
+        self.shared.health.check_now(server);
     }
 
     /// Stops accepting at once, lets live connections finish for up to
@@ -251,6 +261,7 @@ impl Daemon {
             .lock()
             .expect("listener list lock")
             .close_all();
+        self.shared.health.shutdown().await;
         let connections = &self.shared.connections;
         connections.close();
         let live = connections.len();

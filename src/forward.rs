@@ -1,10 +1,13 @@
 //! One client connection: pick a server, dial it (retrying elsewhere on
 //! failure), relay bytes both ways, and account for all of it.
+//!
+//! A failed dial is also reported to the server's health task (passive
+//! health), which counts it against the server at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -14,7 +17,7 @@ use tracing::debug;
 use crate::dial;
 use crate::frontend::{Frontend, RejectReason};
 use crate::pool::Tried;
-use crate::relay::{self, Counters, Timeouts};
+use crate::relay::{self, Counters, RelayEnd, Timeouts};
 use crate::socket;
 
 /// Serves one accepted client until its connection ends. `permit` holds the
@@ -45,6 +48,10 @@ pub async fn handle(
             frontend.count_rejected(reason);
             debug!(frontend = %frontend.name, client = %peer, reason = reason.as_str(), "rejecting connection");
             socket::reset(client);
+            if reason == RejectReason::NoServer {
+                // The listener should be paused by now: make sure it looks.
+                frontend.availability_changed();
+            }
             return;
         };
         tried.insert(index);
@@ -60,6 +67,9 @@ pub async fn handle(
             }
             Err(err) => {
                 server.count_connect_error(err.kind);
+                if pool.spec.health.passive {
+                    server.report_dial_failure(err.kind);
+                }
                 debug!(frontend = %frontend.name, server = %server.name, %err, "dial failed");
                 if tried.len() > pool.spec.retries as usize {
                     frontend.count_rejected(RejectReason::DialFailed);
@@ -79,7 +89,13 @@ pub async fn handle(
         to_server: [&server.stats.bytes_to_server, &frontend.stats.bytes_in],
         to_client: [&server.stats.bytes_to_client, &frontend.stats.bytes_out],
     };
-    let relayed = relay::relay(&client, &upstream, timeouts, counters, &cancel).await;
+    let server_down = pool
+        .spec
+        .health
+        .close_on_down
+        .map(|window| (server.down_signal(), window));
+    let closed = closed(&cancel, server_down);
+    let relayed = relay::relay(&client, &upstream, timeouts, counters, closed).await;
     debug!(
         frontend = %frontend.name,
         client = %peer,
@@ -90,6 +106,31 @@ pub async fn handle(
         outcome = relayed.end.as_str(),
         "connection closed"
     );
+}
+
+/// Completes when the connection must be closed from lbd's side: at the
+/// shutdown deadline, or a random moment within `close_on_down`'s window
+/// after its server was marked down (so thousands of watches don't all
+/// reconnect at the same instant).
+async fn closed(
+    shutdown: &CancellationToken,
+    server_down: Option<(CancellationToken, Duration)>,
+) -> RelayEnd {
+    let after_server_down = async {
+        match server_down {
+            Some((signal, window)) => {
+                signal.cancelled().await;
+                let micros = usize::try_from(window.as_micros()).unwrap_or(usize::MAX);
+                let delay = crate::balance::random_below(micros.max(1)) as u64;
+                tokio::time::sleep(Duration::from_micros(delay)).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = shutdown.cancelled() => RelayEnd::Shutdown,
+        () = after_server_down => RelayEnd::ServerDown,
+    }
 }
 
 /// Lowers the frontend's active count and frees its connection slot on drop.

@@ -11,12 +11,15 @@
 //! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reload.
 //! - [`systemd`]: sd_notify (ready, reloading, stopping, watchdog, status) and socket activation.
 //! - [`frontend`]: a frontend's counters, connection limit and swappable route.
-//! - [`listener`]: the accept loop (connection limit, EMFILE backoff).
+//! - [`listener`]: the accept loop (connection limit, EMFILE backoff, pause
+//!   while the backend has no server).
+//! - [`pausable`]: a listening socket that refuses SYNs while paused.
 //! - [`socket`]: listener binding and per-stream socket options.
 //! - [`forward`]: one client connection: pick, dial, retry, relay, account.
 //! - [`relay`]: the copy loop with half-close, idle and FIN timeouts.
 //! - [`buffer`]: per-thread pool of copy buffers.
 //! - [`dial`]: connect with timeout, and the one classifier of dial errors.
+//! - [`health`]: active checks (tcp, tls, https), rise/fall, passive health.
 //! - [`pool`]: servers (health, admin state, counters), pools, the snapshot.
 //! - [`histogram`]: lock-free latency histograms for dial and check times.
 //! - [`balance`]: round-robin, least-connections, random-two, source-hash, first.
@@ -42,9 +45,11 @@ pub mod dial;
 pub mod forward;
 pub mod frontend;
 pub mod generate;
+pub mod health;
 pub mod histogram;
 pub mod listener;
 pub mod metrics;
+pub mod pausable;
 pub mod pool;
 pub mod probe;
 pub mod relay;

@@ -131,18 +131,37 @@ fn vrrp_check(admin: &str) -> i32 {
 #[test]
 fn the_vrrp_script_passes_only_while_lbd_can_forward() {
     let cp1 = Backend::named("cp1");
-    let mut lbd = Lbd::start(&config_for(&[&cp1], "", ""));
+    let config = config_for(&[&cp1], "", "")
+        + "[backend.health]\ninterval = \"200ms\"\nfast_interval = \"100ms\"\nfall = 2\nrise = 1\n";
+    let mut lbd = Lbd::start(&config);
     let admin = lbd.admin_addr().to_string();
     wait_until(Duration::from_secs(10), "the check to pass", || {
         vrrp_check(&admin) == 0
     });
 
-    // No server to forward to: keepalived must give the VIP up.
+    // The only apiserver dies: health checks take it down, and keepalived
+    // must give the VIP up; it comes back, and so does the check.
+    let addr = cp1.addr;
+    cp1.stop();
+    wait_until(Duration::from_secs(10), "the check to fail", || {
+        vrrp_check(&admin) != 0
+    });
+    let cp1 = Backend::named_at("cp1", addr);
+    wait_until(Duration::from_secs(10), "the check to pass again", || {
+        vrrp_check(&admin) == 0
+    });
+
+    // An operator takes the last server out: no server to forward to either.
     let disabled = lbctl(&["--admin", &admin, "disable", "pool/cp1"]);
     assert_eq!(disabled.code, 0, "{}", disabled.stderr);
     assert_ne!(vrrp_check(&admin), 0);
     assert_eq!(lbctl(&["--admin", &admin, "enable", "pool/cp1"]).code, 0);
-    assert_eq!(vrrp_check(&admin), 0);
+    wait_until(
+        Duration::from_secs(10),
+        "the check to pass once enabled",
+        || vrrp_check(&admin) == 0,
+    );
+    drop(cp1);
 
     // lbd gone: the check fails too.
     lbd.signal(libc::SIGTERM);

@@ -199,17 +199,36 @@ fn ready_reloading_ready_stopping_watchdog_and_status_reach_notify_socket() {
             .env("WATCHDOG_USEC", "200000");
     });
     notify.wait_for("READY=1", |m| m.iter().any(|m| m == "READY=1"));
+    // READY=1 waits for the first round of health checks (same log stream,
+    // so the order of the two lines is the order of the events).
+    lbd.wait_for_log("told systemd READY=1", Duration::from_secs(5));
+    let logs = lbd.logs();
+    let position = |needle: &str| {
+        logs.iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no log line with {needle:?}: {logs:#?}"))
+    };
+    assert!(
+        position(support::FIRST_CHECKS_DONE) < position("told systemd READY=1"),
+        "{logs:#?}"
+    );
     notify.wait_for("two watchdog pings", |m| {
         m.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2
     });
-    let status = notify
+    let statuses: Vec<String> = notify
         .messages()
         .into_iter()
-        .find(|m| m.starts_with("STATUS="))
-        .expect("a status line");
-    assert!(
-        status.contains("/1 servers up, ") && status.ends_with(" connections"),
-        "{status}"
+        .filter(|m| m.starts_with("STATUS="))
+        .collect();
+    assert_eq!(
+        statuses.first().map(String::as_str),
+        Some("STATUS=starting: first health checks")
+    );
+    // The one server answers its check: up by the time READY=1 is sent.
+    assert_eq!(
+        statuses.get(1).map(String::as_str),
+        Some("STATUS=1/1 servers up, 0 connections"),
+        "{statuses:?}"
     );
     assert!(
         lbd.logs_matching("watchdog")

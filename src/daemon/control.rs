@@ -331,9 +331,9 @@ impl Daemon {
                     active = target.active(),
                     "server admin state changed"
                 );
-                if previous == AdminState::Disabled {
-                    self.check_now(target);
-                }
+                // Wakes the server's checks (paused while disabled) and lets
+                // the accept loops re-evaluate whether the backend can serve.
+                self.check_now(target);
             }
             changes.push(AdminChange {
                 server: Arc::clone(target),
@@ -349,28 +349,15 @@ impl Daemon {
             return Err("lbd is shutting down: no new connections are accepted".into());
         }
         let snapshot = self.snapshot();
-        let mut reasons = Vec::new();
-        for frontend in &snapshot.frontends {
-            let route = frontend.route.load();
-            if route.pool.has_available_server() {
-                continue;
-            }
-            let states: Vec<String> = route
-                .pool
-                .servers
-                .iter()
-                .map(|s| format!("{} {}", s.name, s.state()))
-                .collect();
-            let states = if states.is_empty() {
-                "it has no server address".to_owned()
-            } else {
-                states.join(", ")
-            };
-            reasons.push(format!(
-                "frontend {}: no available server in backend {} ({states})",
-                frontend.name, route.pool.spec.name
-            ));
-        }
+        let reasons: Vec<String> = snapshot
+            .frontends
+            .iter()
+            .filter_map(|f| {
+                f.readiness()
+                    .err()
+                    .map(|why| format!("frontend {}: {why}", f.name))
+            })
+            .collect();
         if reasons.is_empty() {
             Ok(())
         } else {

@@ -20,7 +20,7 @@ use crate::daemon::Daemon;
 use crate::dial::DialErrorKind;
 use crate::frontend::RejectReason;
 use crate::histogram::Histogram;
-use crate::pool::Health;
+use crate::pool::{CHECK_RESULTS, Health};
 
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -129,6 +129,23 @@ impl Collector for SnapshotCollector {
             servers
                 .iter()
                 .map(|s| (sl(s), s.stats.transitions.load(Relaxed))),
+        )?;
+        counter(
+            &mut out,
+            "lbd_health_checks",
+            "Active health checks of a server, by result (ok, auth_error, a dial error kind, tls_error, http_error).",
+            servers.iter().flat_map(|s| {
+                CHECK_RESULTS.iter().enumerate().map(move |(i, result)| {
+                    (
+                        [
+                            ("backend", s.backend.clone()),
+                            ("server", s.name.clone()),
+                            ("result", (*result).to_owned()),
+                        ],
+                        s.stats.check_results[i].load(Relaxed),
+                    )
+                })
+            }),
         )?;
         counter(
             &mut out,

@@ -17,11 +17,16 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use socket2::{Socket, Type};
+use tracing::warn;
 
 use crate::config;
 
 /// The first inherited descriptor (`SD_LISTEN_FDS_START`): after stdin, stdout, stderr.
 pub const LISTEN_FDS_START: RawFd = 3;
+
+/// Accept queue for an inherited socket that must listen again: lbd.socket's
+/// `Backlog=` and the frontends' default `backlog`.
+const RELISTEN_BACKLOG: i32 = 4096;
 
 /// Why the inherited sockets cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -128,9 +133,18 @@ impl InheritedSocket {
             return Err(problem(format!("on {local} is not a stream socket")));
         }
         if !socket.is_listener().map_err(|e| problem(e.to_string()))? {
-            return Err(problem(format!(
-                "on {local} is not listening (a connection from Accept=yes?)"
-            )));
+            if socket.peer_addr().is_ok() {
+                return Err(problem(format!(
+                    "on {local} is a connection, not a listening socket (Accept=yes?)"
+                )));
+            }
+            // A previous lbd paused it (no server left, see `pausable`) and
+            // died before resuming: the socket systemd holds stopped
+            // listening with it. Listen again rather than refuse to start.
+            socket
+                .listen(RELISTEN_BACKLOG)
+                .map_err(|e| problem(format!("on {local} is not listening: {e}")))?;
+            warn!(fd, name = %name, address = %local, "inherited socket was not listening (a previous lbd paused it); listening again");
         }
         let v6_only = local.is_ipv6() && socket.only_v6().map_err(|e| problem(e.to_string()))?;
         socket
@@ -530,13 +544,39 @@ mod tests {
         let err = InheritedSocket::new(3, "dns".into(), udp.into()).unwrap_err();
         assert!(err.to_string().contains("not a stream socket"), "{err}");
 
-        let unbound = socket2::Socket::new(socket2::Domain::IPV4, Type::STREAM, None).unwrap();
-        unbound.bind(&addr("127.0.0.1:0").into()).unwrap();
-        let err = InheritedSocket::new(4, "api".into(), unbound.into()).unwrap_err();
-        assert!(err.to_string().contains("not listening"), "{err}");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (connection, _) = listener.accept().unwrap();
+        let err = InheritedSocket::new(4, "api".into(), connection.into()).unwrap_err();
+        assert!(err.to_string().contains("is a connection"), "{err}");
+        drop(client);
 
         let (unix, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
         let err = InheritedSocket::new(5, "admin".into(), unix.into()).unwrap_err();
         assert!(err.to_string().contains("not an IP socket"), "{err}");
+    }
+
+    #[test]
+    fn a_socket_left_paused_by_a_previous_lbd_listens_again() {
+        // An explicit port, as ListenStream= always gives (a kernel-chosen
+        // one would be released by the pause).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let local = listener.local_addr().unwrap();
+        // What `pausable` does: the socket leaves the listening table.
+        socket2::SockRef::from(&listener)
+            .shutdown(std::net::Shutdown::Read)
+            .unwrap();
+        assert!(std::net::TcpStream::connect(local).is_err());
+        let socket = InheritedSocket::new(3, "api".into(), listener.into()).unwrap();
+        let listener = socket.into_listener();
+        let client = std::net::TcpStream::connect(local).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let (_, peer) = listener.accept().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
     }
 }

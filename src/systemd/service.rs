@@ -14,18 +14,33 @@ use crate::pool::Health;
 /// How often the status line is recomputed (sent only when it changed).
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Tells the service manager that `daemon` serves, then keeps it informed
-/// (watchdog pings, status line) until `stop` fires. Without a manager
-/// (`NOTIFY_SOCKET` unset) this does nothing.
+/// Tells the service manager that `daemon` serves once the first round of
+/// health checks has run (so `systemctl start` returns knowing which servers
+/// are up), then keeps it informed (status line) until `stop` fires. The
+/// watchdog pings start at once: a start that hangs is caught too. Without a
+/// manager (`NOTIFY_SOCKET` unset) this does nothing.
 pub fn announce(daemon: &Daemon, stop: &CancellationToken) {
     let notifier = notifier();
     if !notifier.is_enabled() {
         return;
     }
-    notifier.status(&status_line(daemon));
-    notifier.ready();
     spawn_watchdog(stop.clone());
-    spawn_status(daemon.clone(), stop.clone());
+    notifier.status("starting: first health checks");
+    let (daemon, stop) = (daemon.clone(), stop.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = daemon.health().first_round() => {}
+        }
+        // A SIGTERM during the first checks: STOPPING=1 was said already.
+        if daemon.is_shutting_down() {
+            return;
+        }
+        notifier.status(&status_line(&daemon));
+        notifier.ready();
+        info!("told systemd READY=1");
+        keep_status(daemon, stop).await;
+    });
 }
 
 /// Sends `WATCHDOG=1` at half of `WATCHDOG_USEC` until `stop` fires.
@@ -48,21 +63,19 @@ pub fn spawn_watchdog(stop: CancellationToken) -> Option<JoinHandle<()>> {
 }
 
 /// Refreshes `STATUS=` with [`status_line`] until `stop` fires.
-pub fn spawn_status(daemon: Daemon, stop: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut last = String::new();
-        loop {
-            let line = status_line(&daemon);
-            if line != last {
-                notifier().status(&line);
-                last = line;
-            }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(STATUS_INTERVAL) => {}
-            }
+async fn keep_status(daemon: Daemon, stop: CancellationToken) {
+    let mut last = String::new();
+    loop {
+        let line = status_line(&daemon);
+        if line != last {
+            notifier().status(&line);
+            last = line;
         }
-    })
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(STATUS_INTERVAL) => {}
+        }
+    }
 }
 
 /// What `systemctl status` shows: servers up out of all and live

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod blackhole;
+pub mod https;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -51,6 +52,9 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Logged once every server of the first config has had its first check.
+pub const FIRST_CHECKS_DONE: &str = "first health checks done";
 
 /// The `lbd` binary running as a child process, its stderr collected.
 pub struct Lbd {
@@ -192,12 +196,15 @@ impl Lbd {
     /// logs if lbd exits first.
     pub fn wait_listening(&mut self) {
         let mut exited = None;
+        // Listening, and every server's first health check done, so tests
+        // see settled health rather than a mix of checked and unchecked.
         wait_until(Duration::from_secs(20), "lbd to listen", || {
             if let Ok(Some(status)) = self.child.try_wait() {
                 exited = Some(status);
                 return true;
             }
             self.logs_matching(" listening frontend=").len() >= self.listeners
+                && !self.logs_matching(FIRST_CHECKS_DONE).is_empty()
         });
         if let Some(status) = exited {
             panic!("lbd exited early ({status}):\n{}", self.logs().join("\n"));
@@ -444,6 +451,9 @@ pub struct Backend {
     pub name: String,
     pub accepted: Arc<AtomicUsize>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by [`Backend::blackhole`]: the listener stays open, unaccepted.
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+    queued: Mutex<Vec<TcpStream>>,
     connections: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -476,20 +486,48 @@ impl Backend {
         Backend::spawn(name, true, listener.unwrap())
     }
 
+    /// A named backend with a small accept queue, so that
+    /// [`Backend::blackhole`] can turn it into one that drops SYNs.
+    pub fn blackholable(name: &str) -> Backend {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        socket.listen(8).unwrap();
+        Backend::spawn(name, true, socket.into())
+    }
+
+    /// Stops accepting (the listener stays open) and fills the accept queue:
+    /// from now on dials time out, as if the network dropped the traffic.
+    /// Connections already open keep working.
+    pub fn blackhole(&self) {
+        self.frozen.store(true, Ordering::Relaxed);
+        // Let the accept thread see the flag before the queue fills.
+        std::thread::sleep(Duration::from_millis(20));
+        *self.queued.lock().unwrap() = blackhole::fill_accept_queue(self.addr);
+    }
+
     fn spawn(name: &str, greet: bool, listener: std::net::TcpListener) -> Backend {
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let connections = Arc::new(Mutex::new(Vec::new()));
-        let (a, s, c, n) = (
+        let (a, s, f, c, n) = (
             Arc::clone(&accepted),
             Arc::clone(&stop),
+            Arc::clone(&frozen),
             Arc::clone(&connections),
             name.to_owned(),
         );
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
+                if f.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
                 match listener.accept() {
                     Ok((stream, _)) => {
                         stream.set_nonblocking(false).unwrap();
@@ -507,6 +545,8 @@ impl Backend {
             name: name.to_owned(),
             accepted,
             stop,
+            frozen,
+            queued: Mutex::new(Vec::new()),
             connections,
         }
     }

@@ -64,13 +64,18 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let daemon = match start(&path).await {
+    let fd_limit = lbd::rlimit::raise_fd_limit();
+    let daemon = match Daemon::start_from_file(&path).await {
         Ok(daemon) => daemon,
         Err(err) => {
             eprintln!("lbd: {err}");
             return ExitCode::FAILURE;
         }
     };
+    match fd_limit {
+        Ok(limit) => lbd::rlimit::check_fd_limit(&daemon.snapshot().config, limit),
+        Err(err) => tracing::warn!(error = %err, "cannot read or raise the open-files limit"),
+    }
     if let Some(demo) = &demo {
         let snapshot = daemon.snapshot();
         let admin = match &snapshot.config.admin.listen {
@@ -91,10 +96,6 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-async fn start(path: &std::path::Path) -> Result<Daemon, lbd::StartError> {
-    Daemon::start_from_file(path).await
 }
 
 fn init_logging(level: Option<&str>) {

@@ -144,9 +144,20 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, D
     }
 }
 
-/// Resolves `host:port` to every address it names, or a `DnsError`.
+/// How long one name lookup may take: a dead resolver must not hold up
+/// startup or a reload (getaddrinfo's own retries can take much longer).
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Resolves `host:port` to every address it names, or says why not.
 pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
-    match tokio::net::lookup_host((host, port)).await {
+    let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)));
+    let Ok(answer) = lookup.await else {
+        return Err(format!(
+            "cannot resolve {host}: no answer from the resolver within {}s",
+            RESOLVE_TIMEOUT.as_secs()
+        ));
+    };
+    match answer {
         Ok(addrs) => {
             let mut addrs: Vec<SocketAddr> = addrs.collect();
             addrs.sort();

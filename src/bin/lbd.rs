@@ -87,7 +87,7 @@ async fn main() -> ExitCode {
     }
     let served = signals::serve_with(signals, &daemon).await;
     if let Some(demo) = demo {
-        let _ = std::fs::remove_file(demo.config_path);
+        demo.clean_up();
     }
     match served {
         Ok(()) => ExitCode::SUCCESS,

@@ -248,6 +248,16 @@ impl Daemon {
         self.shared.health.check_now(server);
     }
 
+    /// Ends the drain now: every live connection is closed at once.
+    pub fn close_connections_now(&self, why: &str) {
+        warn!(
+            signal = why,
+            connections = self.shared.connections.len(),
+            "second signal: closing the remaining connections now"
+        );
+        self.shared.close_connections.cancel();
+    }
+
     /// Stops accepting at once, lets live connections finish for up to
     /// `drain_timeout`, then closes the rest. Returns when all are gone.
     pub async fn shutdown(&self) {

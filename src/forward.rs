@@ -38,7 +38,7 @@ pub async fn handle(
     let route = frontend.route.load_full();
     let pool = &route.pool;
     let mut tried = Tried::default();
-    let (server, upstream) = loop {
+    let (server, upstream, _server_connection) = loop {
         let Some(index) = pool.pick(peer.ip(), &tried) else {
             let reason = if tried.is_empty() {
                 RejectReason::NoServer
@@ -56,23 +56,35 @@ pub async fn handle(
         };
         tried.insert(index);
         let server = &pool.servers[index];
+        let attempt = server.connection();
         let dial_started = Instant::now();
-        match dial::connect(server.addr, pool.spec.connect_timeout).await {
+        let dialed = tokio::select! {
+            dialed = dial::connect(server.addr, pool.spec.connect_timeout) => dialed,
+            () = cancel.cancelled() => {
+                socket::reset(client);
+                return;
+            }
+        };
+        match dialed {
             Ok(stream) => {
+                server.count_established();
                 server
                     .stats
                     .connect_duration
                     .observe(dial_started.elapsed());
-                break (server, stream);
+                break (server, stream, attempt);
             }
             Err(err) => {
+                drop(attempt);
                 server.count_connect_error(err.kind);
-                if pool.spec.health.passive {
+                // Our own shortage (EMFILE, no ports) says nothing of the server.
+                if pool.spec.health.passive && !err.local {
                     server.report_dial_failure(err.kind);
                 }
                 debug!(frontend = %frontend.name, server = %server.name, %err, "dial failed");
-                if tried.len() > pool.spec.retries as usize {
+                if err.local || tried.len() > pool.spec.retries as usize {
                     frontend.count_rejected(RejectReason::DialFailed);
+                    debug!(frontend = %frontend.name, client = %peer, reason = RejectReason::DialFailed.as_str(), tried = tried.len(), "rejecting connection");
                     socket::reset(client);
                     return;
                 }
@@ -80,7 +92,6 @@ pub async fn handle(
         }
     };
 
-    let _server_connection = server.connection();
     let timeouts = Timeouts {
         idle: route.idle_timeout,
         fin: route.fin_timeout,

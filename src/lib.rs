@@ -28,6 +28,7 @@
 //! - [`admin`]: the admin API (hyper): /metrics, /readyz, /api/v1/….
 //! - [`metrics`]: the Prometheus collector that reads the current snapshot.
 //! - [`clock`]: RFC 3339 timestamps for status JSON and lbctl.
+//! - [`rlimit`]: raises the open-files limit and checks it against the config.
 //! - [`demo`]: `lbd --demo`, stand-in apiservers for a first run.
 //! - [`ctl`]: `lbctl`'s admin API client and commands.
 //! - [`probe`]: `lbctl probe`, which dials endpoints and explains what is wrong.
@@ -54,6 +55,7 @@ pub mod pool;
 pub mod probe;
 pub mod relay;
 pub mod reload;
+pub mod rlimit;
 pub mod signals;
 pub mod socket;
 pub mod systemd;

@@ -288,11 +288,19 @@ impl Server {
         self.stats.active.load(Relaxed)
     }
 
-    /// Counts a connection for as long as the returned guard lives.
+    /// Counts a connection as active for as long as the returned guard
+    /// lives. Taken before the dial, so least-connections sees a burst of
+    /// new clients spread out instead of all landing on one server while
+    /// their dials are in flight; [`Server::count_established`] counts it
+    /// in `total` once the dial succeeds.
     pub fn connection(self: &Arc<Self>) -> ActiveConnection {
-        self.stats.total.fetch_add(1, Relaxed);
         self.stats.active.fetch_add(1, Relaxed);
         ActiveConnection(Arc::clone(self))
+    }
+
+    /// Counts a connection that reached the server.
+    pub fn count_established(&self) {
+        self.stats.total.fetch_add(1, Relaxed);
     }
 
     /// Counts an active check's result (one of [`CHECK_RESULTS`]).

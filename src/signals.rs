@@ -57,6 +57,15 @@ pub async fn serve_with(signals: Signals, daemon: &Daemon) -> io::Result<()> {
         }
     };
     info!(signal = name, "shutting down: no new connections");
-    daemon.shutdown().await;
-    Ok(())
+    // A second SIGTERM/SIGINT cuts the drain short, as operators expect of a
+    // long `drain_timeout` they no longer want to wait for.
+    let shutdown = daemon.shutdown();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            _ = terminate.recv() => daemon.close_connections_now("SIGTERM"),
+            _ = interrupt.recv() => daemon.close_connections_now("SIGINT"),
+        }
+    }
 }

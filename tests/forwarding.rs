@@ -399,6 +399,24 @@ fn the_drain_deadline_closes_what_is_left_and_still_exits_zero() {
 }
 
 #[test]
+fn a_second_sigterm_ends_the_drain_at_once() {
+    let backend = Backend::echo();
+    let config = config_for(&[&backend], "", "")
+        .replace("[admin]", "[global]\ndrain_timeout = \"1h\"\n\n[admin]");
+    let mut lbd = Lbd::start(&config);
+    let mut live = TcpStream::connect(lbd.addr("api")).unwrap();
+    live.write_all(b"x").unwrap();
+    let mut buf = [0u8; 1];
+    live.read_exact(&mut buf).unwrap();
+    lbd.signal(libc::SIGTERM);
+    lbd.wait_for_log("draining connections", Duration::from_secs(5));
+    assert!(lbd.is_running(), "the first SIGTERM drains");
+    lbd.signal(libc::SIGTERM);
+    assert!(lbd.wait_exit(Duration::from_secs(5)).success());
+    lbd.wait_for_log("second signal", Duration::from_secs(1));
+}
+
+#[test]
 fn ipv6_listeners_serve_alongside_ipv4() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
         eprintln!("no IPv6 loopback here; skipping");

@@ -113,6 +113,7 @@ async fn serve(cli: Cli, inherited: InheritedListeners) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let fd_limit = lbd::rlimit::raise_fd_limit();
     let daemon = match Daemon::start_from_file_with(&path, inherited).await {
         Ok(daemon) => daemon,
         Err(err) => {
@@ -120,6 +121,10 @@ async fn serve(cli: Cli, inherited: InheritedListeners) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match fd_limit {
+        Ok(limit) => lbd::rlimit::check_fd_limit(&daemon.snapshot().config, limit),
+        Err(err) => tracing::warn!(error = %err, "cannot read or raise the open-files limit"),
+    }
     if let Some(demo) = &demo {
         let snapshot = daemon.snapshot();
         let admin = match &snapshot.config.admin.listen {
@@ -134,7 +139,7 @@ async fn serve(cli: Cli, inherited: InheritedListeners) -> ExitCode {
     let served = signals::serve_with(signals, &daemon).await;
     service.cancel();
     if let Some(demo) = demo {
-        let _ = std::fs::remove_file(demo.config_path);
+        demo.clean_up();
     }
     match served {
         Ok(()) => ExitCode::SUCCESS,

@@ -72,6 +72,7 @@ impl Check for Fake {
                 addr: "127.0.0.1:1".parse().unwrap(),
                 elapsed: takes,
                 detail: "Connection refused (os error 111)".into(),
+                local: false,
             })),
         }
     }

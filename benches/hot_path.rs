@@ -31,6 +31,7 @@ fn backend_spec(balance: Balance, servers: usize) -> config::Backend {
         balance,
         connect_timeout: Duration::from_secs(2),
         retries: 2,
+        on_no_server: config::OnNoServer::default(),
         servers: (0..servers)
             .map(|i| ServerSpec {
                 name: format!("s{i}"),

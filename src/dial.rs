@@ -97,38 +97,58 @@ pub struct DialError {
     pub elapsed: Duration,
     /// The operating system's message.
     pub detail: String,
+    /// The failure is this host's, not the server's (out of file
+    /// descriptors, memory or ephemeral ports): it says nothing about the
+    /// server's health.
+    pub local: bool,
+}
+
+/// Whether an error is lbd's own resource shortage rather than the peer's doing.
+fn is_local(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
 }
 
 /// Connects to `addr` within `timeout`, with TCP_NODELAY set (keepalive is
 /// left to the relay, which arms it on connections that last).
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, DialError> {
     let started = Instant::now();
-    let fail = |e: &io::Error| DialError {
+    let fail = |e: &io::Error, local: bool| DialError {
         kind: DialErrorKind::classify(e),
         addr,
         elapsed: started.elapsed(),
         detail: e.to_string(),
+        local,
     };
-    let stream = start_connect(addr).map_err(|e| fail(&e))?;
+    // Failing to even make a socket is this host's problem.
+    let socket = new_socket(addr).map_err(|e| fail(&e, true))?;
+    let stream = start_connect(socket, addr).map_err(|e| fail(&e, is_local(&e)))?;
     match tokio::time::timeout(timeout, finish_connect(&stream)).await {
         Ok(Ok(())) => Ok(stream),
-        Ok(Err(e)) => Err(fail(&e)),
+        Ok(Err(e)) => Err(fail(&e, is_local(&e))),
         Err(_) => Err(DialError {
             kind: DialErrorKind::Timeout,
             addr,
             elapsed: started.elapsed(),
             detail: format!("no answer within {timeout:?}"),
+            local: false,
         }),
     }
 }
 
-/// Creates a non-blocking socket (one syscall) and starts connecting.
-fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    let socket = Socket::new(
+/// A non-blocking socket for `addr`, in one syscall.
+fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
+    Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
         Some(Protocol::TCP),
-    )?;
+    )
+}
+
+/// Starts connecting `socket` to `addr`.
+fn start_connect(socket: Socket, addr: SocketAddr) -> io::Result<TcpStream> {
     // Before connect, so the request following the handshake is not held back.
     let _ = socket.set_tcp_nodelay(true);
     match socket.connect(&addr.into()) {
@@ -143,17 +163,28 @@ fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
 /// only then is SO_ERROR read: a successful dial costs no getsockopt.
 async fn finish_connect(stream: &TcpStream) -> io::Result<()> {
     let ready = stream.ready(Interest::WRITABLE).await?;
-    if ready.is_write_closed() {
-        if let Some(e) = stream.take_error()? {
-            return Err(e);
-        }
+    if ready.is_write_closed()
+        && let Some(e) = stream.take_error()?
+    {
+        return Err(e);
     }
     Ok(())
 }
 
-/// Resolves `host:port` to every address it names, or a `DnsError`.
+/// How long one name lookup may take: a dead resolver must not hold up
+/// startup or a reload (getaddrinfo's own retries can take much longer).
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Resolves `host:port` to every address it names, or says why not.
 pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
-    match tokio::net::lookup_host((host, port)).await {
+    let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)));
+    let Ok(answer) = lookup.await else {
+        return Err(format!(
+            "cannot resolve {host}: no answer from the resolver within {}s",
+            RESOLVE_TIMEOUT.as_secs()
+        ));
+    };
+    match answer {
         Ok(addrs) => {
             let mut addrs: Vec<SocketAddr> = addrs.collect();
             addrs.sort();

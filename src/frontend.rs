@@ -1,12 +1,13 @@
-//! A frontend's running state: its counters, its connection limit, and the
-//! route (backend pool and timeouts) that reloads swap under it.
+//! A frontend's running state: its counters, its connection limit, the
+//! route (backend pool and timeouts) that reloads swap under it, and the
+//! signal that tells its accept loops the backend's availability changed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::config;
 use crate::pool::Pool;
@@ -58,6 +59,8 @@ pub struct Route {
     pub idle_timeout: Duration,
     /// Closes half-closed connections whose other side is silent this long.
     pub fin_timeout: Duration,
+    /// Accept queue length, applied again when a paused listener resumes.
+    pub backlog: u32,
 }
 
 /// One frontend, shared by its listeners and kept across reloads by name.
@@ -72,6 +75,8 @@ pub struct Frontend {
     /// One permit per open connection: `max_connections`.
     pub limit: Arc<Semaphore>,
     max_connections: AtomicU64,
+    /// Bumped whenever the backend's availability may have changed.
+    availability: watch::Sender<u64>,
 }
 
 impl Frontend {
@@ -83,12 +88,14 @@ impl Frontend {
             route: ArcSwap::from_pointee(Route::new(spec, pool)),
             limit: Arc::new(Semaphore::new(spec.max_connections)),
             max_connections: AtomicU64::new(spec.max_connections as u64),
+            availability: watch::Sender::new(0),
         }
     }
 
     /// Applies a reloaded spec: new route, new connection limit.
     pub fn update(&self, spec: &config::Frontend, pool: Arc<Pool>) {
         self.route.store(Arc::new(Route::new(spec, pool)));
+        self.availability_changed();
         let new = spec.max_connections as u64;
         let old = self.max_connections.swap(new, Relaxed);
         if new > old {
@@ -121,6 +128,32 @@ impl Frontend {
     pub fn max_connections(&self) -> u64 {
         self.max_connections.load(Relaxed)
     }
+
+    /// Whether a new connection would be given a server right now.
+    pub fn can_serve(&self) -> bool {
+        self.route.load().pool.availability().can_serve()
+    }
+
+    /// `Ok` when the backend has a healthy server; otherwise why not (for
+    /// `/readyz` and logs).
+    pub fn readiness(&self) -> Result<(), String> {
+        let route = self.route.load();
+        route
+            .pool
+            .readiness()
+            .map_err(|why| format!("backend {}: {why}", route.pool.spec.name))
+    }
+
+    /// Tells the accept loops to look at the backend's availability again:
+    /// called on health transitions, admin changes and route swaps.
+    pub fn availability_changed(&self) {
+        self.availability.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that wakes on every [`Frontend::availability_changed`].
+    pub fn watch_availability(&self) -> watch::Receiver<u64> {
+        self.availability.subscribe()
+    }
 }
 
 impl Route {
@@ -129,6 +162,7 @@ impl Route {
             pool,
             idle_timeout: spec.idle_timeout,
             fin_timeout: spec.fin_timeout,
+            backlog: spec.backlog,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! unavailable. A short read or write tells tokio the socket is drained or
 //! full at once, saving the EAGAIN call a plain loop makes per message.
 
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
@@ -22,7 +23,6 @@ use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::buffer::{self, Buffer, Size};
 use crate::socket;
@@ -50,6 +50,8 @@ pub enum RelayEnd {
     Aborted(io::Error),
     /// lbd's shutdown deadline closed the connection.
     Shutdown,
+    /// The server was marked down and `close_on_down` closed the connection.
+    ServerDown,
 }
 
 impl RelayEnd {
@@ -61,6 +63,7 @@ impl RelayEnd {
             RelayEnd::FinTimeout => "fin_timeout",
             RelayEnd::Aborted(_) => "aborted",
             RelayEnd::Shutdown => "shutdown",
+            RelayEnd::ServerDown => "server_down",
         }
     }
 }
@@ -89,13 +92,14 @@ pub struct Counters<'a> {
 }
 
 /// Copies between `client` and `server` until both directions end, a
-/// timeout fires, or `cancel` is triggered.
+/// timeout fires, or `close` completes (with the reason it gives: the
+/// shutdown deadline, or the server marked down).
 pub async fn relay(
     client: &TcpStream,
     server: &TcpStream,
     timeouts: Timeouts,
     counters: Counters<'_>,
-    cancel: &CancellationToken,
+    close: impl Future<Output = RelayEnd>,
 ) -> Relayed {
     let activity = Activity::new();
     let (mut to_server, mut to_client) = (Moved::default(), Moved::default());
@@ -114,16 +118,13 @@ pub async fn relay(
             &activity,
             &mut to_client,
         );
-        tokio::pin!(upstream, downstream);
+        tokio::pin!(upstream, downstream, close);
         let (mut upstream_done, mut downstream_done) = (false, false);
         // The first expiry also arms keepalive on the server side: only
         // connections that outlive it pay for the setsockopt calls.
         let timer = tokio::time::sleep(timeouts.idle.min(socket::KEEPALIVE_ARM_AFTER));
         let mut keepalive_armed = false;
-        // Made once: registering with the shared token on every wakeup
-        // would take its lock each time.
-        let cancelled = cancel.cancelled();
-        tokio::pin!(timer, cancelled);
+        tokio::pin!(timer);
         loop {
             let half_closed = upstream_done || downstream_done;
             let limit = if half_closed {
@@ -137,14 +138,14 @@ pub async fn relay(
                     if let Err(e) = result { break RelayEnd::Aborted(e) }
                     upstream_done = true;
                     if !downstream_done {
-                        half_close(server);
+                        half_close(server, &activity);
                     }
                 }
                 result = &mut downstream, if !downstream_done => {
                     if let Err(e) = result { break RelayEnd::Aborted(e) }
                     downstream_done = true;
                     if !upstream_done {
-                        half_close(client);
+                        half_close(client, &activity);
                     }
                 }
                 () = &mut timer => {
@@ -159,7 +160,7 @@ pub async fn relay(
                     timer.as_mut().reset(Instant::now() + (limit - silent));
                     continue;
                 }
-                () = &mut cancelled => break RelayEnd::Shutdown,
+                end = &mut close => break end,
             }
             // Both ended: closing both sockets sends the last FIN, no
             // shutdown needed.
@@ -194,7 +195,11 @@ pub async fn relay(
 const BULK_AFTER: u32 = 2;
 
 /// Forwards an end of stream: no more bytes will be written to `to`.
-fn half_close(to: &TcpStream) {
+fn half_close(to: &TcpStream, activity: &Activity) {
+    // A half-close is activity: the FIN timeout counts from here, not from
+    // the last byte, or a long-quiet client that half-closes would lose the
+    // server's answer at once.
+    activity.touch();
     // The peer may already be gone; its own error surfaces elsewhere.
     let _ = SockRef::from(to).shutdown(Shutdown::Write);
 }
@@ -457,8 +462,7 @@ mod tests {
             idle: Duration::from_secs(3600),
             fin: Duration::from_secs(60),
         };
-        let cancel = CancellationToken::new();
-        let relay = relay(&client, &server, timeouts, counters, &cancel);
+        let relay = relay(&client, &server, timeouts, counters, std::future::pending());
         tokio::pin!(relay);
         let keepalive = || SockRef::from(&server).keepalive().unwrap();
         tokio::select! {

@@ -1,15 +1,28 @@
-//! `lbctl`: the control tool of lbd.
+//! `lbctl`: the control tool of lbd. Arguments in, `lbd::ctl` commands out.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use lbd::config::Config;
+use clap::{CommandFactory, Parser, Subcommand};
+use lbd::ctl::commands::{self, AdminAction, DrainWait};
+use lbd::ctl::{AdminAddr, AdminClient};
+use lbd::generate;
 
 /// Control and diagnose lbd.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "lbctl", version, about)]
 struct Cli {
+    /// The daemon's admin API: HOST:PORT or unix:/PATH.
+    #[arg(
+        long,
+        global = true,
+        env = "LBD_ADMIN",
+        default_value = "127.0.0.1:8404",
+        value_name = "ADDR"
+    )]
+    admin: AdminAddr,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -20,20 +33,140 @@ enum Command {
     CheckConfig {
         /// The config file.
         path: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show frontends, servers, their states and counters.
+    Status {
+        /// Print lbd's status JSON as is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop new connections to a server; live ones go on.
+    Drain {
+        /// BACKEND/SERVER, as `lbctl status` lists them.
+        target: String,
+        /// Wait until the server has no connection left, reporting the count.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (e.g. "5m"); exit 1, connections stay.
+        #[arg(long, requires = "wait", value_parser = lbd::config::parse_duration, value_name = "DUR")]
+        deadline: Option<Duration>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a drained or disabled server take traffic again.
+    Enable {
+        /// BACKEND/SERVER, as `lbctl status` lists them.
+        target: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Maintenance: no traffic and no health checks for a server.
+    Disable {
+        /// BACKEND/SERVER, as `lbctl status` lists them.
+        target: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reload the daemon's config file; on error print it with its location.
+    Reload {
+        /// Print lbd's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 if the daemon is ready to serve (GET /readyz), else print why
+    /// and exit 1: keepalived's vrrp_script.
+    Ready {
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dial endpoints (or every server of a config) and explain what is wrong with them.
+    Probe(lbd::probe::ProbeArgs),
+    /// Write man pages (`man DIR`) or a completion script (`completion SHELL`).
+    #[command(hide = true)]
+    Generate {
+        /// `man` or `completion`.
+        kind: String,
+        /// The directory for man pages, or the shell.
+        target: String,
     },
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::CheckConfig { path } => match Config::load(&path) {
-            Ok(config) => {
-                println!("{}: OK: {}", path.display(), config.summary());
-                ExitCode::SUCCESS
-            }
+    let cli = Cli::parse();
+    let client = || AdminClient::new(cli.admin.clone(), commands::REQUEST_TIMEOUT);
+    let code = match cli.command {
+        Command::CheckConfig { path, json } => commands::check_config(&path, json),
+        Command::Status { json } => block_on(commands::status(&client(), json)),
+        Command::Ready { json } => block_on(commands::ready(&client(), json)),
+        Command::Reload { json } => block_on(commands::reload(&client(), json)),
+        Command::Drain {
+            target,
+            wait,
+            deadline,
+            json,
+        } => {
+            let wait = wait.then_some(DrainWait {
+                deadline,
+                poll: Duration::from_millis(500),
+            });
+            block_on(commands::set_admin(
+                &client(),
+                &target,
+                AdminAction::Drain,
+                wait,
+                json,
+            ))
+        }
+        Command::Enable { target, json } => block_on(commands::set_admin(
+            &client(),
+            &target,
+            AdminAction::Enable,
+            None,
+            json,
+        )),
+        Command::Disable { target, json } => block_on(commands::set_admin(
+            &client(),
+            &target,
+            AdminAction::Disable,
+            None,
+            json,
+        )),
+        Command::Probe(args) => match lbd::probe::run(args) {
+            Ok(lbd::probe::Verdict::AllOpen) => 0,
+            Ok(lbd::probe::Verdict::SomeFailed) => 1,
             Err(err) => {
-                eprintln!("{err}");
-                ExitCode::FAILURE
+                eprintln!("lbctl probe: {err}");
+                2
             }
         },
-    }
+        Command::Generate { kind, target } => {
+            let generated = generate::Artifact::parse(&kind, &target).and_then(|artifact| {
+                generate::generate(Cli::command(), &artifact, &mut std::io::stdout())
+            });
+            match generated {
+                Ok(()) => 0,
+                Err(err) => {
+                    eprintln!("lbctl: {err}");
+                    1
+                }
+            }
+        }
+    };
+    ExitCode::from(code)
+}
+
+/// Runs one command on a small single-threaded runtime.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread tokio runtime")
+        .block_on(future)
 }

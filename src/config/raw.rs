@@ -8,7 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::duration::HumanDuration;
-use super::{Balance, CheckKind};
+use super::{Balance, CheckKind, OnNoServer};
 
 pub(super) type Located<T> = Option<Spanned<T>>;
 
@@ -57,6 +57,7 @@ pub(super) struct RawBackend {
     pub balance: Option<Balance>,
     pub connect_timeout: Located<HumanDuration>,
     pub retries: Located<u64>,
+    pub on_no_server: Option<OnNoServer>,
     pub servers: Spanned<Vec<RawServer>>,
     pub health: Option<Spanned<RawHealth>>,
 }
@@ -74,6 +75,7 @@ pub(super) struct RawServer {
 pub(super) struct RawHealth {
     pub check: Option<CheckKind>,
     pub interval: Located<HumanDuration>,
+    pub fast_interval: Located<HumanDuration>,
     pub timeout: Located<HumanDuration>,
     pub rise: Located<u64>,
     pub fall: Located<u64>,
@@ -83,4 +85,6 @@ pub(super) struct RawHealth {
     pub ca_file: Located<String>,
     pub cert_file: Located<String>,
     pub key_file: Located<String>,
+    pub passive: Option<bool>,
+    pub close_on_down: Located<HumanDuration>,
 }

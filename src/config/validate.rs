@@ -168,7 +168,7 @@ impl Checker<'_> {
         }
         let backend_names = names;
         let mut names = HashSet::new();
-        let mut listen_seen = HashSet::new();
+        let mut listen_seen: Vec<SocketAddr> = Vec::new();
         for f in &raw.frontends {
             self.unique(&mut names, &f.name, "frontend");
             if !backend_names.contains(f.backend.get_ref().as_str()) {
@@ -189,12 +189,29 @@ impl Checker<'_> {
                 );
             }
             for l in f.listen.get_ref() {
-                if let Ok(addr) = l.get_ref().parse::<SocketAddr>()
-                    && addr.port() != 0
-                    && !listen_seen.insert(addr)
-                {
-                    self.error(l.span(), format!("listen address {addr} is used twice"));
+                let Ok(addr) = l.get_ref().parse::<SocketAddr>() else {
+                    continue;
+                };
+                if addr.port() == 0 {
+                    continue;
                 }
+                let admin_addr = match &admin.listen {
+                    AdminListen::Tcp(a) => Some(*a),
+                    AdminListen::Unix(_) => None,
+                };
+                if let Some(other) = listen_seen
+                    .iter()
+                    .chain(&admin_addr)
+                    .find(|&&other| binds_clash(addr, other))
+                {
+                    let other = if Some(*other) == admin_addr {
+                        format!("the admin API's {other}")
+                    } else {
+                        other.to_string()
+                    };
+                    self.error(l.span(), format!("listen address {addr} clashes with {other}: both cannot be bound at once"));
+                }
+                listen_seen.push(addr);
             }
         }
 
@@ -309,7 +326,13 @@ impl Checker<'_> {
                 2 * SECOND,
                 Duration::from_millis(10)..=Duration::from_secs(300),
             ),
-            retries: self.integer(&raw.retries, "retries", 2, 0..=16) as u32,
+            retries: self.integer(
+                &raw.retries,
+                "retries",
+                2,
+                0..=u64::from(super::MAX_RETRIES),
+            ) as u32,
+            on_no_server: raw.on_no_server.unwrap_or_default(),
             servers,
             health,
         }
@@ -444,6 +467,32 @@ impl Checker<'_> {
             defaults.interval,
             Duration::from_millis(100)..=HOUR,
         );
+        let fast_interval = self.duration(
+            &h.fast_interval,
+            "fast_interval",
+            defaults.fast_interval.min(interval),
+            Duration::from_millis(100)..=HOUR,
+        );
+        if let Some(fast) = &h.fast_interval
+            && fast_interval > interval
+        {
+            self.error(
+                fast.span(),
+                format!(
+                    "`fast_interval` = \"{}\" is longer than `interval` = \"{}\": it is the interval used while a server changes state, so it should be shorter (or leave it out)",
+                    format_duration(fast_interval),
+                    format_duration(interval),
+                ),
+            );
+        }
+        let close_on_down = h.close_on_down.as_ref().map(|_| {
+            self.duration(
+                &h.close_on_down,
+                "close_on_down",
+                Duration::ZERO,
+                Duration::ZERO..=HOUR,
+            )
+        });
         let timeout = self.duration(
             &h.timeout,
             "timeout",
@@ -453,6 +502,7 @@ impl Checker<'_> {
         Health {
             check,
             interval,
+            fast_interval,
             timeout,
             rise: self.integer(&h.rise, "rise", defaults.rise.into(), 1..=100) as u32,
             fall: self.integer(&h.fall, "fall", defaults.fall.into(), 1..=100) as u32,
@@ -468,8 +518,19 @@ impl Checker<'_> {
             ca_file: h.ca_file.as_ref().map(|p| PathBuf::from(p.get_ref())),
             cert_file: h.cert_file.as_ref().map(|p| PathBuf::from(p.get_ref())),
             key_file: h.key_file.as_ref().map(|p| PathBuf::from(p.get_ref())),
+            passive: h.passive.unwrap_or(defaults.passive),
+            close_on_down,
         }
     }
+}
+
+/// Whether two listening addresses cannot both be bound: the same port and
+/// either the same IP or a wildcard of the same family (IPv6 listeners are
+/// V6ONLY, so `[::]` and `0.0.0.0` do not clash).
+fn binds_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 #[cfg(test)]
@@ -564,6 +625,33 @@ servers = [{ address = "10.0.0.1" }, { address = "10.0.0.2:1", weight = 0 }]
     }
 
     #[test]
+    fn listeners_that_cannot_both_bind_are_refused() {
+        let two = |a: &str, b: &str| {
+            format!(
+                "[admin]\nlisten = \"127.0.0.1:8404\"\n[[frontend]]\nname = \"a\"\nlisten = [\"{a}\"]\nbackend = \"b\"\n\
+                 [[frontend]]\nname = \"c\"\nlisten = [\"{b}\"]\nbackend = \"b\"\n\
+                 [[backend]]\nname = \"b\"\nservers = [{{ address = \"10.0.0.1:1\" }}]\n"
+            )
+        };
+        for (a, b) in [
+            ("0.0.0.0:6443", "127.0.0.1:6443"),
+            ("127.0.0.1:6443", "127.0.0.1:6443"),
+            ("[::]:6443", "[::1]:6443"),
+            ("0.0.0.0:8404", "127.0.0.2:1"),
+        ] {
+            let p = &problems(&two(a, b))[0];
+            assert!(p.message.contains("clashes with"), "{a} {b}: {p}");
+        }
+        for (a, b) in [
+            ("0.0.0.0:6443", "[::]:6443"),
+            ("127.0.0.1:6443", "127.0.0.2:6443"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            assert!(parse(&two(a, b)).is_ok(), "{a} {b}");
+        }
+    }
+
+    #[test]
     fn bad_duration_names_the_value() {
         let text = GOOD.replace("balance", "connect_timeout = \"2 secs\"\nbalance");
         let p = &problems(&text)[0];
@@ -576,6 +664,75 @@ servers = [{ address = "10.0.0.1" }, { address = "10.0.0.2:1", weight = 0 }]
         let text = GOOD.replace("check = \"https\"", "check = \"tcp\"");
         let p = &problems(&text)[0];
         assert!(p.message.contains("`sni` is only used by"), "{p}");
+    }
+
+    #[test]
+    fn health_and_no_server_defaults() {
+        let b = &parse(GOOD).unwrap().backends[0];
+        assert_eq!(b.on_no_server, super::super::OnNoServer::Refuse);
+        assert_eq!(b.health.fast_interval, Duration::from_millis(500));
+        assert!(b.health.passive);
+        assert_eq!(b.health.close_on_down, None);
+        // A short interval pulls the default fast interval down with it.
+        let text = GOOD.replace(
+            "sni = \"kubernetes\"",
+            "sni = \"kubernetes\"\ninterval = \"200ms\"",
+        );
+        let h = &parse(&text).unwrap().backends[0].health;
+        assert_eq!(h.fast_interval, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn health_reaction_keys_parse() {
+        let text = GOOD
+            .replace(
+                "balance = \"least-connections\"",
+                "balance = \"least-connections\"\non_no_server = \"panic\"",
+            )
+            .replace(
+                "sni = \"kubernetes\"",
+                "sni = \"kubernetes\"\nfast_interval = \"250ms\"\npassive = false\nclose_on_down = \"30s\"",
+            );
+        let b = &parse(&text).unwrap().backends[0];
+        assert_eq!(b.on_no_server, super::super::OnNoServer::Panic);
+        assert_eq!(b.health.fast_interval, Duration::from_millis(250));
+        assert!(!b.health.passive);
+        assert_eq!(b.health.close_on_down, Some(30 * SECOND));
+    }
+
+    #[test]
+    fn fast_interval_longer_than_interval_is_refused() {
+        let text = GOOD.replace(
+            "sni = \"kubernetes\"",
+            "sni = \"kubernetes\"\ninterval = \"1s\"\nfast_interval = \"3s\"",
+        );
+        let p = &problems(&text)[0];
+        assert_eq!(p.line, 18, "{p}");
+        assert!(p.message.contains("longer than `interval`"), "{p}");
+    }
+
+    #[test]
+    fn bad_no_server_policy_and_close_window_are_located() {
+        let text = GOOD.replace(
+            "balance = \"least-connections\"",
+            "balance = \"least-connections\"\non_no_server = \"retry\"",
+        );
+        let p = &problems(&text)[0];
+        assert_eq!(p.line, 10, "{p}");
+        assert!(
+            p.message.contains("refuse") && p.message.contains("panic"),
+            "{p}"
+        );
+        let text = GOOD.replace(
+            "sni = \"kubernetes\"",
+            "sni = \"kubernetes\"\nclose_on_down = \"2h\"",
+        );
+        let p = &problems(&text)[0];
+        assert!(
+            p.message
+                .contains("`close_on_down` = \"2h\" is out of range"),
+            "{p}"
+        );
     }
 
     #[test]

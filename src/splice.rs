@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 pub const PIPE_SIZE: usize = 256 * 1024;
 
 /// Empty pipes kept per thread for reuse; more are closed on return.
-const POOL_LIMIT: usize = 32;
+const POOL_LIMIT: usize = 16;
 
 thread_local! {
     static POOL: RefCell<Vec<PipeFds>> = const { RefCell::new(Vec::new()) };

@@ -97,27 +97,38 @@ pub struct IperfResult {
     pub gbit_per_second: f64,
 }
 
-/// Runs iperf3 with `streams` parallel streams against `addr`.
+/// Runs iperf3 with `streams` parallel streams against `addr`. The server
+/// takes one test at a time and may still be winding the last one down:
+/// a "busy" answer is retried.
 pub fn iperf(addr: SocketAddr, streams: usize, seconds: u64) -> IperfResult {
-    let output = Command::new("iperf3")
-        .args(["-c", &addr.ip().to_string(), "-p", &addr.port().to_string()])
-        .args(["-P", &streams.to_string(), "-t", &seconds.to_string()])
-        .args(["-Z", "-J"])
-        .output()
-        .expect("run iperf3 (apt-get install iperf3)");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("cannot read iperf3's output ({e}):\n{text}"));
-    let received = &json["end"]["sum_received"];
-    let (Some(bytes), Some(bits)) = (
-        received["bytes"].as_f64(),
-        received["bits_per_second"].as_f64(),
-    ) else {
-        panic!("iperf3 reported no result:\n{text}");
-    };
-    IperfResult {
-        bytes,
-        gbit_per_second: bits / 1e9,
+    let mut attempts = 0;
+    loop {
+        let output = Command::new("iperf3")
+            .args(["-c", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+            .args(["-P", &streams.to_string(), "-t", &seconds.to_string()])
+            .args(["-Z", "-J"])
+            .output()
+            .expect("run iperf3 (apt-get install iperf3)");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("cannot read iperf3's output ({e}):\n{text}"));
+        let busy = json["error"].as_str().is_some_and(|e| e.contains("busy"));
+        if busy && attempts < 10 {
+            attempts += 1;
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        let received = &json["end"]["sum_received"];
+        let (Some(bytes), Some(bits)) = (
+            received["bytes"].as_f64(),
+            received["bits_per_second"].as_f64(),
+        ) else {
+            panic!("iperf3 reported no result:\n{text}");
+        };
+        return IperfResult {
+            bytes,
+            gbit_per_second: bits / 1e9,
+        };
     }
 }
 

@@ -7,7 +7,8 @@
 //! load interleaved (every run visits every candidate, in a rotating order)
 //! and prints a table of medians with their spread. See docs/benchmarks.md.
 //!
-//! Knobs (environment): E2E_RUNS (5), E2E_SECONDS (5), E2E_THREADS (proxy
+//! Knobs (environment): E2E_QUIET (0.15: wait before each sample until the
+//! machine is at most this busy; 1 disables), E2E_QUIET_WAIT (120 s), E2E_RUNS (5), E2E_SECONDS (5), E2E_THREADS (proxy
 //! threads, 2), E2E_WRK_THREADS (1), E2E_CONNECTIONS (50), E2E_STREAMS (4),
 //! E2E_IDLE (9000), E2E_TESTS (keepalive,churn,bulk,idle), E2E_CANDIDATES
 //! (direct,lbd,haproxy,nginx), E2E_LBD (binary), E2E_LBD_VARIANTS
@@ -309,7 +310,10 @@ fn main() {
         for run in 0..settings.runs {
             for c in rotated(&cands, run) {
                 let cpu = c.cpu_seconds();
-                let r = load::iperf(c.bulk, settings.streams, settings.seconds);
+                let Some(r) = load::iperf(c.bulk, settings.streams, settings.seconds) else {
+                    println!("  run {run} {:<12} no result (sample dropped)", c.name);
+                    continue;
+                };
                 let cpu = c.cpu_seconds() - cpu;
                 let gib = r.bytes / (1u64 << 30) as f64;
                 println!(
@@ -353,9 +357,35 @@ fn main() {
     print_table(&samples, &names);
 }
 
+/// Every run visits every candidate, starting one further each time. With
+/// E2E_QUIET set (the default), each visit first waits (up to E2E_QUIET_WAIT
+/// seconds, 120) for a second in which the machine is at most E2E_QUIET
+/// busy (0.15): other people's compile jobs must not land in one candidate's
+/// sample only.
 fn rotated(cands: &[Candidate], run: usize) -> impl Iterator<Item = &Candidate> {
     let n = cands.len();
-    (0..n).map(move |k| &cands[(run + k) % n])
+    (0..n).map(move |k| {
+        wait_for_quiet();
+        &cands[(run + k) % n]
+    })
+}
+
+fn wait_for_quiet() {
+    let limit: f64 = env_or("E2E_QUIET", 0.15);
+    if limit >= 1.0 {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(env_or("E2E_QUIET_WAIT", 120));
+    let mut busy = procfs::busy_fraction(Duration::from_secs(1));
+    while busy > limit && Instant::now() < deadline {
+        busy = procfs::busy_fraction(Duration::from_secs(1));
+    }
+    if busy > limit {
+        println!(
+            "  (machine still {:.0}% busy; measuring anyway)",
+            busy * 100.0
+        );
+    }
 }
 
 fn report_wrk(name: &str, run: usize, r: &load::WrkResult) {

@@ -168,3 +168,32 @@ pub fn load_average() -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// Busy and total CPU time of the machine so far, in clock ticks.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else {
+        return (0, 0);
+    };
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = ticks.iter().sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// The share of the machine's CPU that was busy over `window`.
+pub fn busy_fraction(window: std::time::Duration) -> f64 {
+    let (busy0, total0) = cpu_ticks();
+    std::thread::sleep(window);
+    let (busy1, total1) = cpu_ticks();
+    let total = total1.saturating_sub(total0);
+    if total == 0 {
+        return 0.0;
+    }
+    busy1.saturating_sub(busy0) as f64 / total as f64
+}

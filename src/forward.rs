@@ -134,7 +134,9 @@ async fn closed(
                 signal.cancelled().await;
                 let micros = usize::try_from(window.as_micros()).unwrap_or(usize::MAX);
                 let delay = crate::balance::random_below(micros.max(1)) as u64;
-                tokio::time::sleep(Duration::from_micros(delay)).await;
+                // Boxed: every idle connection would otherwise carry a timer
+                // it needs only once its server is down.
+                Box::pin(tokio::time::sleep(Duration::from_micros(delay))).await;
             }
             None => std::future::pending().await,
         }

@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Semaphore, watch};
 
 use crate::config;
+use crate::counter::ShardedCounter;
 use crate::pool::Pool;
 
 /// Why a frontend turned a client away; labels `lbd_frontend_rejected_total{reason}`.
@@ -41,10 +42,10 @@ pub struct FrontendStats {
     pub total: AtomicU64,
     /// Connections open right now.
     pub active: AtomicU64,
-    /// Bytes received from clients.
-    pub bytes_in: AtomicU64,
+    /// Bytes received from clients (added per chunk by every thread: sharded).
+    pub bytes_in: ShardedCounter,
     /// Bytes sent to clients.
-    pub bytes_out: AtomicU64,
+    pub bytes_out: ShardedCounter,
     /// Connections turned away, indexed by [`RejectReason::ALL`] order.
     pub rejected: [AtomicU64; RejectReason::ALL.len()],
 }

@@ -22,6 +22,7 @@
 //! - [`dial`]: connect with timeout, and the one classifier of dial errors.
 //! - [`health`]: active checks (tcp, tls, https), rise/fall, passive health.
 //! - [`pool`]: servers (health, admin state, counters), pools, the snapshot.
+//! - [`counter`]: per-thread sharded byte counters, uncontended on the data path.
 //! - [`histogram`]: lock-free latency histograms for dial and check times.
 //! - [`balance`]: round-robin, least-connections, random-two, source-hash, first.
 //! - [`reload`]: builds pools from a config, carrying server state over; the
@@ -40,6 +41,7 @@ pub mod balance;
 pub mod buffer;
 pub mod clock;
 pub mod config;
+pub mod counter;
 pub mod ctl;
 pub mod daemon;
 pub mod demo;

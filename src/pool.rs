@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::balance::Balancer;
 use crate::config::{self, Config, OnNoServer};
+use crate::counter::ShardedCounter;
 use crate::dial::DialErrorKind;
 use crate::frontend::Frontend;
 use crate::histogram::Histogram;
@@ -89,10 +90,11 @@ pub struct ServerStats {
     pub active: AtomicU64,
     /// Connections established since the server was first configured.
     pub total: AtomicU64,
-    /// Bytes sent from clients to this server.
-    pub bytes_to_server: AtomicU64,
+    /// Bytes sent from clients to this server (added per chunk by every
+    /// thread: sharded).
+    pub bytes_to_server: ShardedCounter,
     /// Bytes sent from this server to clients.
-    pub bytes_to_client: AtomicU64,
+    pub bytes_to_client: ShardedCounter,
     /// Failed dials, indexed by [`DialErrorKind::index`].
     pub connect_errors: [AtomicU64; DialErrorKind::ALL.len()],
     /// Health changes between up and down since the server was first

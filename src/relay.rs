@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::buffer::{self, Buffer, Size};
+use crate::counter::ShardedCounter;
 use crate::socket;
 use crate::splice::{self, Pipe};
 
@@ -86,9 +87,9 @@ pub struct Relayed {
 #[derive(Debug, Clone, Copy)]
 pub struct Counters<'a> {
     /// Counters for client → server bytes.
-    pub to_server: [&'a AtomicU64; 2],
+    pub to_server: [&'a ShardedCounter; 2],
     /// Counters for server → client bytes.
-    pub to_client: [&'a AtomicU64; 2],
+    pub to_client: [&'a ShardedCounter; 2],
 }
 
 /// Copies between `client` and `server` until both directions end, a
@@ -209,7 +210,7 @@ fn half_close(to: &TcpStream, activity: &Activity) {
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
-    counters: [&AtomicU64; 2],
+    counters: [&ShardedCounter; 2],
     activity: &Activity,
     moved: &mut Moved,
 ) -> io::Result<()> {
@@ -453,7 +454,7 @@ mod tests {
     async fn keepalive_is_armed_only_on_a_server_connection_that_lasts() {
         let (client, _client_peer) = pair().await;
         let (server, _server_peer) = pair().await;
-        let counter = AtomicU64::new(0);
+        let counter = ShardedCounter::default();
         let counters = Counters {
             to_server: [&counter, &counter],
             to_client: [&counter, &counter],

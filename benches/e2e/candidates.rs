@@ -365,6 +365,11 @@ impl Candidate {
         self.pids().into_iter().map(procfs::cpu_seconds).sum()
     }
 
+    /// Context switches so far of the proxy processes.
+    pub fn context_switches(&self) -> u64 {
+        self.pids().into_iter().map(procfs::context_switches).sum()
+    }
+
     /// Whether the proxy process is still alive.
     pub fn is_running(&mut self) -> bool {
         match &mut self.proc {

@@ -162,11 +162,15 @@ fn fmt(v: f64) -> String {
     }
 }
 
-const METRICS: [(&str, &str); 13] = [
+const METRICS: [(&str, &str); 14] = [
     ("keepalive_rps", "keep-alive requests/s"),
     ("keepalive_p50", "keep-alive p50 latency (ms)"),
     ("keepalive_p99", "keep-alive p99 latency (ms)"),
     ("keepalive_cpu", "proxy CPU per request (µs)"),
+    (
+        "keepalive_switches",
+        "proxy context switches per 1000 requests",
+    ),
     ("churn_cps", "new connections/s (1 request each)"),
     ("churn_p99", "new connection p99 latency (ms)"),
     ("churn_cpu", "proxy CPU per connection (µs)"),
@@ -248,7 +252,7 @@ fn main() {
         println!("\n## keep-alive (load {})", procfs::load_average());
         for run in 0..settings.runs {
             for c in rotated(&cands, run) {
-                let cpu = c.cpu_seconds();
+                let (cpu, switches) = (c.cpu_seconds(), c.context_switches());
                 let r = load::wrk(
                     c.web,
                     settings.wrk_threads,
@@ -257,12 +261,18 @@ fn main() {
                     false,
                 );
                 let cpu = c.cpu_seconds() - cpu;
+                let switches = c.context_switches() - switches;
                 report_wrk(&c.name, run, &r);
                 samples.add("keepalive_rps", &c.name, r.requests_per_second);
                 samples.add("keepalive_p50", &c.name, r.p50_ms);
                 samples.add("keepalive_p99", &c.name, r.p99_ms);
                 if c.kind != Kind::Direct {
                     samples.add("keepalive_cpu", &c.name, cpu * 1e6 / r.requests);
+                    samples.add(
+                        "keepalive_switches",
+                        &c.name,
+                        switches as f64 * 1000.0 / r.requests,
+                    );
                 }
             }
         }

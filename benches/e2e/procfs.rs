@@ -197,3 +197,21 @@ pub fn busy_fraction(window: std::time::Duration) -> f64 {
     }
     busy1.saturating_sub(busy0) as f64 / total as f64
 }
+
+/// Context switches (voluntary and not) of every thread of a process so far.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .map(|task| {
+            let status = fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}

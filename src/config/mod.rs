@@ -22,6 +22,11 @@ pub use error::{ConfigError, Problem};
 /// Where `lbd` looks for its config when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/lbd/lbd.toml";
 
+/// Largest config file lbd reads. Real configs are kilobytes; anything near
+/// this is a wrong path (a log, a disk image, `/dev/zero`), and reading it
+/// whole would only exhaust memory before saying so.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// A validated lbd configuration: every default filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -238,10 +243,22 @@ impl Default for Health {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let bytes = std::fs::read(path).map_err(|e| ConfigError::Read {
+        use std::io::Read;
+        let read_error = |reason: String| ConfigError::Read {
             path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let file = std::fs::File::open(path).map_err(|e| read_error(e.to_string()))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| read_error(e.to_string()))?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(read_error(format!(
+                "the file is larger than {} MiB; is this the right file?",
+                MAX_FILE_BYTES >> 20
+            )));
+        }
         Config::parse_bytes(path, &bytes)
     }
 
@@ -249,21 +266,28 @@ impl Config {
     pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
         match std::str::from_utf8(bytes) {
             Ok(text) => Config::parse(path, text),
-            Err(e) => Err(ConfigError::Invalid {
-                problems: vec![Problem::at(
-                    path,
-                    &String::from_utf8_lossy(&bytes[..e.valid_up_to()]),
-                    Some(e.valid_up_to()..e.valid_up_to()),
-                    "the file is not valid UTF-8".into(),
-                )],
-            }),
+            Err(e) => {
+                let hint = if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+                    " (it looks like UTF-16: save it as UTF-8)"
+                } else {
+                    ": save it as UTF-8"
+                };
+                Err(ConfigError::Invalid {
+                    problems: vec![Problem::at(
+                        path,
+                        &String::from_utf8_lossy(&bytes[..e.valid_up_to()]),
+                        Some(e.valid_up_to()..e.valid_up_to()),
+                        format!("the file is not valid UTF-8{hint}"),
+                    )],
+                })
+            }
         }
     }
 
     /// Validates config text; `path` only labels the errors.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
-            problems: vec![Problem::at(path, text, e.span(), e.message().to_owned())],
+            problems: vec![syntax_problem(path, text, &e)],
         })?;
         validate::validate(path, text, raw)
     }
@@ -289,6 +313,39 @@ impl Config {
             plural(servers),
         )
     }
+}
+
+/// The parser's error as a located problem. The parser gives no place for a
+/// key path nested past its limit, so that one is found here.
+fn syntax_problem(path: &Path, text: &str, error: &toml::de::Error) -> Problem {
+    let message = error.message().trim_end().to_owned();
+    match error.span() {
+        Some(span) => Problem::at(path, text, Some(span), message),
+        None if message == "recursion limit" => Problem::at(
+            path,
+            text,
+            deepest_key(text),
+            "keys or tables nest too deeply: use fewer `.`-separated levels".into(),
+        ),
+        None => Problem::at(path, text, None, message),
+    }
+}
+
+/// The start of the first key (`a.b.c = …` or `[a.b.c]`) with the most dots,
+/// a best guess at what tripped the parser's recursion limit.
+fn deepest_key(text: &str) -> Option<std::ops::Range<usize>> {
+    let mut best: Option<(usize, usize)> = None;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let key = trimmed.split(['=', ']', '#']).next().unwrap_or("");
+        let dots = key.matches('.').count();
+        if dots > 0 && best.is_none_or(|(most, _)| dots > most) {
+            best = Some((dots, offset + line.len() - trimmed.len()));
+        }
+        offset += line.len();
+    }
+    best.map(|(_, at)| at..at)
 }
 
 fn plural(n: usize) -> &'static str {

@@ -2,7 +2,9 @@
 //! place in the file so validation can point at it.
 //!
 //! Optional fields stay `Option` here; defaults are applied by validation, so
-//! the file's text and lbd's defaults never blur together.
+//! the file's text and lbd's defaults never blur together. Counts are read
+//! as `i64` (TOML's integer) so that `retries = -1` reaches validation and
+//! gets its allowed range in the message, not serde's "expected u64".
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -44,8 +46,8 @@ pub(super) struct RawFrontend {
     pub name: Spanned<String>,
     pub listen: Spanned<Vec<Spanned<String>>>,
     pub backend: Spanned<String>,
-    pub max_connections: Located<u64>,
-    pub backlog: Located<u64>,
+    pub max_connections: Located<i64>,
+    pub backlog: Located<i64>,
     pub idle_timeout: Located<HumanDuration>,
     pub fin_timeout: Located<HumanDuration>,
 }
@@ -56,7 +58,7 @@ pub(super) struct RawBackend {
     pub name: Spanned<String>,
     pub balance: Option<Balance>,
     pub connect_timeout: Located<HumanDuration>,
-    pub retries: Located<u64>,
+    pub retries: Located<i64>,
     pub servers: Spanned<Vec<RawServer>>,
     pub health: Option<Spanned<RawHealth>>,
 }
@@ -66,7 +68,7 @@ pub(super) struct RawBackend {
 pub(super) struct RawServer {
     pub name: Located<String>,
     pub address: Spanned<String>,
-    pub weight: Located<u64>,
+    pub weight: Located<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,9 +77,9 @@ pub(super) struct RawHealth {
     pub check: Option<CheckKind>,
     pub interval: Located<HumanDuration>,
     pub timeout: Located<HumanDuration>,
-    pub rise: Located<u64>,
-    pub fall: Located<u64>,
-    pub port: Located<u64>,
+    pub rise: Located<i64>,
+    pub fall: Located<i64>,
+    pub port: Located<i64>,
     pub path: Located<String>,
     pub sni: Located<String>,
     pub ca_file: Located<String>,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::error::{LineIndex, quoted};
 use super::raw::{Located, RawBackend, RawConfig, RawFrontend, RawHealth, RawServer};
 use super::{
     Admin, AdminListen, Backend, CheckKind, Config, ConfigError, Frontend, Global, Health, Problem,
@@ -19,42 +20,75 @@ const SECOND: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86400);
 
+/// Problems kept from one file. A generated file gone wrong can hold
+/// thousands; the first ones and a count serve better than a flood, and
+/// locating each costs a scan of its line.
+const MAX_PROBLEMS: usize = 50;
+
+/// Longest unix socket path: `sun_path` holds 108 bytes with the final NUL.
+const MAX_UNIX_PATH: usize = 107;
+
 pub(super) fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigError> {
     let mut checker = Checker {
         path,
-        text,
+        lines: LineIndex::new(text),
         problems: Vec::new(),
+        not_kept: 0,
     };
     let config = checker.config(raw);
     if checker.problems.is_empty() {
-        Ok(config)
-    } else {
-        checker.problems.sort_by_key(|p| (p.line, p.column));
-        Err(ConfigError::Invalid {
-            problems: checker.problems,
-        })
+        return Ok(config);
     }
+    checker.problems.sort_by_key(|p| (p.line, p.column));
+    if checker.not_kept > 0 {
+        checker.problems.push(Problem::whole_file(
+            path,
+            format!(
+                "{} more problems not listed: fix the ones above first",
+                checker.not_kept
+            ),
+        ));
+    }
+    Err(ConfigError::Invalid {
+        problems: checker.problems,
+    })
 }
 
 struct Checker<'a> {
     path: &'a Path,
-    text: &'a str,
+    lines: LineIndex<'a>,
     problems: Vec<Problem>,
+    not_kept: usize,
 }
 
 impl Checker<'_> {
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
-        self.problems.push(Problem::at(
-            self.path,
-            self.text,
-            Some(span),
-            message.into(),
-        ));
+        self.push(Some(span), message.into());
     }
 
     fn error_without_place(&mut self, message: impl Into<String>) {
-        self.problems
-            .push(Problem::at(self.path, self.text, None, message.into()));
+        self.push(None, message.into());
+    }
+
+    fn push(&mut self, span: Option<Range<usize>>, message: String) {
+        if self.problems.len() < MAX_PROBLEMS {
+            let problem = self.lines.problem(self.path, span, message);
+            self.problems.push(problem);
+        } else {
+            self.not_kept += 1;
+        }
+    }
+
+    /// A path read or created at run time: a NUL byte (`\u0000` is valid
+    /// TOML) would only fail later, far from the file.
+    fn file_path(&mut self, value: &Located<String>, key: &str) -> Option<PathBuf> {
+        let value = value.as_ref()?;
+        if value.get_ref().contains('\0') {
+            self.error(value.span(), format!("`{key}` contains a NUL byte"));
+        } else if value.get_ref().is_empty() {
+            self.error(value.span(), format!("`{key}` is empty: give a file path"));
+        }
+        Some(PathBuf::from(value.get_ref()))
     }
 
     fn duration(
@@ -82,14 +116,14 @@ impl Checker<'_> {
 
     fn integer(
         &mut self,
-        value: &Located<u64>,
+        value: &Located<i64>,
         key: &str,
         default: u64,
         allowed: RangeInclusive<u64>,
     ) -> u64 {
         let Some(value) = value else { return default };
         let n = *value.get_ref();
-        if !allowed.contains(&n) {
+        if !u64::try_from(n).is_ok_and(|n| allowed.contains(&n)) {
             self.error(
                 value.span(),
                 format!(
@@ -100,7 +134,7 @@ impl Checker<'_> {
             );
             return default;
         }
-        n
+        n.unsigned_abs()
     }
 
     /// Names appear in metric labels and admin URLs: keep them printable and slash-free.
@@ -117,7 +151,10 @@ impl Checker<'_> {
         {
             self.error(
                 name.span(),
-                format!("{what} name {text:?} contains {bad:?}: use letters, digits, `.`, `-`, `_` or `:`"),
+                format!(
+                    "{what} name {} contains {bad:?}: use letters, digits, `.`, `-`, `_` or `:`",
+                    quoted(text)
+                ),
             );
         }
         text.clone()
@@ -128,8 +165,8 @@ impl Checker<'_> {
             self.error(
                 name.span(),
                 format!(
-                    "duplicate {what} name {:?}: names must be unique",
-                    name.get_ref()
+                    "duplicate {what} name {}: names must be unique",
+                    quoted(name.get_ref())
                 ),
             );
         }
@@ -182,9 +219,9 @@ impl Checker<'_> {
                 self.error(
                     f.backend.span(),
                     format!(
-                        "frontend {:?} names backend {:?}, which does not exist: {known}",
-                        f.name.get_ref(),
-                        f.backend.get_ref()
+                        "frontend {} names backend {}, which does not exist: {known}",
+                        quoted(f.name.get_ref()),
+                        quoted(f.backend.get_ref())
                     ),
                 );
             }
@@ -212,14 +249,24 @@ impl Checker<'_> {
         let text = listen.get_ref();
         if let Some(path) = text.strip_prefix("unix:") {
             if !path.starts_with('/') {
-                self.error(listen.span(), format!("admin socket path {path:?} must be absolute, e.g. \"unix:/run/lbd/admin.sock\""));
+                self.error(
+                    listen.span(),
+                    format!(
+                        "admin socket path {} must be absolute, e.g. \"unix:/run/lbd/admin.sock\"",
+                        quoted(path)
+                    ),
+                );
+            } else if path.contains('\0') {
+                self.error(listen.span(), "admin socket path contains a NUL byte");
+            } else if path.len() > MAX_UNIX_PATH {
+                self.error(listen.span(), format!("admin socket path is {} bytes long; unix sockets allow at most {MAX_UNIX_PATH}: pick a shorter path such as \"unix:/run/lbd/admin.sock\"", path.len()));
             }
             return AdminListen::Unix(PathBuf::from(path));
         }
         match text.parse() {
             Ok(addr) => AdminListen::Tcp(addr),
             Err(_) => {
-                self.error(listen.span(), format!("admin listen {text:?} is not an address: expected \"IP:PORT\" such as \"127.0.0.1:8404\" or \"unix:/run/lbd/admin.sock\""));
+                self.error(listen.span(), format!("admin listen {} is not an address: expected \"IP:PORT\" such as \"127.0.0.1:8404\" or \"unix:/run/lbd/admin.sock\"", quoted(text)));
                 AdminListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 8404)))
             }
         }
@@ -231,7 +278,8 @@ impl Checker<'_> {
             self.error(
                 raw.listen.span(),
                 format!(
-                    "frontend {name:?} has an empty `listen` list: give at least one \"IP:PORT\""
+                    "frontend {} has an empty `listen` list: give at least one \"IP:PORT\"",
+                    quoted(&name)
                 ),
             );
         }
@@ -243,8 +291,8 @@ impl Checker<'_> {
                 Ok(addr) => Some(addr),
                 Err(_) => {
                     self.error(l.span(), format!(
-                        "listen address {:?} is not IP:PORT: expected e.g. \"0.0.0.0:6443\" or \"[::]:6443\"",
-                        l.get_ref()
+                        "listen address {} is not IP:PORT: expected e.g. \"0.0.0.0:6443\" or \"[::]:6443\"",
+                        quoted(l.get_ref())
                     ));
                     None
                 }
@@ -272,7 +320,8 @@ impl Checker<'_> {
             self.error(
                 raw.servers.span(),
                 format!(
-                    "backend {name:?} has no servers: add at least one {{ address = \"IP:PORT\" }}"
+                    "backend {} has no servers: add at least one {{ address = \"IP:PORT\" }}",
+                    quoted(&name)
                 ),
             );
         }
@@ -288,8 +337,9 @@ impl Checker<'_> {
                     self.error(
                         span,
                         format!(
-                            "duplicate server name {:?} in backend {name:?}: names must be unique",
-                            spec.name
+                            "duplicate server name {} in backend {}: names must be unique",
+                            quoted(&spec.name),
+                            quoted(&name)
                         ),
                     );
                 }
@@ -330,12 +380,17 @@ impl Checker<'_> {
 
     fn server_address(&mut self, raw: &Spanned<String>) -> ServerAddress {
         let text = raw.get_ref();
+        let shown = quoted(text);
         let expected = "expected \"IP:PORT\", \"[IPv6]:PORT\" or \"HOSTNAME:PORT\"";
+        let unusable = |text: &str| ServerAddress {
+            host: text.to_owned(),
+            port: 0,
+        };
         if let Ok(addr) = text.parse::<SocketAddr>() {
             if addr.port() == 0 {
                 self.error(
                     raw.span(),
-                    format!("server address {text:?} has port 0: {expected}"),
+                    format!("server address {shown} has port 0: {expected}"),
                 );
             }
             return ServerAddress {
@@ -343,22 +398,34 @@ impl Checker<'_> {
                 port: addr.port(),
             };
         }
-        let Some((host, port)) = text.rsplit_once(':') else {
+        let bare_ip = text.parse::<std::net::IpAddr>().is_ok()
+            || text
+                .strip_prefix('[')
+                .and_then(|t| t.strip_suffix(']'))
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        let Some((host, port)) = text.rsplit_once(':').filter(|_| !bare_ip) else {
             self.error(
                 raw.span(),
-                format!("server address {text:?} has no port: {expected}"),
+                format!("server address {shown} has no port: {expected}"),
             );
-            return ServerAddress {
-                host: text.clone(),
-                port: 0,
-            };
+            return unusable(text);
         };
-        let port = match port.parse::<u16>() {
-            Ok(p) if p != 0 => p,
-            _ => {
-                self.error(raw.span(), format!("server address {text:?} has port {port:?}: expected a number from 1 to 65535"));
-                0
-            }
+        if host.contains(':') {
+            self.error(
+                raw.span(),
+                format!("server address {shown}: an IPv6 address needs brackets, as in \"[fd00::11]:6443\""),
+            );
+            return unusable(host);
+        }
+        let Some(port) = port.parse::<u16>().ok().filter(|&p| p != 0) else {
+            self.error(
+                raw.span(),
+                format!(
+                    "server address {shown} has port {}: expected a number from 1 to 65535",
+                    quoted(port)
+                ),
+            );
+            return unusable(host);
         };
         let valid_host = !host.is_empty()
             && host.len() <= 253
@@ -372,7 +439,10 @@ impl Checker<'_> {
         if !valid_host {
             self.error(
                 raw.span(),
-                format!("server address {text:?} has an invalid host {host:?}: {expected}"),
+                format!(
+                    "server address {shown} has an invalid host {}: {expected}",
+                    quoted(host)
+                ),
             );
         }
         ServerAddress {
@@ -433,8 +503,8 @@ impl Checker<'_> {
             self.error(
                 path.span(),
                 format!(
-                    "health `path` {:?} must start with '/', e.g. \"/readyz\"",
-                    path.get_ref()
+                    "health `path` {} must start with '/', e.g. \"/readyz\"",
+                    quoted(path.get_ref())
                 ),
             );
         }
@@ -465,9 +535,9 @@ impl Checker<'_> {
                 .as_ref()
                 .map_or(defaults.path, |p| p.get_ref().clone()),
             sni: h.sni.as_ref().map(|s| s.get_ref().clone()),
-            ca_file: h.ca_file.as_ref().map(|p| PathBuf::from(p.get_ref())),
-            cert_file: h.cert_file.as_ref().map(|p| PathBuf::from(p.get_ref())),
-            key_file: h.key_file.as_ref().map(|p| PathBuf::from(p.get_ref())),
+            ca_file: self.file_path(&h.ca_file, "ca_file"),
+            cert_file: self.file_path(&h.cert_file, "cert_file"),
+            key_file: self.file_path(&h.key_file, "key_file"),
         }
     }
 }

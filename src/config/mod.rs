@@ -159,6 +159,15 @@ pub enum Balance {
 }
 
 impl Balance {
+    /// Every algorithm, in the order the docs list them.
+    pub const ALL: [Balance; 5] = [
+        Balance::RoundRobin,
+        Balance::LeastConnections,
+        Balance::RandomTwo,
+        Balance::SourceHash,
+        Balance::First,
+    ];
+
     /// The name used in the config file.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -185,6 +194,9 @@ pub enum CheckKind {
 }
 
 impl CheckKind {
+    /// Every kind of check.
+    pub const ALL: [CheckKind; 3] = [CheckKind::Tcp, CheckKind::Tls, CheckKind::Https];
+
     /// The name used in the config file.
     pub fn as_str(self) -> &'static str {
         match self {

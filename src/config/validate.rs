@@ -10,10 +10,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{LineIndex, quoted};
-use super::raw::{Located, RawBackend, RawConfig, RawFrontend, RawHealth, RawServer};
+use super::raw::{Count, Located, RawBackend, RawConfig, RawFrontend, RawHealth, RawServer, Table};
 use super::{
-    Admin, AdminListen, Backend, CheckKind, Config, ConfigError, Frontend, Global, Health, Problem,
-    ServerAddress, ServerSpec, format_duration,
+    Admin, AdminListen, Backend, Balance, CheckKind, Config, ConfigError, Frontend, Global, Health,
+    Problem, ServerAddress, ServerSpec, format_duration,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -116,25 +116,53 @@ impl Checker<'_> {
 
     fn integer(
         &mut self,
-        value: &Located<i64>,
+        value: &Located<Count>,
         key: &str,
         default: u64,
         allowed: RangeInclusive<u64>,
     ) -> u64 {
         let Some(value) = value else { return default };
-        let n = *value.get_ref();
-        if !u64::try_from(n).is_ok_and(|n| allowed.contains(&n)) {
-            self.error(
-                value.span(),
-                format!(
-                    "`{key}` = {n} is out of range: expected between {} and {}",
-                    allowed.start(),
-                    allowed.end()
-                ),
-            );
-            return default;
+        let n = value.get_ref().0;
+        match u64::try_from(n) {
+            Ok(n) if allowed.contains(&n) => n,
+            _ => {
+                self.error(
+                    value.span(),
+                    format!(
+                        "`{key}` = {n} is out of range: expected between {} and {}",
+                        allowed.start(),
+                        allowed.end()
+                    ),
+                );
+                default
+            }
         }
-        n.unsigned_abs()
+    }
+
+    /// One of a fixed set of names (`balance`, `check`); the default when absent.
+    fn choice<T: Copy + Default>(
+        &mut self,
+        value: &Located<String>,
+        key: &str,
+        all: &[T],
+        name: fn(T) -> &'static str,
+    ) -> T {
+        let Some(value) = value else {
+            return T::default();
+        };
+        if let Some(&found) = all.iter().find(|&&c| name(c) == value.get_ref()) {
+            return found;
+        }
+        let names: Vec<String> = all.iter().map(|&c| format!("\"{}\"", name(c))).collect();
+        self.error(
+            value.span(),
+            format!(
+                "`{key}` = {} is not known: expected one of {}",
+                quoted(value.get_ref()),
+                names.join(", ")
+            ),
+        );
+        T::default()
     }
 
     /// Names appear in metric labels and admin URLs: keep them printable and slash-free.
@@ -175,38 +203,38 @@ impl Checker<'_> {
     fn config(&mut self, raw: RawConfig) -> Config {
         let global = Global {
             drain_timeout: self.duration(
-                &raw.global.drain_timeout,
+                &raw.global.0.drain_timeout,
                 "drain_timeout",
                 30 * SECOND,
                 Duration::ZERO..=DAY,
             ),
             resolve_interval: self.duration(
-                &raw.global.resolve_interval,
+                &raw.global.0.resolve_interval,
                 "resolve_interval",
                 30 * SECOND,
                 SECOND..=DAY,
             ),
         };
         let admin = Admin {
-            listen: match &raw.admin.listen {
+            listen: match &raw.admin.0.listen {
                 None => AdminListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 8404))),
                 Some(listen) => self.admin_listen(listen),
             },
         };
 
-        if raw.frontends.is_empty() {
+        if raw.frontends.0.is_empty() {
             self.error_without_place(
                 "no [[frontend]] defined: lbd needs at least one address to listen on",
             );
         }
         let mut names = HashSet::new();
-        for b in &raw.backends {
+        for b in &raw.backends.0 {
             self.unique(&mut names, &b.name, "backend");
         }
         let backend_names = names;
         let mut names = HashSet::new();
         let mut listen_seen = HashSet::new();
-        for f in &raw.frontends {
+        for f in &raw.frontends.0 {
             self.unique(&mut names, &f.name, "frontend");
             if !backend_names.contains(f.backend.get_ref().as_str()) {
                 let known = if backend_names.is_empty() {
@@ -235,8 +263,8 @@ impl Checker<'_> {
             }
         }
 
-        let frontends = raw.frontends.iter().map(|f| self.frontend(f)).collect();
-        let backends = raw.backends.iter().map(|b| self.backend(b)).collect();
+        let frontends = raw.frontends.0.iter().map(|f| self.frontend(f)).collect();
+        let backends = raw.backends.0.iter().map(|b| self.backend(b)).collect();
         Config {
             global,
             admin,
@@ -330,7 +358,7 @@ impl Checker<'_> {
             .servers
             .get_ref()
             .iter()
-            .map(|s| {
+            .map(|Table(s)| {
                 let spec = self.server(s);
                 if !seen.insert(spec.name.clone()) {
                     let span = s.name.as_ref().map_or(s.address.span(), Spanned::span);
@@ -352,7 +380,7 @@ impl Checker<'_> {
         };
         Backend {
             name,
-            balance: raw.balance.unwrap_or_default(),
+            balance: self.choice(&raw.balance, "balance", &Balance::ALL, Balance::as_str),
             connect_timeout: self.duration(
                 &raw.connect_timeout,
                 "connect_timeout",
@@ -404,9 +432,14 @@ impl Checker<'_> {
                 .and_then(|t| t.strip_suffix(']'))
                 .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
         let Some((host, port)) = text.rsplit_once(':').filter(|_| !bare_ip) else {
+            let hint = if text.parse::<std::net::Ipv6Addr>().is_ok() {
+                "it reads as an IPv6 address: write \"[IPv6]:PORT\", e.g. \"[fd00::11]:6443\""
+            } else {
+                expected
+            };
             self.error(
                 raw.span(),
-                format!("server address {shown} has no port: {expected}"),
+                format!("server address {shown} has no port: {hint}"),
             );
             return unusable(text);
         };
@@ -451,10 +484,10 @@ impl Checker<'_> {
         }
     }
 
-    fn health(&mut self, raw: &Spanned<RawHealth>) -> Health {
+    fn health(&mut self, raw: &Spanned<Table<RawHealth>>) -> Health {
         let defaults = Health::default();
-        let h = raw.get_ref();
-        let check = h.check.unwrap_or_default();
+        let h = &raw.get_ref().0;
+        let check = self.choice(&h.check, "check", &CheckKind::ALL, CheckKind::as_str);
         let tls = matches!(check, CheckKind::Tls | CheckKind::Https);
         let only_for =
             |checker: &mut Self, field: &Located<String>, key: &str, allowed: bool, kinds: &str| {

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
 use crate::frontend::Frontend;
+use crate::limit::{self, ConnectionLimit, FdBudget};
 use crate::listener;
 use crate::pool::Snapshot;
 use crate::reload;
@@ -63,6 +64,8 @@ struct Shared {
     snapshot: ArcSwap<Snapshot>,
     listeners: Mutex<Vec<BoundListener>>,
     connections: TaskTracker,
+    global_limit: Arc<ConnectionLimit>,
+    fd_budget: FdBudget,
     stop_accepting: CancellationToken,
     close_connections: CancellationToken,
 }
@@ -94,6 +97,11 @@ impl Daemon {
             frontends.push(frontend);
         }
 
+        let servers = pools.iter().map(|p| p.servers.len() as u64).sum();
+        let fd_budget = limit::fd_budget(limit::open_fds(), servers);
+        let global_limit = Arc::new(ConnectionLimit::new(global_max_connections(
+            &config, fd_budget,
+        )));
         let shared = Arc::new(Shared {
             config_path: config_path.to_owned(),
             snapshot: ArcSwap::from_pointee(Snapshot {
@@ -103,6 +111,8 @@ impl Daemon {
             }),
             listeners: Mutex::new(Vec::new()),
             connections: TaskTracker::new(),
+            global_limit,
+            fd_budget,
             stop_accepting: CancellationToken::new(),
             close_connections: CancellationToken::new(),
         });
@@ -131,10 +141,23 @@ impl Daemon {
         tokio::spawn(listener::accept_loop(
             listener,
             frontend,
+            Arc::clone(&self.shared.global_limit),
             stop,
             self.shared.connections.clone(),
             self.shared.close_connections.clone(),
         ));
+    }
+
+    /// Applies a reloaded config's global `max_connections` (within the
+    /// descriptor budget found at start).
+    pub fn resize_global_limit(&self, config: &Config) {
+        let size = global_max_connections(config, self.shared.fd_budget);
+        self.shared.global_limit.resize(size);
+    }
+
+    /// How many connections may be open at once over all frontends.
+    pub fn global_max_connections(&self) -> u64 {
+        self.shared.global_limit.size()
     }
 
     /// The config file this daemon reloads from.
@@ -184,4 +207,28 @@ impl Daemon {
         }
         info!("shutdown complete");
     }
+}
+
+/// The global connection limit: the configured one, but never more than the
+/// descriptor limit can carry, since past it every accept or dial fails
+/// with EMFILE instead of the client waiting its turn in the backlog.
+fn global_max_connections(config: &Config, budget: FdBudget) -> usize {
+    let configured = config.global.max_connections;
+    let size = configured.unwrap_or(usize::MAX).min(budget.connections);
+    match (configured, budget.nofile) {
+        (Some(wanted), Some(nofile)) if wanted > size => warn!(
+            configured = wanted,
+            using = size,
+            nofile,
+            "global max_connections needs more file descriptors than RLIMIT_NOFILE allows; raise LimitNOFILE"
+        ),
+        (None, Some(nofile)) => {
+            info!(
+                max_connections = size,
+                nofile, "global connection limit from RLIMIT_NOFILE"
+            );
+        }
+        _ => {}
+    }
+    size
 }

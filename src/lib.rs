@@ -10,7 +10,8 @@
 //! - [`daemon`]: start, snapshot, shutdown; [`run`] is the whole lifecycle.
 //! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reload.
 //! - [`frontend`]: a frontend's counters, connection limit and swappable route.
-//! - [`listener`]: the accept loop (connection limit, EMFILE backoff).
+//! - [`listener`]: the accept loop (connection limits, EMFILE backoff).
+//! - [`limit`]: connection slots, per-source counts, the descriptor budget.
 //! - [`socket`]: listener binding and per-stream socket options.
 //! - [`forward`]: one client connection: pick, dial, retry, relay, account.
 //! - [`relay`]: the copy loop with half-close, idle and FIN timeouts.
@@ -31,6 +32,7 @@ pub mod dial;
 pub mod forward;
 pub mod frontend;
 pub mod histogram;
+pub mod limit;
 pub mod listener;
 pub mod pool;
 pub mod relay;

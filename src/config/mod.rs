@@ -47,6 +47,9 @@ pub struct Global {
     pub drain_timeout: Duration,
     /// How often DNS-named servers are resolved again.
     pub resolve_interval: Duration,
+    /// Connections served at once over all frontends; more wait in the
+    /// kernel backlog. Unset: as many as RLIMIT_NOFILE allows.
+    pub max_connections: Option<usize>,
 }
 
 /// The admin API's settings (`[admin]`).
@@ -76,6 +79,9 @@ pub struct Frontend {
     pub backend: String,
     /// Connections served at once; more wait in the kernel backlog.
     pub max_connections: usize,
+    /// Connections one client address (IPv6: one /64) may hold at once;
+    /// more are refused with a reset. Unset: no limit.
+    pub max_connections_per_source: Option<u32>,
     /// Kernel accept queue length for each listening socket.
     pub backlog: u32,
     /// A connection that carries no byte in either direction for this long is closed.

@@ -119,6 +119,7 @@ pub(super) struct RawConfig {
 pub(super) struct RawGlobal {
     pub drain_timeout: Located<HumanDuration>,
     pub resolve_interval: Located<HumanDuration>,
+    pub max_connections: Located<Count>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,6 +135,7 @@ pub(super) struct RawFrontend {
     pub listen: Spanned<Vec<Spanned<String>>>,
     pub backend: Spanned<String>,
     pub max_connections: Located<Count>,
+    pub max_connections_per_source: Located<Count>,
     pub backlog: Located<Count>,
     pub idle_timeout: Located<HumanDuration>,
     pub fin_timeout: Located<HumanDuration>,

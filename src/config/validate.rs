@@ -25,6 +25,10 @@ const DAY: Duration = Duration::from_secs(86400);
 /// locating each costs a scan of its line.
 const MAX_PROBLEMS: usize = 50;
 
+/// Largest connection limit: far above what one host can hold, low enough
+/// that a typo (an extra zero or five) is caught.
+const MAX_CONNECTIONS: u64 = 10_000_000;
+
 /// Longest unix socket path: `sun_path` holds 108 bytes with the final NUL.
 const MAX_UNIX_PATH: usize = 107;
 
@@ -214,6 +218,14 @@ impl Checker<'_> {
                 30 * SECOND,
                 SECOND..=DAY,
             ),
+            max_connections: raw.global.0.max_connections.as_ref().map(|_| {
+                self.integer(
+                    &raw.global.0.max_connections,
+                    "max_connections",
+                    1,
+                    1..=MAX_CONNECTIONS,
+                ) as usize
+            }),
         };
         let admin = Admin {
             listen: match &raw.admin.0.listen {
@@ -334,8 +346,16 @@ impl Checker<'_> {
                 &raw.max_connections,
                 "max_connections",
                 20_000,
-                1..=10_000_000,
+                1..=MAX_CONNECTIONS,
             ) as usize,
+            max_connections_per_source: raw.max_connections_per_source.as_ref().map(|_| {
+                self.integer(
+                    &raw.max_connections_per_source,
+                    "max_connections_per_source",
+                    1,
+                    1..=MAX_CONNECTIONS,
+                ) as u32
+            }),
             backlog: self.integer(&raw.backlog, "backlog", 4096, 1..=65_535) as u32,
             idle_timeout: self.duration(&raw.idle_timeout, "idle_timeout", HOUR, SECOND..=7 * DAY),
             fin_timeout: self.duration(&raw.fin_timeout, "fin_timeout", 60 * SECOND, SECOND..=DAY),

@@ -2,6 +2,9 @@
 //! child process, backends on 127.0.0.1, and polling instead of sleeping.
 #![allow(dead_code)]
 
+pub mod blackhole;
+pub mod faulty;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -374,4 +377,160 @@ servers = [
 {servers}]
 "#
     )
+}
+
+/// What `/proc` says about a process: open fds, resident memory, threads,
+/// CPU time. Leak checks compare these before and after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStats {
+    /// Entries in /proc/PID/fd.
+    pub fds: usize,
+    /// VmRSS in KiB.
+    pub rss_kib: u64,
+    /// Threads of the process.
+    pub threads: u64,
+    /// User + system CPU time in clock ticks (utime + stime of /proc/PID/stat).
+    pub cpu_ticks: u64,
+}
+
+impl ProcStats {
+    /// Reads the stats of `pid`.
+    pub fn of(pid: i32) -> ProcStats {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib = |key: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the parenthesised command name; utime and stime are
+        // fields 14 and 15 of the whole line.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let cpu_ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        ProcStats {
+            fds,
+            rss_kib: kib("VmRSS:"),
+            threads: kib("Threads:"),
+            cpu_ticks,
+        }
+    }
+}
+
+/// Clock ticks per second, to turn [`ProcStats::cpu_ticks`] into time.
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).unwrap_or(100)
+}
+
+impl Lbd {
+    /// `/proc` stats of the daemon.
+    pub fn stats(&self) -> ProcStats {
+        ProcStats::of(self.pid())
+    }
+}
+
+/// A client that keeps a connection busy: it sends a numbered 1 KiB chunk,
+/// checks the echo byte for byte, and repeats until stopped or broken. Used
+/// to watch live connections through faults, reloads and shutdowns.
+pub struct EchoClient {
+    /// The backend's greeting (its name), read first.
+    pub server: String,
+    rounds: Arc<AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl EchoClient {
+    /// Connects to `addr` (a frontend in front of greeting echo backends)
+    /// and starts echoing with `pause` between rounds.
+    pub fn start(addr: SocketAddr, pause: Duration) -> std::io::Result<EchoClient> {
+        let mut stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut server = String::new();
+        reader.read_line(&mut server)?;
+        if server.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (r, s) = (Arc::clone(&rounds), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut sent = vec![0u8; 1024];
+            let mut got = vec![0u8; 1024];
+            let mut round: u64 = 0;
+            while !s.load(Ordering::Relaxed) {
+                for (i, b) in sent.iter_mut().enumerate() {
+                    *b = (round.wrapping_mul(31) as usize + i) as u8;
+                }
+                stream.write_all(&sent)?;
+                reader.read_exact(&mut got)?;
+                if got != sent {
+                    return Err(std::io::Error::other(format!(
+                        "round {round}: echoed bytes differ"
+                    )));
+                }
+                round += 1;
+                r.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(pause);
+            }
+            Ok(())
+        });
+        Ok(EchoClient {
+            server: server.trim_end().to_owned(),
+            rounds,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Rounds echoed correctly so far.
+    pub fn rounds(&self) -> usize {
+        self.rounds.load(Ordering::Relaxed)
+    }
+
+    /// Whether the echo loop has ended (by error; stopping is [`EchoClient::finish`]).
+    pub fn ended(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Stops the loop and returns how it went: `Ok` if every round echoed
+    /// correctly until stopped, or the error that broke it.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for EchoClient {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Lowers RLIMIT_NOFILE (soft and hard) of the child about to be spawned.
+pub fn limit_fds(command: &mut Command, fds: u64) {
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls setrlimit, which is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command, move || {
+            let limit = libc::rlimit {
+                rlim_cur: fds,
+                rlim_max: fds,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
 }

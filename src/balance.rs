@@ -60,8 +60,7 @@ impl Balancer {
 
     /// Picks a server index. `rank` says how much a server is wanted:
     /// `None` excludes it, and among the rest only the lowest rank present is
-    /// considered (healthy servers before unchecked ones, say). The cursor
-    /// moves once per pick, whatever the ranks, so rotation stays fair.
+    /// considered (healthy servers before unchecked ones, say).
     pub fn pick(
         &self,
         servers: &[Arc<Server>],
@@ -72,22 +71,30 @@ impl Balancer {
         if n == 0 {
             return None;
         }
+        let best_rank = || (0..n).filter_map(&rank).min();
         match &self.kind {
             Kind::RoundRobin(schedule) => {
-                let start = self.cursor.fetch_add(1, Relaxed);
+                // Each slot looked at is used up, skipped or not: a down
+                // server's turns are spread over the others instead of all
+                // falling to the server after it.
+                let len = schedule.len();
                 let order =
-                    (0..schedule.len()).map(|k| schedule[(start + k) % schedule.len()] as usize);
-                first_of_best_rank(order, rank)
+                    (0..len).map(|_| schedule[self.cursor.fetch_add(1, Relaxed) % len] as usize);
+                first_of_best_rank(order, &rank, best_rank)
             }
             Kind::LeastConnections => {
                 let start = self.cursor.fetch_add(1, Relaxed);
                 least_loaded(servers, (0..n).map(|k| (start + k) % n), rank)
             }
             Kind::RandomTwo => {
-                // Two random probes; when either is not a top-rank server (a
-                // degraded pool), fall back to a full scan.
+                // Two distinct random probes; when either is not a top-rank
+                // server (a degraded pool), fall back to a full scan.
                 let a = random_below(n);
-                let b = random_below(n);
+                let b = if n > 1 {
+                    (a + 1 + random_below(n - 1)) % n
+                } else {
+                    a
+                };
                 if rank(a) == Some(0) && rank(b) == Some(0) {
                     least_loaded(servers, [a, b].into_iter(), rank)
                 } else {
@@ -96,30 +103,36 @@ impl Balancer {
                 }
             }
             Kind::SourceHash(ring) => {
-                let at = ring.partition_point(|&(p, _)| p < hash_of(&client));
+                let point = hash_of(&client);
+                let at = ring.partition_point(|&(p, _)| p < point);
                 let order = (0..ring.len()).map(|k| ring[(at + k) % ring.len()].1 as usize);
-                first_of_best_rank(order, rank)
+                first_of_best_rank(order, &rank, best_rank)
             }
-            Kind::First => first_of_best_rank(0..n, rank),
+            Kind::First => first_of_best_rank(0..n, &rank, best_rank),
         }
     }
 }
 
-/// The first candidate of the lowest rank; stops at the first rank-0 one,
-/// so the common case (a healthy server) costs one step.
+/// The first candidate in `order` whose rank is the best any server has.
+/// The common case (the first candidate is healthy) costs one step; only
+/// otherwise is `best_rank` worked out (once, over the servers, not over a
+/// long ring or schedule), and the walk stops at the first match or returns
+/// at once when no server is eligible at all.
 fn first_of_best_rank(
-    order: impl Iterator<Item = usize>,
+    mut order: impl Iterator<Item = usize>,
     rank: impl Fn(usize) -> Option<u8>,
+    best_rank: impl FnOnce() -> Option<u8>,
 ) -> Option<usize> {
-    let mut best: Option<(u8, usize)> = None;
-    for i in order {
-        match rank(i) {
-            Some(0) => return Some(i),
-            Some(r) if best.is_none_or(|(b, _)| r < b) => best = Some((r, i)),
-            _ => {}
-        }
+    let first = order.next()?;
+    let first_rank = rank(first);
+    if first_rank == Some(0) {
+        return Some(first);
     }
-    best.map(|(_, i)| i)
+    let best = best_rank()?;
+    if first_rank == Some(best) {
+        return Some(first);
+    }
+    order.find(|&i| rank(i) == Some(best))
 }
 
 /// The candidate of the lowest rank with the fewest active connections per
@@ -276,6 +289,30 @@ mod tests {
         let schedule = smooth_schedule(&[5, 1, 1]);
         assert_eq!(schedule.iter().filter(|&&i| i == 0).count(), 5);
         assert!(schedule.windows(3).all(|w| w.contains(&0)), "{schedule:?}");
+    }
+
+    #[test]
+    fn round_robin_spreads_a_down_servers_turns_evenly() {
+        let servers = servers(&[1, 1, 1]);
+        let b = balancer(Balance::RoundRobin, &servers);
+        let mut counts = [0; 3];
+        for _ in 0..300 {
+            counts[b
+                .pick(&servers, client(0), |i| (i != 1).then_some(0))
+                .unwrap()] += 1;
+        }
+        assert_eq!(counts, [150, 0, 150]);
+    }
+
+    #[test]
+    fn random_two_probes_two_distinct_servers() {
+        let servers = servers(&[1, 1]);
+        let b = balancer(Balance::RandomTwo, &servers);
+        let _busy = servers[0].connection();
+        // Distinct probes always see the idle server, so it always wins.
+        for _ in 0..200 {
+            assert_eq!(b.pick(&servers, client(0), |_| Some(0)), Some(1));
+        }
     }
 
     #[test]

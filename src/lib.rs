@@ -22,10 +22,13 @@
 //! - [`balance`]: round-robin, least-connections, random-two, source-hash, first.
 //! - [`reload`]: builds pools from a config, carrying server state over.
 //! - [`demo`]: `lbd --demo`, stand-in apiservers for a first run.
+//! - [`ctl`]: `lbctl`'s admin API client and commands.
+//! - [`probe`]: `lbctl probe`, which dials endpoints and explains what is wrong.
 
 pub mod balance;
 pub mod buffer;
 pub mod config;
+pub mod ctl;
 pub mod daemon;
 pub mod demo;
 pub mod dial;
@@ -35,6 +38,7 @@ pub mod histogram;
 pub mod limit;
 pub mod listener;
 pub mod pool;
+pub mod probe;
 pub mod relay;
 pub mod reload;
 pub mod signals;

@@ -249,7 +249,7 @@ pub struct Tried {
 
 impl Tried {
     /// One first dial plus the largest `retries` the config accepts.
-    const CAPACITY: usize = 17;
+    const CAPACITY: usize = config::MAX_RETRIES as usize + 1;
 
     /// Whether server `index` was dialed already.
     pub fn contains(&self, index: usize) -> bool {

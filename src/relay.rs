@@ -170,6 +170,10 @@ async fn pump(
         let mut buf = Buffer::take();
         let n = match from.try_read(&mut buf) {
             Ok(0) => {
+                // A half-close is activity: the FIN timeout counts from here,
+                // not from the last byte, or a long-quiet client that half-
+                // closes would lose the server's answer at once.
+                activity.touch();
                 // The peer may already be gone; its own error surfaces elsewhere.
                 let _ = SockRef::from(to).shutdown(Shutdown::Write);
                 return Ok(());

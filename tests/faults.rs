@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::blackhole::Blackhole;
+use support::blackhole::blackhole_listener;
 use support::faulty::{FaultyServer, Misbehaviour};
 use support::{
     Backend, EchoClient, Lbd, clock_ticks_per_second, config_for, greeting, limit_fds, wait_until,
@@ -108,7 +108,7 @@ fn a_refusing_server_costs_a_retry_not_a_failed_client() {
 
 #[test]
 fn a_blackholed_server_costs_a_connect_timeout_not_a_failed_client() {
-    let hole = Blackhole::new();
+    let hole = blackhole_listener();
     let alive = Backend::named("alive");
     let config = config_for(&[&alive], "retries = 1\nconnect_timeout = \"300ms\"", "").replace(
         "servers = [\n",

@@ -19,6 +19,10 @@ use serde::{Deserialize, Serialize};
 pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use error::{ConfigError, Problem};
 
+/// The largest `retries` a backend may ask for; also sizes the per-connection
+/// record of servers already tried.
+pub const MAX_RETRIES: u32 = 16;
+
 /// Where `lbd` looks for its config when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/lbd/lbd.toml";
 

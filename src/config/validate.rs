@@ -245,7 +245,7 @@ impl Checker<'_> {
         }
         let backend_names = names;
         let mut names = HashSet::new();
-        let mut listen_seen = HashSet::new();
+        let mut listen_seen: Vec<SocketAddr> = Vec::new();
         for f in &raw.frontends.0 {
             self.unique(&mut names, &f.name, "frontend");
             if !backend_names.contains(f.backend.get_ref().as_str()) {
@@ -266,12 +266,29 @@ impl Checker<'_> {
                 );
             }
             for l in f.listen.get_ref() {
-                if let Ok(addr) = l.get_ref().parse::<SocketAddr>()
-                    && addr.port() != 0
-                    && !listen_seen.insert(addr)
-                {
-                    self.error(l.span(), format!("listen address {addr} is used twice"));
+                let Ok(addr) = l.get_ref().parse::<SocketAddr>() else {
+                    continue;
+                };
+                if addr.port() == 0 {
+                    continue;
                 }
+                let admin_addr = match &admin.listen {
+                    AdminListen::Tcp(a) => Some(*a),
+                    AdminListen::Unix(_) => None,
+                };
+                if let Some(other) = listen_seen
+                    .iter()
+                    .chain(&admin_addr)
+                    .find(|&&other| binds_clash(addr, other))
+                {
+                    let other = if Some(*other) == admin_addr {
+                        format!("the admin API's {other}")
+                    } else {
+                        other.to_string()
+                    };
+                    self.error(l.span(), format!("listen address {addr} clashes with {other}: both cannot be bound at once"));
+                }
+                listen_seen.push(addr);
             }
         }
 
@@ -407,7 +424,12 @@ impl Checker<'_> {
                 2 * SECOND,
                 Duration::from_millis(10)..=Duration::from_secs(300),
             ),
-            retries: self.integer(&raw.retries, "retries", 2, 0..=16) as u32,
+            retries: self.integer(
+                &raw.retries,
+                "retries",
+                2,
+                0..=u64::from(super::MAX_RETRIES),
+            ) as u32,
             servers,
             health,
         }
@@ -595,6 +617,15 @@ impl Checker<'_> {
     }
 }
 
+/// Whether two listening addresses cannot both be bound: the same port and
+/// either the same IP or a wildcard of the same family (IPv6 listeners are
+/// V6ONLY, so `[::]` and `0.0.0.0` do not clash).
+fn binds_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -684,6 +715,33 @@ servers = [{ address = "10.0.0.1" }, { address = "10.0.0.2:1", weight = 0 }]
         assert_eq!(lines, vec![4, 5, 9, 10, 13, 14, 14], "{found:#?}");
         assert!(found[1].1.contains("does not exist: expected one of b"));
         assert!(found[4].1.contains("duplicate backend name"));
+    }
+
+    #[test]
+    fn listeners_that_cannot_both_bind_are_refused() {
+        let two = |a: &str, b: &str| {
+            format!(
+                "[admin]\nlisten = \"127.0.0.1:8404\"\n[[frontend]]\nname = \"a\"\nlisten = [\"{a}\"]\nbackend = \"b\"\n\
+                 [[frontend]]\nname = \"c\"\nlisten = [\"{b}\"]\nbackend = \"b\"\n\
+                 [[backend]]\nname = \"b\"\nservers = [{{ address = \"10.0.0.1:1\" }}]\n"
+            )
+        };
+        for (a, b) in [
+            ("0.0.0.0:6443", "127.0.0.1:6443"),
+            ("127.0.0.1:6443", "127.0.0.1:6443"),
+            ("[::]:6443", "[::1]:6443"),
+            ("0.0.0.0:8404", "127.0.0.2:1"),
+        ] {
+            let p = &problems(&two(a, b))[0];
+            assert!(p.message.contains("clashes with"), "{a} {b}: {p}");
+        }
+        for (a, b) in [
+            ("0.0.0.0:6443", "[::]:6443"),
+            ("127.0.0.1:6443", "127.0.0.2:6443"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            assert!(parse(&two(a, b)).is_ok(), "{a} {b}");
+        }
     }
 
     #[test]

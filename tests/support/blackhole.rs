@@ -1,49 +1,53 @@
-//! A server whose SYNs go unanswered, without root or firewall rules.
-//!
-//! A listener with backlog 0 holds one completed connection in its accept
-//! queue; once a filler connection sits there (never accepted), Linux drops
-//! every further SYN, so a dial to it times out exactly as to a host behind
-//! a dropping firewall.
+//! A listener whose dials time out, without root: `listen(0)` with the
+//! accept queue already full, so Linux drops every further SYN.
+#![allow(dead_code)]
 
+use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, Protocol, Socket, Type};
 
-/// A loopback address that swallows SYNs until dropped.
+/// How long a loopback connect may take before the queue counts as full;
+/// a SYN-ACK on loopback comes back in microseconds.
+const FULL_AFTER: Duration = Duration::from_millis(100);
+
+/// A port on 127.0.0.1 that drops SYNs; keep it alive as long as it is dialed.
 pub struct Blackhole {
-    /// Where dials time out.
+    /// Where to dial to get a timeout.
     pub addr: SocketAddr,
     _listener: Socket,
-    _fillers: Vec<TcpStream>,
+    _queued: Vec<TcpStream>,
 }
 
-impl Blackhole {
-    /// Binds 127.0.0.1:0 with backlog 0 and fills its accept queue.
-    pub fn new() -> Blackhole {
-        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        listener
-            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-            .unwrap();
-        listener.listen(0).unwrap();
-        let addr = listener.local_addr().unwrap().as_socket().unwrap();
-        // Fill the queue until a dial no longer completes: with backlog 0
-        // that takes one connection, but the exact count is the kernel's.
-        let mut fillers = Vec::new();
-        loop {
-            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-                Ok(stream) => {
-                    fillers.push(stream);
-                    assert!(fillers.len() < 16, "the accept queue does not fill");
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
-                Err(e) => panic!("filling the blackhole's accept queue: {e}"),
+/// Binds 127.0.0.1:0 with backlog 0 and fills its accept queue. Two dials in
+/// a row that time out prove SYNs are dropped, not just slow.
+pub fn blackhole_listener() -> Blackhole {
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    listener.bind(&any.into()).unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut queued = Vec::new();
+    let mut timeouts = 0;
+    for _ in 0..32 {
+        match TcpStream::connect_timeout(&addr, FULL_AFTER) {
+            Ok(stream) => {
+                timeouts = 0;
+                queued.push(stream);
             }
-        }
-        Blackhole {
-            addr,
-            _listener: listener,
-            _fillers: fillers,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                timeouts += 1;
+                if timeouts == 2 {
+                    return Blackhole {
+                        addr,
+                        _listener: listener,
+                        _queued: queued,
+                    };
+                }
+            }
+            Err(e) => panic!("filling the accept queue of {addr}: {e}"),
         }
     }
+    panic!("the accept queue of {addr} never filled: this kernel does not drop SYNs");
 }

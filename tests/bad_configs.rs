@@ -228,3 +228,33 @@ fn windows_line_endings_and_a_bom_are_accepted() {
         }
     }
 }
+
+#[test]
+fn sixty_thousand_listen_addresses_are_checked_for_clashes() {
+    // Each address is checked against all before it: an index, not a scan.
+    let listen: Vec<String> = (1..=60_000)
+        .map(|port| format!("\"127.0.0.1:{port}\""))
+        .chain(["\"0.0.0.0:59999\"".to_owned()])
+        .collect();
+    let text = format!(
+        "[admin]\nlisten = \"unix:/run/lbd/admin.sock\"\n\n\
+         [[frontend]]\nname = \"api\"\nbackend = \"cp\"\nlisten = [{}]\n\n\
+         [[backend]]\nname = \"cp\"\nservers = [{{ address = \"10.0.0.11:6443\" }}]\n",
+        listen.join(",")
+    );
+    let dir = TempDir::new("binds");
+    let path = dir.write("binds.toml", &text);
+    let shown = load_rejects(&path).to_string();
+    let column = text
+        .lines()
+        .nth(6)
+        .unwrap()
+        .find("\"0.0.0.0:59999\"")
+        .unwrap()
+        + 1;
+    check_expectations(
+        &path,
+        &format!("7:{column}: listen address 0.0.0.0:59999 clashes with 127.0.0.1:59999"),
+        &shown,
+    );
+}

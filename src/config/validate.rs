@@ -1,7 +1,7 @@
 //! Turns the raw file into a [`Config`]: applies defaults, checks ranges and
 //! references, and collects every problem with its place in the file.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
@@ -245,7 +245,7 @@ impl Checker<'_> {
         }
         let backend_names = names;
         let mut names = HashSet::new();
-        let mut listen_seen: Vec<SocketAddr> = Vec::new();
+        let mut listen_seen = Binds::default();
         for f in &raw.frontends.0 {
             self.unique(&mut names, &f.name, "frontend");
             if !backend_names.contains(f.backend.get_ref().as_str()) {
@@ -273,22 +273,17 @@ impl Checker<'_> {
                     continue;
                 }
                 let admin_addr = match &admin.listen {
-                    AdminListen::Tcp(a) => Some(*a),
+                    AdminListen::Tcp(a) => Some(*a).filter(|&a| binds_clash(addr, a)),
                     AdminListen::Unix(_) => None,
                 };
-                if let Some(other) = listen_seen
-                    .iter()
-                    .chain(&admin_addr)
-                    .find(|&&other| binds_clash(addr, other))
-                {
-                    let other = if Some(*other) == admin_addr {
-                        format!("the admin API's {other}")
-                    } else {
-                        other.to_string()
-                    };
+                let other = match admin_addr {
+                    Some(admin) => Some(format!("the admin API's {admin}")),
+                    None => listen_seen.clash(addr).map(|other| other.to_string()),
+                };
+                if let Some(other) = other {
                     self.error(l.span(), format!("listen address {addr} clashes with {other}: both cannot be bound at once"));
                 }
-                listen_seen.push(addr);
+                listen_seen.insert(addr);
             }
         }
 
@@ -620,6 +615,43 @@ impl Checker<'_> {
 /// Whether two listening addresses cannot both be bound: the same port and
 /// either the same IP or a wildcard of the same family (IPv6 listeners are
 /// V6ONLY, so `[::]` and `0.0.0.0` do not clash).
+/// Listen addresses seen so far, indexed so that each new one is checked
+/// against them in constant time (a generated file may list thousands).
+#[derive(Default)]
+struct Binds {
+    /// Every specific address, and per (port, family) the first wildcard
+    /// and the first address of any kind.
+    exact: HashSet<SocketAddr>,
+    wildcard: HashMap<(u16, bool), SocketAddr>,
+    any: HashMap<(u16, bool), SocketAddr>,
+}
+
+impl Binds {
+    /// An address already seen that `addr` cannot be bound beside, per [`binds_clash`].
+    fn clash(&self, addr: SocketAddr) -> Option<SocketAddr> {
+        let key = (addr.port(), addr.is_ipv4());
+        if self.exact.contains(&addr) {
+            return Some(addr);
+        }
+        if let Some(&wildcard) = self.wildcard.get(&key) {
+            return Some(wildcard);
+        }
+        if addr.ip().is_unspecified() {
+            return self.any.get(&key).copied();
+        }
+        None
+    }
+
+    fn insert(&mut self, addr: SocketAddr) {
+        let key = (addr.port(), addr.is_ipv4());
+        self.exact.insert(addr);
+        self.any.entry(key).or_insert(addr);
+        if addr.ip().is_unspecified() {
+            self.wildcard.entry(key).or_insert(addr);
+        }
+    }
+}
+
 fn binds_clash(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
         && a.is_ipv4() == b.is_ipv4()

@@ -213,7 +213,7 @@ fn hash_of(value: &impl Hash) -> u64 {
 
 /// A uniform number in `0..n` from a per-thread xorshift generator: fast,
 /// lock-free, and random enough to spread load (not for secrets).
-fn random_below(n: usize) -> usize {
+pub(crate) fn random_below(n: usize) -> usize {
     thread_local! {
         static STATE: Cell<u64> = Cell::new(seed());
     }

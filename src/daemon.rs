@@ -1,27 +1,41 @@
 //! The running daemon: binds the frontends, builds the first snapshot, owns
-//! the cancellation tree, and drains on shutdown.
+//! the cancellation tree, serves the admin API, reloads, and drains on
+//! shutdown.
 //!
 //! Cancellation tree: `stop_accepting` ends every accept loop (SIGTERM);
 //! `close_connections` ends every live relay (the drain deadline). The
 //! connection tasks are tracked so shutdown knows when they are all gone.
+//!
+//! Health checks follow the snapshot: every snapshot stored goes through
+//! [`Daemon::install_snapshot`], which also syncs the health tasks.
+
+mod control;
+mod listeners;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::admin::{self, AdminError, AdminServer};
 use crate::config::{Config, ConfigError};
 use crate::frontend::Frontend;
+use crate::health::HealthChecks;
 use crate::limit::{self, ConnectionLimit, FdBudget};
-use crate::listener;
-use crate::pool::Snapshot;
+use crate::pool::{Server, Snapshot};
 use crate::reload;
 use crate::socket;
+
+pub use control::{AdminChange, LastReload, ReloadError, ReloadReport, UnknownServer};
+pub use listeners::BindError;
+
+use listeners::Listeners;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -30,26 +44,11 @@ pub enum StartError {
     #[error("{0}")]
     Config(#[from] ConfigError),
     /// A listen address could not be bound.
-    #[error(
-        "frontend {frontend:?}: cannot listen on {addr}: {source} (is another process using the port, or does binding below 1024 need CAP_NET_BIND_SERVICE?)"
-    )]
-    Bind {
-        /// The frontend that owns the address.
-        frontend: String,
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
-}
-
-/// A bound listening socket and the token that stops its accept loop.
-#[derive(Debug)]
-struct BoundListener {
-    frontend: String,
-    local: SocketAddr,
-    #[allow(dead_code)]
-    stop: CancellationToken,
+    #[error("{0}")]
+    Bind(#[from] BindError),
+    /// The admin API could not listen.
+    #[error("{0}")]
+    Admin(#[from] AdminError),
 }
 
 /// A running lbd: frontends listening, connections being forwarded.
@@ -62,42 +61,69 @@ pub struct Daemon {
 struct Shared {
     config_path: PathBuf,
     snapshot: ArcSwap<Snapshot>,
-    listeners: Mutex<Vec<BoundListener>>,
+    listeners: Mutex<Listeners>,
     connections: TaskTracker,
     global_limit: Arc<ConnectionLimit>,
     fd_budget: FdBudget,
     stop_accepting: CancellationToken,
     close_connections: CancellationToken,
+    /// Held for the whole of a reload or DNS refresh: one change at a time.
+    reload_lock: tokio::sync::Mutex<control::ReloadState>,
+    last_reload: Mutex<LastReload>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    started_at: SystemTime,
+    admin: Mutex<Option<AdminServer>>,
+    health: HealthChecks,
 }
 
 impl Daemon {
-    /// Binds every frontend of `config` and starts serving.
+    /// Loads the config at `path` (logging the timing lint's warnings) and starts.
+    pub async fn start_from_file(path: &Path) -> Result<Daemon, StartError> {
+        let checked = Config::load_with_warnings(path)?;
+        for warning in &checked.warnings {
+            warn!("{}", warning.one_line());
+        }
+        let warnings = checked.warnings.iter().map(|w| w.one_line()).collect();
+        Daemon::start_with_warnings(path, checked.config, warnings).await
+    }
+
+    /// Binds every frontend of `config`, the admin API, and starts serving.
     pub async fn start(config_path: &Path, config: Config) -> Result<Daemon, StartError> {
+        Daemon::start_with_warnings(config_path, config, Vec::new()).await
+    }
+
+    async fn start_with_warnings(
+        config_path: &Path,
+        config: Config,
+        warnings: Vec<String>,
+    ) -> Result<Daemon, StartError> {
         let config = Arc::new(config);
-        let pools = reload::build_pools(&config, None).await;
+        let resolved = reload::resolve_pools(&config, None).await;
         let mut frontends = Vec::with_capacity(config.frontends.len());
         let mut bound = Vec::new();
         for spec in &config.frontends {
-            let pool = pools
+            let pool = resolved
+                .pools
                 .iter()
                 .find(|p| p.spec.name == spec.backend)
                 .cloned()
                 .expect("validation guarantees the backend exists");
             let frontend = Arc::new(Frontend::new(spec, pool));
             for &addr in &spec.listen {
-                let listener = socket::bind_listener(addr, spec.backlog).map_err(|source| {
-                    StartError::Bind {
+                let listener =
+                    socket::bind_listener(addr, spec.backlog).map_err(|source| BindError {
                         frontend: spec.name.clone(),
                         addr,
                         source,
-                    }
-                })?;
-                bound.push((Arc::clone(&frontend), listener));
+                    })?;
+                bound.push((Arc::clone(&frontend), addr, listener));
             }
             frontends.push(frontend);
         }
+        let admin_listener = admin::bind(&config.admin.listen).await?;
 
-        let servers = pools.iter().map(|p| p.servers.len() as u64).sum();
+        let servers = resolved.pools.iter().map(|p| p.servers.len() as u64).sum();
         let fd_budget = limit::fd_budget(limit::open_fds(), servers);
         let global_limit = Arc::new(ConnectionLimit::new(global_max_connections(
             &config, fd_budget,
@@ -106,46 +132,39 @@ impl Daemon {
             config_path: config_path.to_owned(),
             snapshot: ArcSwap::from_pointee(Snapshot {
                 config: Arc::clone(&config),
-                pools,
+                pools: resolved.pools,
                 frontends,
             }),
-            listeners: Mutex::new(Vec::new()),
+            listeners: Mutex::new(Listeners::default()),
             connections: TaskTracker::new(),
             global_limit,
             fd_budget,
             stop_accepting: CancellationToken::new(),
             close_connections: CancellationToken::new(),
+            reload_lock: tokio::sync::Mutex::new(control::ReloadState::default()),
+            last_reload: Mutex::new(LastReload::loaded(warnings)),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            started_at: SystemTime::now(),
+            admin: Mutex::new(None),
+            health: HealthChecks::new(),
         });
         let daemon = Daemon { shared };
-        for (frontend, listener) in bound {
-            daemon.spawn_accept_loop(frontend, listener);
+        daemon
+            .note_dns_results(&resolved.dns_failures, &resolved.dns_resolved)
+            .await;
+        // Checks start before the listeners: the first ones finish within
+        // milliseconds, so few clients meet an unchecked server.
+        daemon.sync_health_checks(&daemon.snapshot());
+        for (frontend, configured, listener) in bound {
+            daemon.spawn_accept_loop(frontend, configured, listener);
         }
+        // The admin API outlives `stop_accepting`: /readyz says "shutting
+        // down" and /metrics keeps answering while connections drain.
+        let admin = admin::serve(admin_listener, daemon.clone());
+        *daemon.shared.admin.lock().expect("admin lock") = Some(admin);
+        tokio::spawn(daemon.clone().refresh_dns_periodically());
         Ok(daemon)
-    }
-
-    fn spawn_accept_loop(&self, frontend: Arc<Frontend>, listener: tokio::net::TcpListener) {
-        let local = listener
-            .local_addr()
-            .expect("a bound socket has a local address");
-        info!(frontend = %frontend.name, address = %local, "listening");
-        let stop = self.shared.stop_accepting.child_token();
-        self.shared
-            .listeners
-            .lock()
-            .expect("listener list lock")
-            .push(BoundListener {
-                frontend: frontend.name.clone(),
-                local,
-                stop: stop.clone(),
-            });
-        tokio::spawn(listener::accept_loop(
-            listener,
-            frontend,
-            Arc::clone(&self.shared.global_limit),
-            stop,
-            self.shared.connections.clone(),
-            self.shared.close_connections.clone(),
-        ));
     }
 
     /// Applies a reloaded config's global `max_connections` (within the
@@ -170,16 +189,58 @@ impl Daemon {
         self.shared.snapshot.load_full()
     }
 
+    /// Makes `snapshot` the running one and brings the health checks in
+    /// line with it (new servers checked at once, removed ones no longer).
+    /// Reloads and DNS changes store every snapshot through here.
+    pub fn install_snapshot(&self, snapshot: Arc<Snapshot>) {
+        self.shared.snapshot.store(Arc::clone(&snapshot));
+        self.sync_health_checks(&snapshot);
+    }
+
+    /// When the daemon started.
+    pub fn started_at(&self) -> SystemTime {
+        self.shared.started_at
+    }
+
+    /// The health checks: `check_now` after an admin change, `first_round`
+    /// before telling systemd READY.
+    pub fn health(&self) -> &HealthChecks {
+        &self.shared.health
+    }
+
     /// The addresses a frontend actually listens on (port 0 resolved).
     pub fn local_addrs(&self, frontend: &str) -> Vec<SocketAddr> {
         self.shared
             .listeners
             .lock()
             .expect("listener list lock")
-            .iter()
-            .filter(|l| l.frontend == frontend)
-            .map(|l| l.local)
-            .collect()
+            .local_addrs(frontend)
+    }
+
+    /// Whether shutdown has begun (no new connections are accepted).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.stop_accepting.is_cancelled()
+    }
+
+    /// Called after every snapshot swap (start, reload, DNS change): starts
+    /// checks for servers that are new, stops those of servers that are gone.
+    fn sync_health_checks(&self, snapshot: &Arc<Snapshot>) {
+        self.shared.health.sync(snapshot);
+    }
+
+    /// Checks a server right away (an operator drained, disabled or enabled it).
+    fn check_now(&self, server: &Arc<Server>) {
+        self.shared.health.check_now(server);
+    }
+
+    /// Ends the drain now: every live connection is closed at once.
+    pub fn close_connections_now(&self, why: &str) {
+        warn!(
+            signal = why,
+            connections = self.shared.connections.len(),
+            "second signal: closing the remaining connections now"
+        );
+        self.shared.close_connections.cancel();
     }
 
     /// Stops accepting at once, lets live connections finish for up to
@@ -187,6 +248,14 @@ impl Daemon {
     pub async fn shutdown(&self) {
         let drain_timeout = self.snapshot().config.global.drain_timeout;
         self.shared.stop_accepting.cancel();
+        // The daemon's own descriptors go too, so each socket closes as its
+        // accept loop ends.
+        self.shared
+            .listeners
+            .lock()
+            .expect("listener list lock")
+            .close_all();
+        self.shared.health.shutdown().await;
         let connections = &self.shared.connections;
         connections.close();
         let live = connections.len();
@@ -204,6 +273,9 @@ impl Daemon {
             self.shared.close_connections.cancel();
             // Relays end at once on cancellation; this bound is only a backstop.
             let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
+        }
+        if let Some(admin) = self.shared.admin.lock().expect("admin lock").take() {
+            admin.stop();
         }
         info!("shutdown complete");
     }

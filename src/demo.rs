@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,7 +73,11 @@ rise = 2
 fall = 2
 "#
     );
-    let config_path = std::env::temp_dir().join(format!("lbd-demo-{}.toml", std::process::id()));
+    // A fresh private directory: refuses to follow a link someone planted
+    // at a predictable /tmp path, and keeps the file the user's own.
+    let dir = std::env::temp_dir().join(format!("lbd-demo-{}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let config_path = dir.join("lbd.toml");
     tokio::fs::write(&config_path, config).await?;
     Ok(Demo {
         config_path,
@@ -93,6 +98,13 @@ async fn free_or(wanted: SocketAddr) -> io::Result<SocketAddr> {
 }
 
 impl Demo {
+    /// Removes the generated config and its directory.
+    pub fn clean_up(&self) {
+        if let Some(dir) = self.config_path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
     /// The instructions printed once lbd is up.
     pub fn instructions(&self, frontend: SocketAddr, admin: &str) -> String {
         let mut text = format!(
@@ -100,7 +112,8 @@ impl Demo {
              try it:\n  \
              curl -s http://{frontend}/            # answered by cp1, cp2, cp3 in turn\n  \
              nc -v {ip} {port}                     # the control-plane endpoint answers\n  \
-             curl -s http://{admin}/api/v1/status  # health and counters\n\n\
+             curl -s http://{admin}/api/v1/status  # health and counters (JSON)\n  \
+             cargo run --release --bin lbctl -- --admin {admin} status   # the same, as a table\n\n\
              kill a stand-in (it comes back after {down}s) and watch traffic move:\n",
             ip = frontend.ip(),
             port = frontend.port(),

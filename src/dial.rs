@@ -97,38 +97,67 @@ pub struct DialError {
     pub elapsed: Duration,
     /// The operating system's message.
     pub detail: String,
+    /// The failure is this host's, not the server's (out of file
+    /// descriptors, memory or ephemeral ports): it says nothing about the
+    /// server's health.
+    pub local: bool,
+}
+
+/// Whether an error is lbd's own resource shortage rather than the peer's doing.
+fn is_local(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
 }
 
 /// Connects to `addr` within `timeout`, with lbd's socket options applied.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, DialError> {
     let started = Instant::now();
-    let fail = |kind, detail: String| DialError {
+    let fail = |kind, detail: String, local| DialError {
         kind,
         addr,
         elapsed: started.elapsed(),
         detail,
+        local,
     };
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
-    .map_err(|e| fail(DialErrorKind::classify(&e), e.to_string()))?;
+    .map_err(|e| fail(DialErrorKind::classify(&e), e.to_string(), true))?;
     match tokio::time::timeout(timeout, socket.connect(addr)).await {
         Ok(Ok(stream)) => {
             socket::tune_stream(&stream);
             Ok(stream)
         }
-        Ok(Err(e)) => Err(fail(DialErrorKind::classify(&e), e.to_string())),
+        Ok(Err(e)) => Err(fail(
+            DialErrorKind::classify(&e),
+            e.to_string(),
+            is_local(&e),
+        )),
         Err(_) => Err(fail(
             DialErrorKind::Timeout,
             format!("no answer within {timeout:?}"),
+            false,
         )),
     }
 }
 
-/// Resolves `host:port` to every address it names, or a `DnsError`.
+/// How long one name lookup may take: a dead resolver must not hold up
+/// startup or a reload (getaddrinfo's own retries can take much longer).
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Resolves `host:port` to every address it names, or says why not.
 pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
-    match tokio::net::lookup_host((host, port)).await {
+    let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)));
+    let Ok(answer) = lookup.await else {
+        return Err(format!(
+            "cannot resolve {host}: no answer from the resolver within {}s",
+            RESOLVE_TIMEOUT.as_secs()
+        ));
+    };
+    match answer {
         Ok(addrs) => {
             let mut addrs: Vec<SocketAddr> = addrs.collect();
             addrs.sort();

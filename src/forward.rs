@@ -1,10 +1,13 @@
 //! One client connection: pick a server, dial it (retrying elsewhere on
 //! failure), relay bytes both ways, and account for all of it.
+//!
+//! A failed dial is also reported to the server's health task (passive
+//! health), which counts it against the server at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +17,7 @@ use crate::dial;
 use crate::frontend::{Frontend, RejectReason};
 use crate::limit::ConnectionSlot;
 use crate::pool::Tried;
-use crate::relay::{self, Counters, Timeouts};
+use crate::relay::{self, Counters, RelayEnd, Timeouts};
 use crate::socket;
 
 /// Serves one accepted client until its connection ends. `slot` holds the
@@ -35,7 +38,7 @@ pub async fn handle(
     let route = frontend.route.load_full();
     let pool = &route.pool;
     let mut tried = Tried::default();
-    let (server, upstream) = loop {
+    let (server, upstream, _server_connection) = loop {
         let Some(index) = pool.pick(peer.ip(), &tried) else {
             let reason = if tried.is_empty() {
                 RejectReason::NoServer
@@ -45,24 +48,43 @@ pub async fn handle(
             frontend.count_rejected(reason);
             debug!(frontend = %frontend.name, client = %peer, reason = reason.as_str(), "rejecting connection");
             socket::reset(client);
+            if reason == RejectReason::NoServer {
+                // The listener should be paused by now: make sure it looks.
+                frontend.availability_changed();
+            }
             return;
         };
         tried.insert(index);
         let server = &pool.servers[index];
+        let attempt = server.connection();
         let dial_started = Instant::now();
-        match dial::connect(server.addr, pool.spec.connect_timeout).await {
+        let dialed = tokio::select! {
+            dialed = dial::connect(server.addr, pool.spec.connect_timeout) => dialed,
+            () = cancel.cancelled() => {
+                socket::reset(client);
+                return;
+            }
+        };
+        match dialed {
             Ok(stream) => {
+                server.count_established();
                 server
                     .stats
                     .connect_duration
                     .observe(dial_started.elapsed());
-                break (server, stream);
+                break (server, stream, attempt);
             }
             Err(err) => {
+                drop(attempt);
                 server.count_connect_error(err.kind);
+                // Our own shortage (EMFILE, no ports) says nothing of the server.
+                if pool.spec.health.passive && !err.local {
+                    server.report_dial_failure(err.kind);
+                }
                 debug!(frontend = %frontend.name, server = %server.name, %err, "dial failed");
-                if tried.len() > pool.spec.retries as usize {
+                if err.local || tried.len() > pool.spec.retries as usize {
                     frontend.count_rejected(RejectReason::DialFailed);
+                    debug!(frontend = %frontend.name, client = %peer, reason = RejectReason::DialFailed.as_str(), tried = tried.len(), "rejecting connection");
                     socket::reset(client);
                     return;
                 }
@@ -70,7 +92,6 @@ pub async fn handle(
         }
     };
 
-    let _server_connection = server.connection();
     let timeouts = Timeouts {
         idle: route.idle_timeout,
         fin: route.fin_timeout,
@@ -79,7 +100,13 @@ pub async fn handle(
         to_server: [&server.stats.bytes_to_server, &frontend.stats.bytes_in],
         to_client: [&server.stats.bytes_to_client, &frontend.stats.bytes_out],
     };
-    let relayed = relay::relay(&client, &upstream, timeouts, counters, &cancel).await;
+    let server_down = pool
+        .spec
+        .health
+        .close_on_down
+        .map(|window| (server.down_signal(), window));
+    let closed = closed(&cancel, server_down);
+    let relayed = relay::relay(&client, &upstream, timeouts, counters, closed).await;
     debug!(
         frontend = %frontend.name,
         client = %peer,
@@ -90,6 +117,31 @@ pub async fn handle(
         outcome = relayed.end.as_str(),
         "connection closed"
     );
+}
+
+/// Completes when the connection must be closed from lbd's side: at the
+/// shutdown deadline, or a random moment within `close_on_down`'s window
+/// after its server was marked down (so thousands of watches don't all
+/// reconnect at the same instant).
+async fn closed(
+    shutdown: &CancellationToken,
+    server_down: Option<(CancellationToken, Duration)>,
+) -> RelayEnd {
+    let after_server_down = async {
+        match server_down {
+            Some((signal, window)) => {
+                signal.cancelled().await;
+                let micros = usize::try_from(window.as_micros()).unwrap_or(usize::MAX);
+                let delay = crate::balance::random_below(micros.max(1)) as u64;
+                tokio::time::sleep(Duration::from_micros(delay)).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = shutdown.cancelled() => RelayEnd::Shutdown,
+        () = after_server_down => RelayEnd::ServerDown,
+    }
 }
 
 /// Lowers the frontend's active count and frees its connection slot on drop.

@@ -1,11 +1,13 @@
-//! A frontend's running state: its counters, its connection limits, and the
-//! route (backend pool and timeouts) that reloads swap under it.
+//! A frontend's running state: its counters, its connection limits, the
+//! route (backend pool and timeouts) that reloads swap under it, and the
+//! signal that tells its accept loops the backend's availability changed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::config;
 use crate::limit::{ConnectionLimit, SourceLimit};
@@ -76,6 +78,8 @@ pub struct Route {
     pub idle_timeout: Duration,
     /// Closes half-closed connections whose other side is silent this long.
     pub fin_timeout: Duration,
+    /// Accept queue length, applied again when a paused listener resumes.
+    pub backlog: u32,
 }
 
 /// One frontend, shared by its listeners and kept across reloads by name.
@@ -91,6 +95,8 @@ pub struct Frontend {
     pub limit: ConnectionLimit,
     /// Open connections per client address: `max_connections_per_source`.
     pub source_limit: Arc<SourceLimit>,
+    /// Bumped whenever the backend's availability may have changed.
+    availability: watch::Sender<u64>,
 }
 
 impl Frontend {
@@ -102,12 +108,14 @@ impl Frontend {
             route: ArcSwap::from_pointee(Route::new(spec, pool)),
             limit: ConnectionLimit::new(spec.max_connections),
             source_limit: Arc::new(SourceLimit::new(spec.max_connections_per_source)),
+            availability: watch::Sender::new(0),
         }
     }
 
     /// Applies a reloaded spec: new route, new connection limits.
     pub fn update(&self, spec: &config::Frontend, pool: Arc<Pool>) {
         self.route.store(Arc::new(Route::new(spec, pool)));
+        self.availability_changed();
         self.limit.resize(spec.max_connections);
         self.source_limit.set(spec.max_connections_per_source);
     }
@@ -125,6 +133,32 @@ impl Frontend {
     pub fn max_connections(&self) -> u64 {
         self.limit.size()
     }
+
+    /// Whether a new connection would be given a server right now.
+    pub fn can_serve(&self) -> bool {
+        self.route.load().pool.availability().can_serve()
+    }
+
+    /// `Ok` when the backend has a healthy server; otherwise why not (for
+    /// `/readyz` and logs).
+    pub fn readiness(&self) -> Result<(), String> {
+        let route = self.route.load();
+        route
+            .pool
+            .readiness()
+            .map_err(|why| format!("backend {}: {why}", route.pool.spec.name))
+    }
+
+    /// Tells the accept loops to look at the backend's availability again:
+    /// called on health transitions, admin changes and route swaps.
+    pub fn availability_changed(&self) {
+        self.availability.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that wakes on every [`Frontend::availability_changed`].
+    pub fn watch_availability(&self) -> watch::Receiver<u64> {
+        self.availability.subscribe()
+    }
 }
 
 impl Route {
@@ -133,6 +167,7 @@ impl Route {
             pool,
             idle_timeout: spec.idle_timeout,
             fin_timeout: spec.fin_timeout,
+            backlog: spec.backlog,
         }
     }
 }

@@ -10,23 +10,33 @@
 //! - [`daemon`]: start, snapshot, shutdown; [`run`] is the whole lifecycle.
 //! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reload.
 //! - [`frontend`]: a frontend's counters, connection limit and swappable route.
-//! - [`listener`]: the accept loop (connection limits, EMFILE backoff).
+//! - [`listener`]: the accept loop (connection limits, EMFILE backoff, pause
+//!   while the backend has no server).
 //! - [`limit`]: connection slots, per-source counts, the descriptor budget.
+//! - [`pausable`]: a listening socket that refuses SYNs while paused.
 //! - [`socket`]: listener binding and per-stream socket options.
 //! - [`forward`]: one client connection: pick, dial, retry, relay, account.
 //! - [`relay`]: the copy loop with half-close, idle and FIN timeouts.
 //! - [`buffer`]: per-thread pool of copy buffers.
 //! - [`dial`]: connect with timeout, and the one classifier of dial errors.
+//! - [`health`]: active checks (tcp, tls, https), rise/fall, passive health.
 //! - [`pool`]: servers (health, admin state, counters), pools, the snapshot.
 //! - [`histogram`]: lock-free latency histograms for dial and check times.
 //! - [`balance`]: round-robin, least-connections, random-two, source-hash, first.
-//! - [`reload`]: builds pools from a config, carrying server state over.
+//! - [`reload`]: builds pools from a config, carrying server state over; the
+//!   pure config diff a reload applies.
+//! - [`admin`]: the admin API (hyper): /metrics, /readyz, /api/v1/….
+//! - [`metrics`]: the Prometheus collector that reads the current snapshot.
+//! - [`clock`]: RFC 3339 timestamps for status JSON and lbctl.
+//! - [`rlimit`]: raises the open-files limit and checks it against the config.
 //! - [`demo`]: `lbd --demo`, stand-in apiservers for a first run.
 //! - [`ctl`]: `lbctl`'s admin API client and commands.
 //! - [`probe`]: `lbctl probe`, which dials endpoints and explains what is wrong.
 
+pub mod admin;
 pub mod balance;
 pub mod buffer;
+pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
@@ -34,13 +44,17 @@ pub mod demo;
 pub mod dial;
 pub mod forward;
 pub mod frontend;
+pub mod health;
 pub mod histogram;
 pub mod limit;
 pub mod listener;
+pub mod metrics;
+pub mod pausable;
 pub mod pool;
 pub mod probe;
 pub mod relay;
 pub mod reload;
+pub mod rlimit;
 pub mod signals;
 pub mod socket;
 
@@ -53,8 +67,7 @@ pub use daemon::{Daemon, StartError};
 /// Loads the config at `path`, serves it until `shutdown` is cancelled, then
 /// drains live connections within the configured deadline.
 pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), StartError> {
-    let config = config::Config::load(path)?;
-    let daemon = Daemon::start(path, config).await?;
+    let daemon = Daemon::start_from_file(path).await?;
     shutdown.cancelled().await;
     daemon.shutdown().await;
     Ok(())

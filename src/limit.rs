@@ -195,41 +195,25 @@ fn source_key(ip: IpAddr) -> IpAddr {
 /// admin API, health checks, DNS lookups, log files, reloads.
 const FD_HEADROOM: u64 = 64;
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit (as systemd's
-/// `LimitNOFILE=` soft/hard pairs intend for servers) and returns how many
-/// proxied connections the result can carry: each needs two descriptors
-/// (client and server), after `already_open`, one per server for checks,
-/// and [`FD_HEADROOM`].
+/// How many proxied connections the soft RLIMIT_NOFILE can carry (the
+/// binary raises it to the hard limit first, see [`crate::rlimit`]): each
+/// needs two descriptors (client and server), after `already_open`, one per
+/// server for checks, and [`FD_HEADROOM`].
 pub fn fd_budget(already_open: u64, servers: u64) -> FdBudget {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    let soft = unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return FdBudget {
-                nofile: None,
-                connections: usize::MAX,
-            };
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit.rlim_cur = limit.rlim_max;
-            }
-        }
-        limit.rlim_cur
-    };
-    if soft == libc::RLIM_INFINITY {
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
         return FdBudget {
             nofile: None,
             connections: usize::MAX,
         };
     }
+    let soft = limit.rlim_cur;
     let reserved = already_open + servers + FD_HEADROOM;
     let connections = (soft.saturating_sub(reserved) / 2).max(1);
     FdBudget {

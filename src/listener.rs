@@ -5,24 +5,34 @@
 //! instead of being accepted and dropped; over `max_connections_per_source`
 //! they are refused (see [`crate::limit`]). Running out of file descriptors backs off instead
 //! of spinning: the pending connection stays queued and is taken later.
+//!
+//! While the frontend's backend has no server that can take a connection,
+//! the listener is paused (see [`crate::pausable`]): clients get a true
+//! "connection refused" instead of a handshake followed by a reset, and the
+//! listener resumes as soon as a server is back.
 
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::forward;
 use crate::frontend::{Frontend, RejectReason};
 use crate::limit::{ConnectionLimit, ConnectionSlot};
+use crate::pausable::PausableListener;
 use crate::socket;
 
 const BACKOFF_START: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How often a paused listener looks at its backend even without a wake-up
+/// (an admin change made by a caller that did not signal the frontend).
+const PAUSED_RECHECK: Duration = Duration::from_secs(1);
 
 /// Accepts on `listener` until `stop` fires, spawning one task per connection
 /// on `tracker`; `close` is handed to each connection for the drain deadline.
@@ -35,30 +45,55 @@ pub async fn accept_loop(
     tracker: TaskTracker,
     close: CancellationToken,
 ) {
+    let backlog = frontend.route.load().backlog;
+    let mut listener = match PausableListener::new(listener, backlog) {
+        Ok(listener) => listener,
+        Err(e) => {
+            warn!(frontend = %frontend.name, error = %e, "listener lost before its accept loop started");
+            return;
+        }
+    };
+    let mut changes = frontend.watch_availability();
+    // Set once pausing failed: from then on clients are accepted and reset.
+    let mut can_pause = true;
     let mut backoff = BACKOFF_START;
     loop {
-        let Some(frontend_slot) = slot(
+        if can_pause && !frontend.can_serve() {
+            match pause_while_unavailable(&mut listener, &frontend, &mut changes, &stop).await {
+                Paused::Resumed => {}
+                Paused::Stopped => return,
+                Paused::Failed => can_pause = false,
+            }
+        }
+        let frontend_slot = match slot(
             &frontend.limit,
             &frontend,
             RejectReason::MaxConnections,
             &stop,
+            &mut changes,
         )
         .await
-        else {
-            return;
+        {
+            Slot::Taken(permit) => permit,
+            Slot::Changed => continue,
+            Slot::Stopped => return,
         };
-        let Some(global_slot) = slot(
+        let global_slot = match slot(
             &global,
             &frontend,
             RejectReason::GlobalMaxConnections,
             &stop,
+            &mut changes,
         )
         .await
-        else {
-            return;
+        {
+            Slot::Taken(permit) => permit,
+            Slot::Changed => continue,
+            Slot::Stopped => return,
         };
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
+            () = changed(&mut changes) => continue,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -103,24 +138,100 @@ pub async fn accept_loop(
     }
 }
 
-/// A slot of `limit`, waiting for one when it is full (counted once per
-/// pause under `reason`); `None` once `stop` fires.
+/// How waiting for a slot ended.
+enum Slot {
+    /// A slot is held.
+    Taken(OwnedSemaphorePermit),
+    /// The backend's availability changed: look at it again first.
+    Changed,
+    /// The accept loop was told to stop.
+    Stopped,
+}
+
+/// A slot of `limit`, waiting for one when it is full (a pause of the
+/// listener, counted under `reason`: clients wait in the backlog meanwhile).
 async fn slot(
     limit: &ConnectionLimit,
     frontend: &Frontend,
     reason: RejectReason,
     stop: &CancellationToken,
-) -> Option<OwnedSemaphorePermit> {
+    changes: &mut watch::Receiver<u64>,
+) -> Slot {
     if let Some(permit) = limit.try_take() {
-        return Some(permit);
+        return Slot::Taken(permit);
     }
     frontend.count_rejected(reason);
     debug!(frontend = %frontend.name, reason = reason.as_str(), "connection limit full; new clients wait in the backlog");
     tokio::select! {
-        () = stop.cancelled() => None,
-        permit = limit.take() => permit.ok(),
+        () = stop.cancelled() => Slot::Stopped,
+        () = changed(changes) => Slot::Changed,
+        permit = limit.take() => match permit {
+            Ok(permit) => Slot::Taken(permit),
+            Err(_) => Slot::Stopped,
+        },
     }
 }
+
+/// How a pause ended.
+enum Paused {
+    /// A server is back and the listener accepts again.
+    Resumed,
+    /// The accept loop was told to stop.
+    Stopped,
+    /// The socket could not be paused; the caller accepts and resets instead.
+    Failed,
+}
+
+/// Pauses the listener, waits until the backend can serve again, resumes.
+async fn pause_while_unavailable(
+    listener: &mut PausableListener,
+    frontend: &Frontend,
+    changes: &mut watch::Receiver<u64>,
+    stop: &CancellationToken,
+) -> Paused {
+    let address = listener.local_addr();
+    let why = frontend.readiness().err().unwrap_or_default();
+    if let Err(e) = listener.pause() {
+        warn!(frontend = %frontend.name, %address, error = %e,
+            "cannot pause the listener; clients will be accepted and reset while no server is available");
+        return Paused::Failed;
+    }
+    info!(frontend = %frontend.name, %address,
+        "frontend {} paused on {address} until a server is back; {why}", frontend.name);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => {
+                // Leave the socket listening: one shared with systemd (socket
+                // activation) must be ready for the next lbd.
+                let _ = listener.resume();
+                return Paused::Stopped;
+            }
+            () = changed(changes) => {}
+            () = tokio::time::sleep(PAUSED_RECHECK) => {}
+        }
+        if !frontend.can_serve() {
+            continue;
+        }
+        match listener.resume() {
+            Ok(()) => {
+                info!(frontend = %frontend.name, %address,
+                    "frontend {} resumed on {address}: a server can take connections again", frontend.name);
+                return Paused::Resumed;
+            }
+            Err(e) => warn!(frontend = %frontend.name, %address, error = %e,
+                "cannot listen again; retrying (is another process bound to this port?)"),
+        }
+    }
+}
+
+/// Completes when the frontend's availability may have changed; never if
+/// the frontend is gone (it cannot be while its accept loop runs).
+async fn changed(changes: &mut watch::Receiver<u64>) {
+    if changes.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Errors about one pending connection (it was reset or aborted before we
 /// took it); the listener itself is fine and the next accept can go ahead.
 fn is_per_connection(e: &io::Error) -> bool {

@@ -6,13 +6,18 @@
 //! new one around the same `Arc<Server>`s and swap it in, so a pick never
 //! locks and a server's state and counters survive reloads.
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
 use crate::balance::Balancer;
-use crate::config::{self, Config};
+use crate::config::{self, Config, OnNoServer};
 use crate::dial::DialErrorKind;
 use crate::frontend::Frontend;
 use crate::histogram::Histogram;
@@ -90,13 +95,32 @@ pub struct ServerStats {
     pub bytes_to_client: AtomicU64,
     /// Failed dials, indexed by [`DialErrorKind::index`].
     pub connect_errors: [AtomicU64; DialErrorKind::ALL.len()],
-    /// Health changes (up ⇄ down) since the server was first configured.
+    /// Health changes between up and down since the server was first
+    /// configured (a first verdict out of `unknown` is not counted).
     pub transitions: AtomicU64,
     /// Time successful dials took.
     pub connect_duration: Histogram,
     /// Time health checks took.
     pub check_duration: Histogram,
+    /// Active health checks by result, indexed like [`CHECK_RESULTS`].
+    pub check_results: [AtomicU64; CHECK_RESULTS.len()],
 }
+
+/// Every result an active check can record in `last_check.result`: `ok`,
+/// `auth_error` (alive, but 401/403), a dial error kind, `tls_error` or
+/// `http_error`. The order of [`ServerStats::check_results`].
+pub const CHECK_RESULTS: [&str; 10] = [
+    "ok",
+    "auth_error",
+    "refused",
+    "timeout",
+    "unreachable",
+    "reset",
+    "dns_error",
+    "other",
+    "tls_error",
+    "http_error",
+];
 
 /// The outcome of the latest health check of a server, for status and logs.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +153,20 @@ pub struct Server {
     /// Connection and byte counters.
     pub stats: ServerStats,
     last_check: Mutex<Option<CheckRecord>>,
+    passive: PassiveReports,
+    /// Cancelled when the server is marked down with `close_on_down` set;
+    /// replaced by a fresh token at once, so later connections start clean.
+    down_signal: ArcSwap<CancellationToken>,
+}
+
+/// Dial failures met by client traffic, waiting for the health checker to
+/// weigh them (passive health). Written by the data path with two atomic
+/// stores and a wake-up, read by the server's health task.
+#[derive(Debug, Default)]
+struct PassiveReports {
+    failures: AtomicU32,
+    last_kind: AtomicU8,
+    wake: Notify,
 }
 
 impl Server {
@@ -143,7 +181,48 @@ impl Server {
             admin: AtomicU8::new(AdminState::Ready as u8),
             stats: ServerStats::default(),
             last_check: Mutex::new(None),
+            passive: PassiveReports::default(),
+            down_signal: ArcSwap::from_pointee(CancellationToken::new()),
         }
+    }
+
+    /// Passive health: reports a failed dial on client traffic to this
+    /// server's health task, which counts it against the server at once.
+    pub fn report_dial_failure(&self, kind: DialErrorKind) {
+        self.passive.last_kind.store(kind as u8, Relaxed);
+        self.passive.failures.fetch_add(1, Relaxed);
+        self.passive.wake.notify_one();
+    }
+
+    /// Waits until client traffic reports a failed dial (for the health task).
+    pub async fn dial_failure_reported(&self) {
+        self.passive.wake.notified().await;
+    }
+
+    /// Takes the failed dials reported since the last call: how many, and
+    /// the kind of the latest.
+    pub fn take_dial_failures(&self) -> Option<(u32, DialErrorKind)> {
+        let failures = self.passive.failures.swap(0, Relaxed);
+        let kind = DialErrorKind::ALL
+            .get(usize::from(self.passive.last_kind.load(Relaxed)))
+            .copied()
+            .unwrap_or(DialErrorKind::Other);
+        (failures > 0).then_some((failures, kind))
+    }
+
+    /// The token a relay watches to close its connection when this server is
+    /// marked down with `close_on_down`; one clone per connection.
+    pub fn down_signal(&self) -> CancellationToken {
+        CancellationToken::clone(&self.down_signal.load())
+    }
+
+    /// Tells every connection open to this server that it went down (each
+    /// closes after its own random delay) and arms a fresh signal for
+    /// connections made later (panic mode may still send some here).
+    pub fn signal_down(&self) {
+        self.down_signal
+            .swap(Arc::new(CancellationToken::new()))
+            .cancel();
     }
 
     /// The latest health check's outcome, if any check ran yet.
@@ -178,6 +257,12 @@ impl Server {
         AdminState::from_u8(self.admin.swap(admin as u8, Relaxed))
     }
 
+    /// Whether new connections may come here on health alone: ready, and up
+    /// or not checked yet (panic mode aside).
+    pub fn is_eligible(&self) -> bool {
+        self.rank(OnNoServer::Refuse).is_some()
+    }
+
     /// Relative share of new connections.
     pub fn weight(&self) -> u32 {
         self.weight.load(Relaxed)
@@ -203,11 +288,26 @@ impl Server {
         self.stats.active.load(Relaxed)
     }
 
-    /// Counts a connection for as long as the returned guard lives.
+    /// Counts a connection as active for as long as the returned guard
+    /// lives. Taken before the dial, so least-connections sees a burst of
+    /// new clients spread out instead of all landing on one server while
+    /// their dials are in flight; [`Server::count_established`] counts it
+    /// in `total` once the dial succeeds.
     pub fn connection(self: &Arc<Self>) -> ActiveConnection {
-        self.stats.total.fetch_add(1, Relaxed);
         self.stats.active.fetch_add(1, Relaxed);
         ActiveConnection(Arc::clone(self))
+    }
+
+    /// Counts a connection that reached the server.
+    pub fn count_established(&self) {
+        self.stats.total.fetch_add(1, Relaxed);
+    }
+
+    /// Counts an active check's result (one of [`CHECK_RESULTS`]).
+    pub fn count_check_result(&self, result: &str) {
+        if let Some(i) = CHECK_RESULTS.iter().position(|&r| r == result) {
+            self.stats.check_results[i].fetch_add(1, Relaxed);
+        }
     }
 
     /// Counts a failed dial of the given kind.
@@ -217,15 +317,17 @@ impl Server {
 
     /// How much a new connection wants this server: `Some(0)` healthy,
     /// `Some(1)` not checked yet (a fresh start or a newly added server),
-    /// `None` not at all (down, draining or disabled).
-    fn rank(&self) -> Option<u8> {
+    /// `Some(2)` down but the backend is in panic mode, `None` not at all
+    /// (down, draining or disabled).
+    fn rank(&self, on_no_server: OnNoServer) -> Option<u8> {
         if self.admin() != AdminState::Ready {
             return None;
         }
-        match self.health() {
-            Health::Up => Some(0),
-            Health::Unknown => Some(1),
-            Health::Down => None,
+        match (self.health(), on_no_server) {
+            (Health::Up, _) => Some(0),
+            (Health::Unknown, _) => Some(1),
+            (Health::Down, OnNoServer::Panic) => Some(2),
+            (Health::Down, OnNoServer::Refuse) => None,
         }
     }
 }
@@ -304,15 +406,86 @@ impl Pool {
             if tried.contains(i) {
                 None
             } else {
-                self.servers[i].rank()
+                self.servers[i].rank(self.spec.on_no_server)
             }
         })
     }
 
     /// Whether a new connection could be given a server right now.
     pub fn has_available_server(&self) -> bool {
-        self.pick(IpAddr::from([0, 0, 0, 0]), &Tried::default())
-            .is_some()
+        self.availability().can_serve()
+    }
+
+    /// What a new connection would meet right now; cheap (a few atomic loads
+    /// per server), allocation-free.
+    pub fn availability(&self) -> Availability {
+        let best = self
+            .servers
+            .iter()
+            .filter_map(|s| s.rank(self.spec.on_no_server))
+            .min();
+        match best {
+            Some(0) => Availability::Healthy,
+            Some(1) => Availability::Unchecked,
+            Some(_) => Availability::Panic,
+            None => Availability::Unavailable,
+        }
+    }
+
+    /// `Ok` when a healthy server takes new connections; otherwise why not,
+    /// naming each server's state and its latest check (for `/readyz`, logs).
+    pub fn readiness(&self) -> Result<(), String> {
+        let availability = self.availability();
+        let mut why = match availability {
+            Availability::Healthy => return Ok(()),
+            Availability::Unchecked => {
+                "no server is checked up yet; connections go to unchecked servers".to_owned()
+            }
+            Availability::Panic => {
+                "no server is up; panic mode sends connections to every ready server anyway"
+                    .to_owned()
+            }
+            Availability::Unavailable => {
+                "no server can take a connection; new connections are refused".to_owned()
+            }
+        };
+        why.push_str(" (");
+        for (i, server) in self.servers.iter().enumerate() {
+            if i > 0 {
+                why.push_str(", ");
+            }
+            let _ = write!(why, "{} {}", server.name, server.state());
+            if let Some(check) = server.last_check()
+                && server.health() == Health::Down
+            {
+                let _ = write!(why, ": {}", check.result);
+                if !check.detail.is_empty() {
+                    let _ = write!(why, " ({})", check.detail);
+                }
+            }
+        }
+        why.push(')');
+        Err(why)
+    }
+}
+
+/// What a pool offers a new connection, from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    /// At least one server is up and ready.
+    Healthy,
+    /// None is up, but some are not checked yet and get the connections.
+    Unchecked,
+    /// None is up or unchecked; panic mode sends connections to down servers.
+    Panic,
+    /// No server can take a connection: new ones are refused.
+    Unavailable,
+}
+
+impl Availability {
+    /// Whether a new connection would be given a server.
+    pub fn can_serve(self) -> bool {
+        self != Availability::Unavailable
     }
 }
 
@@ -339,5 +512,90 @@ impl Snapshot {
             .servers
             .iter()
             .find(|s| s.name == server)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(on_no_server: OnNoServer, n: usize) -> Pool {
+        let text = format!(
+            "[[frontend]]\nname = \"f\"\nlisten = [\"127.0.0.1:0\"]\nbackend = \"b\"\n\
+             [[backend]]\nname = \"b\"\non_no_server = \"{}\"\nservers = [{{ address = \"127.0.0.1:1\" }}]\n",
+            on_no_server.as_str()
+        );
+        let config = Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        let servers = (0..n)
+            .map(|i| {
+                let addr = SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16));
+                Arc::new(Server::new("b", &format!("s{i}"), addr, 1))
+            })
+            .collect();
+        Pool::new(config.backends[0].clone(), servers)
+    }
+
+    fn pick(pool: &Pool) -> Option<usize> {
+        pool.pick(IpAddr::from([10, 0, 0, 1]), &Tried::default())
+    }
+
+    #[test]
+    fn availability_goes_from_healthy_to_unavailable() {
+        let pool = pool(OnNoServer::Refuse, 2);
+        assert_eq!(pool.availability(), Availability::Unchecked);
+        assert!(pool.readiness().unwrap_err().contains("unchecked"));
+        pool.servers[1].set_health(Health::Up);
+        assert_eq!(pool.availability(), Availability::Healthy);
+        assert_eq!(pool.readiness(), Ok(()));
+        pool.servers[0].set_health(Health::Down);
+        pool.servers[1].set_admin(AdminState::Drain);
+        assert_eq!(pool.availability(), Availability::Unavailable);
+        assert_eq!(pick(&pool), None);
+        pool.servers[0].record_check(CheckRecord {
+            result: "refused".into(),
+            check: "tcp",
+            elapsed: Duration::ZERO,
+            at: SystemTime::now(),
+            detail: "Connection refused".into(),
+        });
+        let why = pool.readiness().unwrap_err();
+        assert_eq!(
+            why,
+            "no server can take a connection; new connections are refused \
+             (s0 down: refused (Connection refused), s1 draining)"
+        );
+    }
+
+    #[test]
+    fn panic_mode_sends_to_down_servers_only_when_nothing_better_exists() {
+        let pool = pool(OnNoServer::Panic, 2);
+        pool.servers[0].set_health(Health::Down);
+        pool.servers[1].set_health(Health::Up);
+        for _ in 0..10 {
+            assert_eq!(pick(&pool), Some(1));
+        }
+        pool.servers[1].set_health(Health::Down);
+        assert_eq!(pool.availability(), Availability::Panic);
+        assert!(pool.availability().can_serve());
+        assert!(pick(&pool).is_some());
+        assert!(pool.readiness().unwrap_err().contains("panic mode"));
+        // Admin states still hold in panic mode.
+        pool.servers[0].set_admin(AdminState::Disabled);
+        pool.servers[1].set_admin(AdminState::Drain);
+        assert_eq!(pick(&pool), None);
+        assert!(!pool.servers[0].is_eligible());
+    }
+
+    #[test]
+    fn dial_failures_are_taken_once() {
+        let server = Server::new("b", "s", SocketAddr::from(([127, 0, 0, 1], 1)), 1);
+        assert_eq!(server.take_dial_failures(), None);
+        server.report_dial_failure(DialErrorKind::Refused);
+        server.report_dial_failure(DialErrorKind::Timeout);
+        assert_eq!(
+            server.take_dial_failures(),
+            Some((2, DialErrorKind::Timeout))
+        );
+        assert_eq!(server.take_dial_failures(), None);
     }
 }

@@ -6,6 +6,7 @@
 //! End of stream in one direction is forwarded as a half-close (`shutdown`
 //! of the write side) while the other direction keeps flowing.
 
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -14,7 +15,6 @@ use std::time::Duration;
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::buffer::Buffer;
 
@@ -40,6 +40,8 @@ pub enum RelayEnd {
     Aborted(io::Error),
     /// lbd's shutdown deadline closed the connection.
     Shutdown,
+    /// The server was marked down and `close_on_down` closed the connection.
+    ServerDown,
 }
 
 impl RelayEnd {
@@ -51,6 +53,7 @@ impl RelayEnd {
             RelayEnd::FinTimeout => "fin_timeout",
             RelayEnd::Aborted(_) => "aborted",
             RelayEnd::Shutdown => "shutdown",
+            RelayEnd::ServerDown => "server_down",
         }
     }
 }
@@ -77,13 +80,14 @@ pub struct Counters<'a> {
 }
 
 /// Copies between `client` and `server` until both directions end, a
-/// timeout fires, or `cancel` is triggered.
+/// timeout fires, or `close` completes (with the reason it gives: the
+/// shutdown deadline, or the server marked down).
 pub async fn relay(
     client: &TcpStream,
     server: &TcpStream,
     timeouts: Timeouts,
     counters: Counters<'_>,
-    cancel: &CancellationToken,
+    close: impl Future<Output = RelayEnd>,
 ) -> Relayed {
     let activity = Activity::new();
     let (mut to_server, mut to_client) = (0u64, 0u64);
@@ -102,7 +106,7 @@ pub async fn relay(
             &activity,
             &mut to_client,
         );
-        tokio::pin!(upstream, downstream);
+        tokio::pin!(upstream, downstream, close);
         let (mut upstream_done, mut downstream_done) = (false, false);
         let timer = tokio::time::sleep(timeouts.idle);
         tokio::pin!(timer);
@@ -130,7 +134,7 @@ pub async fn relay(
                     timer.as_mut().reset(Instant::now() + (limit - silent));
                     continue;
                 }
-                () = cancel.cancelled() => break RelayEnd::Shutdown,
+                end = &mut close => break end,
             }
             if upstream_done && downstream_done {
                 break RelayEnd::Closed;

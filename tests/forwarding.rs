@@ -198,7 +198,12 @@ fn a_failed_dial_is_retried_on_the_next_server() {
 fn without_retries_a_failed_dial_resets_the_client() {
     let dead = Backend::named("dead");
     dead.stop();
-    let lbd = Lbd::start(&config_for(&[&dead], "retries = 0", ""));
+    // The health check looks at another, open port, so the server counts as
+    // up and the dial itself is what fails (a dead server whose checks pass).
+    let check_port = Backend::echo();
+    let config = config_for(&[&dead], "retries = 0", "")
+        + &format!("[backend.health]\nport = {}\n", check_port.addr.port());
+    let lbd = Lbd::start(&config);
     let err = greeting(lbd.addr("api")).unwrap_err();
     assert!(
         matches!(
@@ -305,12 +310,16 @@ fn a_half_close_after_a_long_silence_still_gets_the_answer() {
 #[test]
 fn over_max_connections_clients_wait_in_the_backlog() {
     let backend = Backend::named("only");
-    let lbd = Lbd::start(&config_for(&[&backend], "", "max_connections = 2"));
+    // One health check at start, then none for the test's length.
+    let config = config_for(&[&backend], "", "max_connections = 2")
+        + "[backend.health]\ninterval = \"1h\"\n";
+    let lbd = Lbd::start(&config);
+    let checks = backend.accepted();
     let addr = lbd.addr("api");
     let first = TcpStream::connect(addr).unwrap();
     let _second = TcpStream::connect(addr).unwrap();
     wait_until(Duration::from_secs(5), "two backend connections", || {
-        backend.accepted() == 2
+        backend.accepted() == checks + 2
     });
     // The third completes the TCP handshake in the kernel backlog but is not served…
     let mut third = TcpStream::connect(addr).unwrap();
@@ -319,7 +328,7 @@ fn over_max_connections_clients_wait_in_the_backlog() {
         .unwrap();
     let mut buf = [0u8; 16];
     assert!(third.read(&mut buf).is_err(), "served over the limit");
-    assert_eq!(backend.accepted(), 2);
+    assert_eq!(backend.accepted(), checks + 2);
     // …until a slot frees: then it is served, not dropped.
     drop(first);
     third
@@ -380,6 +389,24 @@ fn the_drain_deadline_closes_what_is_left_and_still_exits_zero() {
     let closed = lbd.wait_for_log("connection closed", Duration::from_secs(3));
     assert!(closed.contains("outcome=\"shutdown\""), "{closed}");
     assert!(lbd.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn a_second_sigterm_ends_the_drain_at_once() {
+    let backend = Backend::echo();
+    let config = config_for(&[&backend], "", "")
+        .replace("[admin]", "[global]\ndrain_timeout = \"1h\"\n\n[admin]");
+    let mut lbd = Lbd::start(&config);
+    let mut live = TcpStream::connect(lbd.addr("api")).unwrap();
+    live.write_all(b"x").unwrap();
+    let mut buf = [0u8; 1];
+    live.read_exact(&mut buf).unwrap();
+    lbd.signal(libc::SIGTERM);
+    lbd.wait_for_log("draining connections", Duration::from_secs(5));
+    assert!(lbd.is_running(), "the first SIGTERM drains");
+    lbd.signal(libc::SIGTERM);
+    assert!(lbd.wait_exit(Duration::from_secs(5)).success());
+    lbd.wait_for_log("second signal", Duration::from_secs(1));
 }
 
 #[test]

@@ -31,6 +31,34 @@ fn greeted(stream: &mut TcpStream) -> Result<String, std::io::ErrorKind> {
     }
 }
 
+/// `lbd_frontend_rejected_total{frontend, reason}` from `/metrics`.
+fn rejected(lbd: &Lbd, frontend: &str, reason: &str) -> u64 {
+    let (code, body) = lbd.get("/metrics");
+    assert_eq!(code, 200);
+    let (frontend, reason) = (
+        format!("frontend=\"{frontend}\""),
+        format!("reason=\"{reason}\""),
+    );
+    body.lines()
+        .find(|l| {
+            l.starts_with("lbd_frontend_rejected_total{")
+                && l.contains(&frontend)
+                && l.contains(&reason)
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no rejected_total for {frontend} {reason} in:\n{body}"))
+}
+
+/// Connections open through lbd, over every frontend, from the status API.
+fn active_connections(lbd: &Lbd) -> u64 {
+    lbd.status()["frontends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["active_connections"].as_u64().unwrap())
+        .sum()
+}
+
 #[test]
 fn a_source_over_its_limit_is_refused_while_others_are_served() {
     let backend = Backend::named("b");
@@ -67,7 +95,8 @@ fn a_source_over_its_limit_is_refused_while_others_are_served() {
         again = Some(stream);
         ok
     });
-    assert_eq!(backend.accepted(), 4);
+    assert!(rejected(&lbd, "api", "source_limit") >= 1);
+    assert_eq!(active_connections(&lbd), 3, "second, other and again");
 }
 
 #[test]
@@ -94,8 +123,9 @@ fn the_global_limit_parks_clients_of_every_frontend_in_the_backlog() {
         third.read(&mut [0u8; 4]).is_err(),
         "served over the global limit"
     );
-    assert_eq!(backend.accepted(), 2);
+    assert_eq!(active_connections(&lbd), 2);
     lbd.wait_for_log("reason=\"global_max_connections\"", Duration::from_secs(5));
+    assert!(rejected(&lbd, "api", "global_max_connections") >= 1);
     drop(two);
     assert_eq!(greeted(&mut third), Ok("b".into()));
 }

@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use lbd::config::Config;
-use lbd::ctl::{AdminAddr, AdminClient, commands};
+use lbd::ctl::commands::{self, AdminAction, DrainWait};
+use lbd::ctl::{AdminAddr, AdminClient};
 
 /// Control and diagnose lbd.
 #[derive(Debug, Parser)]
@@ -31,6 +32,51 @@ enum Command {
     CheckConfig {
         /// The config file.
         path: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show frontends, servers, their states and counters.
+    Status {
+        /// Print lbd's status JSON as is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop new connections to a server; live ones go on.
+    Drain {
+        /// BACKEND/SERVER, as `lbctl status` lists them.
+        target: String,
+        /// Wait until the server has no connection left, reporting the count.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (e.g. "5m"); exit 1, connections stay.
+        #[arg(long, requires = "wait", value_parser = lbd::config::parse_duration, value_name = "DUR")]
+        deadline: Option<Duration>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a drained or disabled server take traffic again.
+    Enable {
+        /// BACKEND/SERVER, as `lbctl status` lists them.
+        target: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Maintenance: no traffic and no health checks for a server.
+    Disable {
+        /// BACKEND/SERVER, as `lbctl status` lists them.
+        target: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reload the daemon's config file; on error print it with its location.
+    Reload {
+        /// Print lbd's answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Exit 0 if the daemon is ready to serve (GET /readyz), else print why
     /// and exit 1: keepalived's vrrp_script.
@@ -45,30 +91,54 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::CheckConfig { path } => match Config::load(&path) {
-            Ok(config) => {
-                println!("{}: OK: {}", path.display(), config.summary());
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("{err}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Ready { json } => {
-            let client = AdminClient::new(cli.admin, commands::REQUEST_TIMEOUT);
-            ExitCode::from(block_on(commands::ready(&client, json)))
+    let client = || AdminClient::new(cli.admin.clone(), commands::REQUEST_TIMEOUT);
+    let code = match cli.command {
+        Command::CheckConfig { path, json } => commands::check_config(&path, json),
+        Command::Status { json } => block_on(commands::status(&client(), json)),
+        Command::Ready { json } => block_on(commands::ready(&client(), json)),
+        Command::Reload { json } => block_on(commands::reload(&client(), json)),
+        Command::Drain {
+            target,
+            wait,
+            deadline,
+            json,
+        } => {
+            let wait = wait.then_some(DrainWait {
+                deadline,
+                poll: Duration::from_millis(500),
+            });
+            block_on(commands::set_admin(
+                &client(),
+                &target,
+                AdminAction::Drain,
+                wait,
+                json,
+            ))
         }
+        Command::Enable { target, json } => block_on(commands::set_admin(
+            &client(),
+            &target,
+            AdminAction::Enable,
+            None,
+            json,
+        )),
+        Command::Disable { target, json } => block_on(commands::set_admin(
+            &client(),
+            &target,
+            AdminAction::Disable,
+            None,
+            json,
+        )),
         Command::Probe(args) => match lbd::probe::run(args) {
-            Ok(lbd::probe::Verdict::AllOpen) => ExitCode::SUCCESS,
-            Ok(lbd::probe::Verdict::SomeFailed) => ExitCode::FAILURE,
+            Ok(lbd::probe::Verdict::AllOpen) => 0,
+            Ok(lbd::probe::Verdict::SomeFailed) => 1,
             Err(err) => {
                 eprintln!("lbctl probe: {err}");
-                ExitCode::from(2)
+                2
             }
         },
-    }
+    };
+    ExitCode::from(code)
 }
 
 /// Runs one command on a small single-threaded runtime.

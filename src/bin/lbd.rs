@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use lbd::config::{self, AdminListen, Config};
+use lbd::config::{self, AdminListen};
 use lbd::{Daemon, demo, signals};
 use tracing_subscriber::EnvFilter;
 
@@ -42,16 +42,7 @@ async fn main() -> ExitCode {
     init_logging(cli.log_level.as_deref());
 
     if let Some(path) = &cli.check_config {
-        return match Config::load(path) {
-            Ok(config) => {
-                println!("{}: OK: {}", path.display(), config.summary());
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("{err}");
-                ExitCode::FAILURE
-            }
-        };
+        return ExitCode::from(lbd::ctl::commands::check_config(path, false));
     }
 
     let (path, demo) = if cli.demo {
@@ -66,13 +57,25 @@ async fn main() -> ExitCode {
         (cli.config.clone(), None)
     };
 
-    let daemon = match start(&path).await {
+    let signals = match signals::Signals::install() {
+        Ok(signals) => signals,
+        Err(err) => {
+            eprintln!("lbd: cannot install signal handlers: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let fd_limit = lbd::rlimit::raise_fd_limit();
+    let daemon = match Daemon::start_from_file(&path).await {
         Ok(daemon) => daemon,
         Err(err) => {
             eprintln!("lbd: {err}");
             return ExitCode::FAILURE;
         }
     };
+    match fd_limit {
+        Ok(limit) => lbd::rlimit::check_fd_limit(&daemon.snapshot().config, limit),
+        Err(err) => tracing::warn!(error = %err, "cannot read or raise the open-files limit"),
+    }
     if let Some(demo) = &demo {
         let snapshot = daemon.snapshot();
         let admin = match &snapshot.config.admin.listen {
@@ -82,9 +85,9 @@ async fn main() -> ExitCode {
         let frontend = daemon.local_addrs("kube-apiserver")[0];
         eprintln!("{}", demo.instructions(frontend, &admin));
     }
-    let served = signals::serve_until_terminated(&daemon).await;
+    let served = signals::serve_with(signals, &daemon).await;
     if let Some(demo) = demo {
-        let _ = std::fs::remove_file(demo.config_path);
+        demo.clean_up();
     }
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,11 +96,6 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-async fn start(path: &std::path::Path) -> Result<Daemon, lbd::StartError> {
-    let config = Config::load(path)?;
-    Daemon::start(path, config).await
 }
 
 fn init_logging(level: Option<&str>) {

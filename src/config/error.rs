@@ -144,6 +144,23 @@ pub(super) fn quoted(value: &str) -> String {
     format!("{head:?}… ({} bytes)", value.len())
 }
 
+impl Problem {
+    /// `file:line:col: message` on one line, without the source excerpt.
+    pub fn one_line(&self) -> String {
+        if self.line == 0 {
+            format!("{}: {}", self.path.display(), self.message)
+        } else {
+            format!(
+                "{}:{}:{}: {}",
+                self.path.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        }
+    }
+}
+
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     while !s.is_char_boundary(i) {
         i -= 1;

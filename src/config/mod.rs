@@ -7,6 +7,7 @@
 
 mod duration;
 mod error;
+mod lint;
 mod raw;
 mod validate;
 
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use error::{ConfigError, Problem};
+pub use lint::{APISERVER_SHUTDOWN_WINDOW, MIN_IDLE_TIMEOUT};
 
 /// The largest `retries` a backend may ask for; also sizes the per-connection
 /// record of servers already tried.
@@ -105,10 +107,39 @@ pub struct Backend {
     pub connect_timeout: Duration,
     /// Further servers tried after a failed dial.
     pub retries: u32,
+    /// What new connections meet when no server is eligible.
+    pub on_no_server: OnNoServer,
     /// The servers, in file order.
     pub servers: Vec<ServerSpec>,
     /// Active health checking.
     pub health: Health,
+}
+
+/// What a backend does with new connections when no server is up (or
+/// unchecked) and ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnNoServer {
+    /// Refuse them at once: the frontend's listeners are paused so a client's
+    /// SYN gets RST ("connection refused"), and already-queued ones are reset.
+    #[default]
+    Refuse,
+    /// Panic mode: ignore health and try every ready server anyway, because
+    /// the checks themselves may be what is broken.
+    Panic,
+}
+
+impl OnNoServer {
+    /// Every choice.
+    pub const ALL: [OnNoServer; 2] = [OnNoServer::Refuse, OnNoServer::Panic];
+
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnNoServer::Refuse => "refuse",
+            OnNoServer::Panic => "panic",
+        }
+    }
 }
 
 /// One server of a backend.
@@ -224,6 +255,9 @@ pub struct Health {
     pub check: CheckKind,
     /// Time between checks of one server.
     pub interval: Duration,
+    /// Time between checks while a server is changing state (a failure seen
+    /// while up, a success while down, or not checked yet); at most `interval`.
+    pub fast_interval: Duration,
     /// How long one check may take.
     pub timeout: Duration,
     /// Consecutive successes that bring a server up.
@@ -242,13 +276,24 @@ pub struct Health {
     pub cert_file: Option<PathBuf>,
     /// Key of the client certificate.
     pub key_file: Option<PathBuf>,
+    /// Passive health: a failed dial on client traffic counts as a failed
+    /// check at once (HAProxy's `observe layer4`).
+    pub passive: bool,
+    /// When set, a server marked down has its open connections closed, spread
+    /// at random over this window; when unset they are left alone.
+    pub close_on_down: Option<Duration>,
 }
+
+/// The default `fast_interval`: quick enough to confirm a failure within a
+/// second or two, never slower than `interval` itself.
+pub const DEFAULT_FAST_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Default for Health {
     fn default() -> Self {
         Health {
             check: CheckKind::Tcp,
             interval: Duration::from_secs(2),
+            fast_interval: DEFAULT_FAST_INTERVAL,
             timeout: Duration::from_secs(1),
             rise: 2,
             fall: 3,
@@ -258,6 +303,8 @@ impl Default for Health {
             ca_file: None,
             cert_file: None,
             key_file: None,
+            passive: true,
+            close_on_down: None,
         }
     }
 }
@@ -314,6 +361,38 @@ impl Config {
         validate::validate(path, text, raw)
     }
 
+    /// Reads and validates the file at `path`, and lints the result.
+    pub fn load_with_warnings(path: &Path) -> Result<Checked, ConfigError> {
+        let bytes = std::fs::read(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let config = Config::parse_bytes(path, &bytes)?;
+        // parse_bytes succeeded, so the file is UTF-8 and valid TOML.
+        let text = String::from_utf8_lossy(&bytes);
+        Ok(Checked {
+            warnings: Config::lint(path, &text, &config),
+            config,
+        })
+    }
+
+    /// Validates config text and lints the result; `path` only labels the messages.
+    pub fn parse_with_warnings(path: &Path, text: &str) -> Result<Checked, ConfigError> {
+        let config = Config::parse(path, text)?;
+        Ok(Checked {
+            warnings: Config::lint(path, text, &config),
+            config,
+        })
+    }
+
+    /// The timing lint's warnings about a config parsed from `text`.
+    fn lint(path: &Path, text: &str, config: &Config) -> Vec<Problem> {
+        match toml::from_str::<raw::RawConfig>(text) {
+            Ok(raw) => lint::lint(path, text, &raw, config),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// The backend a frontend forwards to.
     pub fn backend(&self, name: &str) -> Option<&Backend> {
         self.backends.iter().find(|b| b.name == name)
@@ -368,6 +447,15 @@ fn deepest_key(text: &str) -> Option<std::ops::Range<usize>> {
         offset += line.len();
     }
     best.map(|(_, at)| at..at)
+}
+
+/// A valid config and the timing lint's warnings about it.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The config, ready to serve.
+    pub config: Config,
+    /// Valid but risky settings, located like errors.
+    pub warnings: Vec<Problem>,
 }
 
 fn plural(n: usize) -> &'static str {

@@ -148,6 +148,7 @@ pub(super) struct RawBackend {
     pub balance: Located<String>,
     pub connect_timeout: Located<HumanDuration>,
     pub retries: Located<Count>,
+    pub on_no_server: Located<String>,
     pub servers: Spanned<Vec<Table<RawServer>>>,
     pub health: Option<Spanned<Table<RawHealth>>>,
 }
@@ -165,6 +166,7 @@ pub(super) struct RawServer {
 pub(super) struct RawHealth {
     pub check: Located<String>,
     pub interval: Located<HumanDuration>,
+    pub fast_interval: Located<HumanDuration>,
     pub timeout: Located<HumanDuration>,
     pub rise: Located<Count>,
     pub fall: Located<Count>,
@@ -174,4 +176,6 @@ pub(super) struct RawHealth {
     pub ca_file: Located<String>,
     pub cert_file: Located<String>,
     pub key_file: Located<String>,
+    pub passive: Option<bool>,
+    pub close_on_down: Located<HumanDuration>,
 }

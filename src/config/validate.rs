@@ -13,7 +13,7 @@ use super::error::{LineIndex, quoted};
 use super::raw::{Count, Located, RawBackend, RawConfig, RawFrontend, RawHealth, RawServer, Table};
 use super::{
     Admin, AdminListen, Backend, Balance, CheckKind, Config, ConfigError, Frontend, Global, Health,
-    Problem, ServerAddress, ServerSpec, format_duration,
+    OnNoServer, Problem, ServerAddress, ServerSpec, format_duration,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -425,6 +425,12 @@ impl Checker<'_> {
                 2,
                 0..=u64::from(super::MAX_RETRIES),
             ) as u32,
+            on_no_server: self.choice(
+                &raw.on_no_server,
+                "on_no_server",
+                &OnNoServer::ALL,
+                OnNoServer::as_str,
+            ),
             servers,
             health,
         }
@@ -584,6 +590,32 @@ impl Checker<'_> {
             defaults.interval,
             Duration::from_millis(100)..=HOUR,
         );
+        let fast_interval = self.duration(
+            &h.fast_interval,
+            "fast_interval",
+            defaults.fast_interval.min(interval),
+            Duration::from_millis(100)..=HOUR,
+        );
+        if let Some(fast) = &h.fast_interval
+            && fast_interval > interval
+        {
+            self.error(
+                fast.span(),
+                format!(
+                    "`fast_interval` = \"{}\" is longer than `interval` = \"{}\": it is the interval used while a server changes state, so it should be shorter (or leave it out)",
+                    format_duration(fast_interval),
+                    format_duration(interval),
+                ),
+            );
+        }
+        let close_on_down = h.close_on_down.as_ref().map(|_| {
+            self.duration(
+                &h.close_on_down,
+                "close_on_down",
+                Duration::ZERO,
+                Duration::ZERO..=HOUR,
+            )
+        });
         let timeout = self.duration(
             &h.timeout,
             "timeout",
@@ -593,6 +625,7 @@ impl Checker<'_> {
         Health {
             check,
             interval,
+            fast_interval,
             timeout,
             rise: self.integer(&h.rise, "rise", defaults.rise.into(), 1..=100) as u32,
             fall: self.integer(&h.fall, "fall", defaults.fall.into(), 1..=100) as u32,
@@ -608,13 +641,12 @@ impl Checker<'_> {
             ca_file: self.file_path(&h.ca_file, "ca_file"),
             cert_file: self.file_path(&h.cert_file, "cert_file"),
             key_file: self.file_path(&h.key_file, "key_file"),
+            passive: h.passive.unwrap_or(defaults.passive),
+            close_on_down,
         }
     }
 }
 
-/// Whether two listening addresses cannot both be bound: the same port and
-/// either the same IP or a wildcard of the same family (IPv6 listeners are
-/// V6ONLY, so `[::]` and `0.0.0.0` do not clash).
 /// Listen addresses seen so far, indexed so that each new one is checked
 /// against them in constant time (a generated file may list thousands).
 #[derive(Default)]
@@ -652,6 +684,9 @@ impl Binds {
     }
 }
 
+/// Whether two listening addresses cannot both be bound: the same port and
+/// either the same IP or a wildcard of the same family (IPv6 listeners are
+/// V6ONLY, so `[::]` and `0.0.0.0` do not clash).
 fn binds_clash(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
         && a.is_ipv4() == b.is_ipv4()
@@ -789,6 +824,75 @@ servers = [{ address = "10.0.0.1" }, { address = "10.0.0.2:1", weight = 0 }]
         let text = GOOD.replace("check = \"https\"", "check = \"tcp\"");
         let p = &problems(&text)[0];
         assert!(p.message.contains("`sni` is only used by"), "{p}");
+    }
+
+    #[test]
+    fn health_and_no_server_defaults() {
+        let b = &parse(GOOD).unwrap().backends[0];
+        assert_eq!(b.on_no_server, super::super::OnNoServer::Refuse);
+        assert_eq!(b.health.fast_interval, Duration::from_millis(500));
+        assert!(b.health.passive);
+        assert_eq!(b.health.close_on_down, None);
+        // A short interval pulls the default fast interval down with it.
+        let text = GOOD.replace(
+            "sni = \"kubernetes\"",
+            "sni = \"kubernetes\"\ninterval = \"200ms\"",
+        );
+        let h = &parse(&text).unwrap().backends[0].health;
+        assert_eq!(h.fast_interval, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn health_reaction_keys_parse() {
+        let text = GOOD
+            .replace(
+                "balance = \"least-connections\"",
+                "balance = \"least-connections\"\non_no_server = \"panic\"",
+            )
+            .replace(
+                "sni = \"kubernetes\"",
+                "sni = \"kubernetes\"\nfast_interval = \"250ms\"\npassive = false\nclose_on_down = \"30s\"",
+            );
+        let b = &parse(&text).unwrap().backends[0];
+        assert_eq!(b.on_no_server, super::super::OnNoServer::Panic);
+        assert_eq!(b.health.fast_interval, Duration::from_millis(250));
+        assert!(!b.health.passive);
+        assert_eq!(b.health.close_on_down, Some(30 * SECOND));
+    }
+
+    #[test]
+    fn fast_interval_longer_than_interval_is_refused() {
+        let text = GOOD.replace(
+            "sni = \"kubernetes\"",
+            "sni = \"kubernetes\"\ninterval = \"1s\"\nfast_interval = \"3s\"",
+        );
+        let p = &problems(&text)[0];
+        assert_eq!(p.line, 18, "{p}");
+        assert!(p.message.contains("longer than `interval`"), "{p}");
+    }
+
+    #[test]
+    fn bad_no_server_policy_and_close_window_are_located() {
+        let text = GOOD.replace(
+            "balance = \"least-connections\"",
+            "balance = \"least-connections\"\non_no_server = \"retry\"",
+        );
+        let p = &problems(&text)[0];
+        assert_eq!(p.line, 10, "{p}");
+        assert!(
+            p.message.contains("refuse") && p.message.contains("panic"),
+            "{p}"
+        );
+        let text = GOOD.replace(
+            "sni = \"kubernetes\"",
+            "sni = \"kubernetes\"\nclose_on_down = \"2h\"",
+        );
+        let p = &problems(&text)[0];
+        assert!(
+            p.message
+                .contains("`close_on_down` = \"2h\" is out of range"),
+            "{p}"
+        );
     }
 
     #[test]

@@ -28,9 +28,20 @@ pub fn blackhole_listener() -> Blackhole {
     listener.bind(&any.into()).unwrap();
     listener.listen(0).unwrap();
     let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    Blackhole {
+        addr,
+        _listener: listener,
+        _queued: fill_accept_queue(addr),
+    }
+}
+
+/// Fills the accept queue of a listener nobody accepts from, so further
+/// SYNs to `addr` are dropped; keep the returned connections open. Works
+/// for a small backlog (up to a few hundred).
+pub fn fill_accept_queue(addr: SocketAddr) -> Vec<TcpStream> {
     let mut queued = Vec::new();
     let mut timeouts = 0;
-    for _ in 0..32 {
+    for _ in 0..512 {
         match TcpStream::connect_timeout(&addr, FULL_AFTER) {
             Ok(stream) => {
                 timeouts = 0;
@@ -39,11 +50,7 @@ pub fn blackhole_listener() -> Blackhole {
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 timeouts += 1;
                 if timeouts == 2 {
-                    return Blackhole {
-                        addr,
-                        _listener: listener,
-                        _queued: queued,
-                    };
+                    return queued;
                 }
             }
             Err(e) => panic!("filling the accept queue of {addr}: {e}"),

@@ -31,9 +31,14 @@ pub struct FaultyServer {
 }
 
 impl FaultyServer {
-    /// Starts a server that treats every connection as `how` says.
+    /// Starts a server on 127.0.0.1 that treats every connection as `how` says.
     pub fn spawn(how: Misbehaviour) -> FaultyServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        FaultyServer::spawn_at(how, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Like [`FaultyServer::spawn`], on `addr` (any 127.0.0.0/8 address).
+    pub fn spawn_at(how: Misbehaviour, addr: SocketAddr) -> FaultyServer {
+        let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));

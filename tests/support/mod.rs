@@ -4,6 +4,7 @@
 
 pub mod blackhole;
 pub mod faulty;
+pub mod https;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -53,6 +54,9 @@ impl Drop for TempDir {
     }
 }
 
+/// Logged once every server of the first config has had its first check.
+pub const FIRST_CHECKS_DONE: &str = "first health checks done";
+
 /// The `lbd` binary running as a child process, its stderr collected.
 pub struct Lbd {
     child: Child,
@@ -69,9 +73,66 @@ impl Lbd {
 
     /// Like [`Lbd::start`], letting the caller adjust the command (env, args).
     pub fn start_with(config: &str, adjust: impl FnOnce(&mut Command)) -> Lbd {
+        Lbd::launch(
+            config,
+            TempDir::new("lbd"),
+            Command::new(env!("CARGO_BIN_EXE_lbd")),
+            adjust,
+        )
+    }
+
+    /// Starts lbd in its own user and mount namespace where `/etc/hosts`
+    /// reads `hosts` (and DNS goes to 127.0.0.1, where nothing answers), so a
+    /// test controls what names resolve to, on loopback only. The file can
+    /// be rewritten with [`Lbd::rewrite_hosts`]. `None` when the system does
+    /// not allow unprivileged namespaces.
+    pub fn start_with_hosts(config: &str, hosts: &str) -> Option<Lbd> {
+        let probe = Command::new("unshare")
+            .args(["-Urm", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !probe.is_ok_and(|s| s.success()) {
+            eprintln!("SKIPPED: `unshare -Urm` is not available here; cannot fake /etc/hosts");
+            return None;
+        }
         let dir = TempDir::new("lbd");
+        let hosts_path = dir.write("hosts", hosts);
+        let resolv_path = dir.write(
+            "resolv.conf",
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        );
+        let mut command = Command::new("unshare");
+        command
+            .args(["-Urm", "sh", "-c"])
+            .arg("mount --bind \"$1\" /etc/hosts && mount --bind \"$2\" /etc/resolv.conf && shift 2 && exec \"$@\"")
+            .arg("sh")
+            .arg(&hosts_path)
+            .arg(&resolv_path)
+            .arg(env!("CARGO_BIN_EXE_lbd"));
+        Some(Lbd::launch(config, dir, command, |_| {}))
+    }
+
+    /// Rewrites the hosts file of an lbd started with [`Lbd::start_with_hosts`]
+    /// in place (the bind mount follows the file, not its name).
+    pub fn rewrite_hosts(&self, hosts: &str) {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(self.dir.0.join("hosts"))
+            .unwrap();
+        file.write_all(hosts.as_bytes()).unwrap();
+    }
+
+    fn launch(
+        config: &str,
+        dir: TempDir,
+        mut command: Command,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Lbd {
+        let config = with_admin_on_free_port(config);
+        let config = config.as_str();
         let config_path = dir.write("lbd.toml", config);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lbd"));
         command
             .arg("--config")
             .arg(&config_path)
@@ -108,12 +169,15 @@ impl Lbd {
             logs,
         };
         let mut exited = None;
+        // Listening, and every server's first health check done, so tests
+        // see settled health rather than a mix of checked and unchecked.
         wait_until(Duration::from_secs(20), "lbd to listen", || {
             if let Ok(Some(status)) = lbd.child.try_wait() {
                 exited = Some(status);
                 return true;
             }
             lbd.logs_matching(" listening frontend=").len() >= expected
+                && !lbd.logs_matching(FIRST_CHECKS_DONE).is_empty()
         });
         if let Some(status) = exited {
             panic!("lbd exited early ({status}):\n{}", lbd.logs().join("\n"));
@@ -193,9 +257,46 @@ impl Lbd {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// `GET path` on the admin API: (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http(self.admin_addr(), "GET", path)
+    }
+
+    /// `POST path` on the admin API: (status, body).
+    pub fn post(&self, path: &str) -> (u16, String) {
+        http(self.admin_addr(), "POST", path)
+    }
+
+    /// The parsed `GET /api/v1/status`.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = self.get("/api/v1/status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Names of the servers of `backend` in the current status.
+    pub fn server_names(&self, backend: &str) -> Vec<String> {
+        self.status()["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["name"] == backend)
+            .flat_map(|b| b["servers"].as_array().unwrap().clone())
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Runs `lbctl --admin ADDR args…` against this daemon.
+    pub fn lbctl(&self, args: &[&str]) -> LbctlOutput {
+        let admin = self.admin_addr().to_string();
+        let mut full = vec!["--admin", admin.as_str()];
+        full.extend_from_slice(args);
+        lbctl(&full)
+    }
+
     /// Rewrites the config file (for reload tests).
     pub fn rewrite_config(&self, config: &str) {
-        std::fs::write(&self.config_path, config).unwrap();
+        std::fs::write(&self.config_path, with_admin_on_free_port(config)).unwrap();
     }
 }
 
@@ -203,6 +304,104 @@ impl Drop for Lbd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What an `lbctl` run printed and how it exited.
+#[derive(Debug)]
+pub struct LbctlOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `lbctl` binary with `args` (LBD_ADMIN unset unless `args` say so).
+pub fn lbctl(args: &[&str]) -> LbctlOutput {
+    lbctl_with(args, |_| {})
+}
+
+/// Like [`lbctl`], letting the caller adjust the command (env).
+pub fn lbctl_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> LbctlOutput {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lbctl"));
+    command
+        .args(args)
+        .env_remove("LBD_ADMIN")
+        .stdin(Stdio::null());
+    adjust(&mut command);
+    let out = command.output().expect("run lbctl");
+    LbctlOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A minimal HTTP/1.1 exchange (Connection: close): (status, body). Written
+/// by hand so the tests do not share code with the server they check.
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    let answer = http_raw(addr, request.as_bytes());
+    parse_http_answer(&answer)
+}
+
+/// Sends raw bytes to an HTTP server and returns everything it answers.
+pub fn http_raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Splits an HTTP/1.1 answer with a Content-Length body into (status, body).
+pub fn parse_http_answer(answer: &str) -> (u16, String) {
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_owned())
+}
+
+/// Connects through lbd to a named backend and keeps the connection:
+/// (the greeting, the stream).
+pub fn hold(addr: SocketAddr) -> (String, TcpStream) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut greeting = Vec::new();
+    let mut byte = [0u8; 1];
+    while stream.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        greeting.push(byte[0]);
+    }
+    (String::from_utf8(greeting).unwrap(), stream)
+}
+
+/// Sends `message` on a held connection and reads the echo back.
+pub fn echo_round_trip(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<Vec<u8>> {
+    stream.write_all(message)?;
+    let mut back = vec![0u8; message.len()];
+    stream.read_exact(&mut back)?;
+    Ok(back)
+}
+
+/// Tests run in parallel: a config without `[admin]` would make every lbd
+/// race for the default 127.0.0.1:8404, so give it a free port instead.
+pub fn with_admin_on_free_port(config: &str) -> String {
+    if config.lines().any(|l| l.trim() == "[admin]") {
+        config.to_owned()
+    } else {
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n{config}")
     }
 }
 
@@ -226,6 +425,9 @@ pub struct Backend {
     pub name: String,
     pub accepted: Arc<AtomicUsize>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by [`Backend::blackhole`]: the listener stays open, unaccepted.
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+    queued: Mutex<Vec<TcpStream>>,
     connections: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -258,20 +460,48 @@ impl Backend {
         Backend::spawn(name, true, listener.unwrap())
     }
 
+    /// A named backend with a small accept queue, so that
+    /// [`Backend::blackhole`] can turn it into one that drops SYNs.
+    pub fn blackholable(name: &str) -> Backend {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        socket.listen(8).unwrap();
+        Backend::spawn(name, true, socket.into())
+    }
+
+    /// Stops accepting (the listener stays open) and fills the accept queue:
+    /// from now on dials time out, as if the network dropped the traffic.
+    /// Connections already open keep working.
+    pub fn blackhole(&self) {
+        self.frozen.store(true, Ordering::Relaxed);
+        // Let the accept thread see the flag before the queue fills.
+        std::thread::sleep(Duration::from_millis(20));
+        *self.queued.lock().unwrap() = blackhole::fill_accept_queue(self.addr);
+    }
+
     fn spawn(name: &str, greet: bool, listener: std::net::TcpListener) -> Backend {
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let connections = Arc::new(Mutex::new(Vec::new()));
-        let (a, s, c, n) = (
+        let (a, s, f, c, n) = (
             Arc::clone(&accepted),
             Arc::clone(&stop),
+            Arc::clone(&frozen),
             Arc::clone(&connections),
             name.to_owned(),
         );
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
+                if f.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
                 match listener.accept() {
                     Ok((stream, _)) => {
                         stream.set_nonblocking(false).unwrap();
@@ -289,6 +519,8 @@ impl Backend {
             name: name.to_owned(),
             accepted,
             stop,
+            frozen,
+            queued: Mutex::new(Vec::new()),
             connections,
         }
     }

@@ -1,0 +1,13 @@
+//! The admin API (DESIGN.md §3.3): a hyper HTTP/1.1 server on a TCP address
+//! or a unix socket that reads the current snapshot and drives reloads and
+//! per-server admin states.
+//!
+//! - [`server`]: binding, the accept loop, and the one place a request is authorized.
+//! - [`routes`]: the routes and their handlers.
+//! - [`status`]: the JSON of `/api/v1/status`, shared with `lbctl`.
+
+pub mod routes;
+pub mod server;
+pub mod status;
+
+pub use server::{AdminError, AdminListener, AdminServer, bind, serve};

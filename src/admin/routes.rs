@@ -1,0 +1,236 @@
+//! The admin API's routes (DESIGN.md §3.3) and their handlers. Unknown
+//! paths get 404, known paths with the wrong method 405, oversized bodies
+//! 413; a handler never panics on what a client sends.
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+use super::status::{ServerStatus, Status};
+use crate::daemon::Daemon;
+use crate::metrics;
+use crate::pool::AdminState;
+
+/// The largest request body accepted (no route needs one today).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The largest request head (request line and headers) accepted.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// What every handler needs: the daemon and the metrics registry.
+#[derive(Debug)]
+pub struct Context {
+    daemon: Daemon,
+    registry: Registry,
+}
+
+impl Context {
+    /// A context serving `daemon`.
+    pub fn new(daemon: Daemon) -> Context {
+        Context {
+            registry: metrics::registry(daemon.clone()),
+            daemon,
+        }
+    }
+}
+
+type Answer = Response<Full<Bytes>>;
+
+/// Routes one request.
+pub async fn handle(context: &Context, request: Request<Incoming>) -> Answer {
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return too_large();
+    }
+    if Limited::new(body, MAX_BODY_BYTES).collect().await.is_err() {
+        return too_large();
+    }
+    route(context, &parts.method, parts.uri.path()).await
+}
+
+async fn route(context: &Context, method: &Method, path: &str) -> Answer {
+    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    let daemon = &context.daemon;
+    match segments.as_slice() {
+        ["metrics"] => only(method, Method::GET, || metrics_answer(context)),
+        ["healthz"] => only(method, Method::GET, || text(StatusCode::OK, "ok\n".into())),
+        ["readyz"] => only(method, Method::GET, || match daemon.readiness() {
+            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Err(reason) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {reason}\n"),
+            ),
+        }),
+        ["api", "v1", "status"] => only(method, Method::GET, || {
+            json_answer(StatusCode::OK, &Status::collect(daemon))
+        }),
+        ["api", "v1", "reload"] => {
+            if method != Method::POST {
+                return not_allowed(Method::POST);
+            }
+            match daemon.reload().await {
+                Ok(report) => json_answer(
+                    StatusCode::OK,
+                    &json!({ "ok": true, "changes": report.changes, "warnings": report.warnings }),
+                ),
+                Err(err) => json_answer(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &json!({ "ok": false, "error": err.summary(), "detail": err.to_string() }),
+                ),
+            }
+        }
+        ["api", "v1", "backends", backend, "servers", server, action] => {
+            let admin = match *action {
+                "drain" => AdminState::Drain,
+                "enable" => AdminState::Ready,
+                "disable" => AdminState::Disabled,
+                _ => return not_found(path),
+            };
+            if method != Method::POST {
+                return not_allowed(Method::POST);
+            }
+            let (Some(backend), Some(server)) = (percent_decode(backend), percent_decode(server))
+            else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "backend and server names must be valid percent-encoded UTF-8",
+                );
+            };
+            match daemon.set_admin(&backend, &server, admin) {
+                Ok(changes) => {
+                    let servers: Vec<serde_json::Value> = changes
+                        .iter()
+                        .map(|c| {
+                            let mut value = serde_json::to_value(ServerStatus::of(&c.server))
+                                .unwrap_or_default();
+                            value["previous"] = json!(c.previous.as_str());
+                            value
+                        })
+                        .collect();
+                    json_answer(
+                        StatusCode::OK,
+                        &json!({ "backend": backend, "servers": servers }),
+                    )
+                }
+                Err(unknown) => error(StatusCode::NOT_FOUND, &unknown.to_string()),
+            }
+        }
+        _ => not_found(path),
+    }
+}
+
+fn only(method: &Method, allowed: Method, answer: impl FnOnce() -> Answer) -> Answer {
+    if *method == allowed {
+        answer()
+    } else {
+        not_allowed(allowed)
+    }
+}
+
+fn metrics_answer(context: &Context) -> Answer {
+    match metrics::render(&context.registry) {
+        Ok(body) => {
+            let mut answer = Response::new(Full::new(Bytes::from(body)));
+            answer.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            );
+            answer
+        }
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics could not be encoded",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Answer {
+    let mut answer = Response::new(Full::new(Bytes::from(body)));
+    *answer.status_mut() = status;
+    answer.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    answer
+}
+
+fn json_answer(status: StatusCode, value: &impl serde::Serialize) -> Answer {
+    let mut body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    body.push(b'\n');
+    let mut answer = Response::new(Full::new(Bytes::from(body)));
+    *answer.status_mut() = status;
+    answer.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    answer
+}
+
+/// A JSON error answer: `{"error": message}`.
+pub(super) fn error(status: StatusCode, message: &str) -> Answer {
+    json_answer(status, &json!({ "error": message }))
+}
+
+fn not_found(path: &str) -> Answer {
+    error(
+        StatusCode::NOT_FOUND,
+        &format!("no such route: {path} (see DESIGN.md §3.3 for the admin API)"),
+    )
+}
+
+fn not_allowed(allowed: Method) -> Answer {
+    let mut answer = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("method not allowed: use {allowed}"),
+    );
+    if let Ok(value) = HeaderValue::from_str(allowed.as_str()) {
+        answer.headers_mut().insert(header::ALLOW, value);
+    }
+    answer
+}
+
+fn too_large() -> Answer {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("request body over {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+/// Decodes `%XX` escapes in a path segment; `None` on a bad escape or bad UTF-8.
+pub fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = segment.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_percent_escapes() {
+        assert_eq!(percent_decode("cp3%40%3A%3A1").as_deref(), Some("cp3@::1"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("bad%4"), None);
+        assert_eq!(percent_decode("bad%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+}

@@ -1,0 +1,172 @@
+//! The JSON of `GET /api/v1/status` (DESIGN.md §3.3): what the daemon runs,
+//! its frontends, and every server's health, admin state and counters.
+//! `lbctl` deserializes the same types to print its table.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock;
+use crate::daemon::Daemon;
+use crate::pool::Server;
+
+/// The whole status document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The config file and its latest load.
+    pub config: ConfigStatus,
+    /// Frontends, in config order.
+    pub frontends: Vec<FrontendStatus>,
+    /// Backends, in config order.
+    pub backends: Vec<BackendStatus>,
+}
+
+/// The config file and the outcome of its latest load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// The file lbd reloads from.
+    pub path: String,
+    /// The latest load (at start or by reload).
+    pub last_reload: LastReloadStatus,
+}
+
+/// The outcome of the latest load of the config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastReloadStatus {
+    /// Whether it was applied.
+    pub ok: bool,
+    /// Why not: `file:line:col: message`; `null` when it was applied.
+    pub error: Option<String>,
+    /// When, RFC 3339 UTC.
+    pub at: String,
+    /// The timing lint's warnings about the running file.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// One frontend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrontendStatus {
+    /// Its name.
+    pub name: String,
+    /// The addresses it actually listens on (port 0 resolved).
+    pub listen: Vec<String>,
+    /// The backend it forwards to.
+    pub backend: String,
+    /// Connections open right now.
+    pub active_connections: u64,
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    /// Connections turned away since start (no server, or every dial failed).
+    pub rejected_total: u64,
+}
+
+/// One backend and its servers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    /// Its name.
+    pub name: String,
+    /// Its servers; a DNS name contributes one per address (`name@ip`).
+    pub servers: Vec<ServerStatus>,
+}
+
+/// One server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// Its name, unique in the backend.
+    pub name: String,
+    /// `IP:port` connections go to.
+    pub address: String,
+    /// `unknown`, `up` or `down`: what the checks found.
+    pub health: String,
+    /// `ready`, `drain` or `disabled`: what the operator asked.
+    pub admin: String,
+    /// The two combined for display: `unknown`, `up`, `down`, `draining` or `disabled`.
+    pub state: String,
+    /// Connections open right now.
+    pub active_connections: u64,
+    /// Connections established since the server was first configured.
+    pub connections_total: u64,
+    /// The latest health check, `null` before the first.
+    pub last_check: Option<CheckStatus>,
+}
+
+/// The outcome of a server's latest health check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckStatus {
+    /// `ok`, or why it failed (`refused`, `timeout`, `tls_error`…).
+    pub result: String,
+    /// How long the check took, in milliseconds.
+    pub elapsed_ms: f64,
+    /// When it finished, RFC 3339 UTC.
+    pub at: String,
+    /// Human detail: the OS error, the HTTP status.
+    pub detail: String,
+}
+
+impl Status {
+    /// The daemon's status right now, read from its current snapshot.
+    pub fn collect(daemon: &Daemon) -> Status {
+        let snapshot = daemon.snapshot();
+        let last = daemon.last_reload();
+        let frontends = snapshot
+            .frontends
+            .iter()
+            .map(|f| FrontendStatus {
+                name: f.name.clone(),
+                listen: daemon
+                    .local_addrs(&f.name)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                backend: f.route.load().pool.spec.name.clone(),
+                active_connections: f.stats.active.load(Relaxed),
+                connections_total: f.stats.total.load(Relaxed),
+                rejected_total: f.stats.rejected.iter().map(|r| r.load(Relaxed)).sum(),
+            })
+            .collect();
+        let backends = snapshot
+            .pools
+            .iter()
+            .map(|pool| BackendStatus {
+                name: pool.spec.name.clone(),
+                servers: pool.servers.iter().map(ServerStatus::of).collect(),
+            })
+            .collect();
+        Status {
+            config: ConfigStatus {
+                path: daemon.config_path().display().to_string(),
+                last_reload: LastReloadStatus {
+                    ok: last.ok,
+                    error: last.error,
+                    at: clock::rfc3339(last.at),
+                    warnings: last.warnings,
+                },
+            },
+            frontends,
+            backends,
+        }
+    }
+}
+
+impl ServerStatus {
+    /// One server's status right now.
+    pub fn of(server: &Arc<Server>) -> ServerStatus {
+        ServerStatus {
+            name: server.name.clone(),
+            address: server.addr.to_string(),
+            health: server.health().as_str().to_owned(),
+            admin: server.admin().as_str().to_owned(),
+            state: server.state().to_owned(),
+            active_connections: server.active(),
+            connections_total: server.stats.total.load(Relaxed),
+            last_check: server.last_check().map(|check| CheckStatus {
+                result: check.result,
+                elapsed_ms: (check.elapsed.as_secs_f64() * 1e6).round() / 1e3,
+                at: clock::rfc3339(check.at),
+                detail: check.detail,
+            }),
+        }
+    }
+}

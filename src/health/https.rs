@@ -1,0 +1,159 @@
+//! The `https` check: TLS, then `GET path` (default `/readyz`) with hyper.
+//!
+//! 2xx passes. 401/403 means the apiserver is alive and answering but the
+//! check is not allowed in (anonymous auth disabled, no client certificate):
+//! that is reported as `auth_error` and counts as alive, so a credentials
+//! mistake never takes a whole control plane out of rotation. Any other
+//! status fails: this is how a kube-apiserver in its shutdown delay (its
+//! `/readyz` failing while TCP still answers) stops getting new connections.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use super::tls::{TlsProbe, TlsSetupError};
+use super::{Alive, CheckError};
+use crate::config;
+
+/// How much of a failing answer's body is kept for the check's detail:
+/// enough for kube-apiserver's `[-]etcd failed: reason withheld` lines.
+const BODY_EXCERPT: usize = 512;
+
+/// An HTTPS check of one server.
+#[derive(Debug, Clone)]
+pub struct HttpsProbe {
+    tls: TlsProbe,
+    path: String,
+    host: String,
+}
+
+impl HttpsProbe {
+    /// Builds the TLS client (offering `http/1.1`) and the request's target.
+    pub fn new(spec: &config::Health, host: &str) -> Result<HttpsProbe, TlsSetupError> {
+        Ok(HttpsProbe {
+            tls: TlsProbe::new(spec, host, &[b"http/1.1"])?,
+            path: spec.path.clone(),
+            host: spec.sni.clone().unwrap_or_else(|| host.to_owned()),
+        })
+    }
+
+    /// Connects, shakes hands and asks for the path, all within `timeout`.
+    pub async fn check(&self, addr: SocketAddr, timeout: Duration) -> Result<Alive, CheckError> {
+        let deadline = Instant::now() + timeout;
+        let tls = self.tls.connect(addr, timeout).await?;
+        match tokio::time::timeout_at(deadline, self.exchange(tls)).await {
+            Ok(result) => result,
+            Err(_) => Err(CheckError::Http(format!(
+                "GET {}: no answer within {}",
+                self.path,
+                super::machine::format_elapsed(timeout)
+            ))),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    ) -> Result<Alive, CheckError> {
+        let http_error = |e: hyper::Error| CheckError::Http(format!("GET {}: {e}", self.path));
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(http_error)?;
+        let request = Request::get(self.path.as_str())
+            .header(header::HOST, &self.host)
+            .header(
+                header::USER_AGENT,
+                concat!("lbd/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| CheckError::Http(format!("GET {}: bad request: {e}", self.path)))?;
+        let exchange = async move {
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            // The body is read (a little of it) so a failure can say why.
+            let body = Limited::new(response.into_body(), BODY_EXCERPT)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok::<_, hyper::Error>((status, body))
+            // `sender` drops here, which lets `connection` finish.
+        };
+        let (answer, _) = tokio::join!(exchange, connection);
+        let (status, body) = answer.map_err(http_error)?;
+        self.verdict(status, &body)
+    }
+
+    fn verdict(&self, status: StatusCode, body: &[u8]) -> Result<Alive, CheckError> {
+        let mut detail = format!("GET {}: {status}", self.path);
+        let excerpt = excerpt(body);
+        if !excerpt.is_empty() {
+            detail.push_str(": ");
+            detail.push_str(&excerpt);
+        }
+        if status.is_success() {
+            Ok(Alive::Ok(format!("GET {}: {status}", self.path)))
+        } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            Ok(Alive::AuthError(detail))
+        } else {
+            Err(CheckError::Http(detail))
+        }
+    }
+}
+
+/// The body's first lines on one line, control characters dropped, cut short.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut out: String = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    if text.chars().count() > 200 {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe() -> HttpsProbe {
+        HttpsProbe::new(&config::Health::default(), "127.0.0.1").unwrap()
+    }
+
+    #[test]
+    fn statuses_map_to_verdicts() {
+        let p = probe();
+        assert!(matches!(p.verdict(StatusCode::OK, b"ok"), Ok(Alive::Ok(_))));
+        assert!(matches!(
+            p.verdict(StatusCode::UNAUTHORIZED, b""),
+            Ok(Alive::AuthError(_))
+        ));
+        assert!(matches!(
+            p.verdict(StatusCode::FORBIDDEN, b""),
+            Ok(Alive::AuthError(_))
+        ));
+        match p.verdict(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            b"[+]ping ok\n[-]etcd failed: reason withheld\nreadyz check failed\n",
+        ) {
+            Err(CheckError::Http(detail)) => assert_eq!(
+                detail,
+                "GET /readyz: 500 Internal Server Error: [+]ping ok [-]etcd failed: reason withheld readyz check failed"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(p.verdict(StatusCode::NOT_FOUND, b"").is_err());
+    }
+}

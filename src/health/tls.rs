@@ -1,0 +1,204 @@
+//! The `tls` check: a TCP connection and a full TLS handshake (rustls).
+//!
+//! A kube-apiserver whose process hangs still completes TCP handshakes in
+//! the kernel; only a TLS handshake proves the process answers. With
+//! `ca_file` the chain and the name (`sni`, else the server's host) are
+//! verified; without it any chain is accepted, but the handshake's own
+//! signatures are still checked, so the peer holds the certificate's key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::{Alive, CheckError};
+use crate::config;
+use crate::dial;
+
+/// What a TLS (or HTTPS) check needs, built once per server task.
+#[derive(Clone)]
+pub struct TlsProbe {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsProbe")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A TLS setting that cannot be used: an unreadable or invalid file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("cannot use {what} {path:?}: {reason}; fix the file or the [backend.health] setting")]
+    File {
+        /// Which setting (`ca_file`, `cert_file`, `key_file`).
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The name to check the certificate against is not a DNS name or IP.
+    #[error("TLS server name {0:?} is not a valid DNS name or IP address; set `sni`")]
+    Name(String),
+    /// rustls refused the settings.
+    #[error("TLS settings rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+impl TlsProbe {
+    /// Builds the client side from the backend's health settings; `host` is
+    /// the server's configured host, the name used when `sni` is not set.
+    /// `alpn` lists the protocols to offer (`http/1.1` for HTTPS checks).
+    pub fn new(
+        spec: &config::Health,
+        host: &str,
+        alpn: &[&[u8]],
+    ) -> Result<TlsProbe, TlsSetupError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier: Arc<dyn ServerCertVerifier> = match &spec.ca_file {
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                for cert in read_certs(path, "ca_file")? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| file_error("ca_file", path, e))?;
+                }
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                    .build()
+                    .map_err(|e| file_error("ca_file", path, e))?
+            }
+            None => Arc::new(AcceptAnyChain(provider.signature_verification_algorithms)),
+        };
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut tls = match (&spec.cert_file, &spec.key_file) {
+            (Some(cert), Some(key)) => {
+                let certs = read_certs(cert, "cert_file")?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| file_error("key_file", key, e))?;
+                builder.with_client_auth_cert(certs, key)?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let name = spec.sni.as_deref().unwrap_or(host).to_owned();
+        let name = ServerName::try_from(name.clone()).map_err(|_| TlsSetupError::Name(name))?;
+        Ok(TlsProbe {
+            connector: TlsConnector::from(Arc::new(tls)),
+            name,
+        })
+    }
+
+    /// Dials `addr` and completes a TLS handshake, all within `timeout`.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<TlsStream<TcpStream>, CheckError> {
+        let deadline = Instant::now() + timeout;
+        let stream = dial::connect(addr, timeout).await?;
+        match tokio::time::timeout_at(deadline, self.connector.connect(self.name.clone(), stream))
+            .await
+        {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(e)) => Err(CheckError::Tls(format!("TLS handshake failed: {e}"))),
+            Err(_) => Err(CheckError::Tls(format!(
+                "TCP connected but no TLS handshake within {}",
+                super::machine::format_elapsed(timeout)
+            ))),
+        }
+    }
+
+    /// The `tls` check: a handshake, then a clean close.
+    pub async fn check(&self, addr: SocketAddr, timeout: Duration) -> Result<Alive, CheckError> {
+        let tls = self.connect(addr, timeout).await?;
+        let (_, session) = tls.get_ref();
+        let version = session
+            .protocol_version()
+            .map_or_else(|| "TLS".to_owned(), |v| format!("{v:?}"));
+        let (tcp, _) = tls.into_inner();
+        crate::socket::reset(tcp);
+        Ok(Alive::Ok(format!("{version} handshake with {addr}")))
+    }
+}
+
+fn read_certs(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(what, path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(what, path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(what, path, "no PEM certificate in it"));
+    }
+    Ok(certs)
+}
+
+fn file_error(what: &'static str, path: &Path, reason: impl std::fmt::Display) -> TlsSetupError {
+    TlsSetupError::File {
+        what,
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Accepts any certificate chain (no `ca_file`: lbd has no trust anchor),
+/// while still checking the handshake signatures against it.
+#[derive(Debug)]
+struct AcceptAnyChain(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for AcceptAnyChain {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}

@@ -1,0 +1,98 @@
+//! The process's own resource use, read from /proc at scrape time (a
+//! directory listing and two small files): open and maximum file
+//! descriptors, resident memory, CPU time.
+
+use std::fmt;
+
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::registry::Unit;
+
+use super::{single_counter, single_gauge};
+
+/// Encodes `process_*` metrics; each one the system cannot tell is left out.
+pub(super) fn encode(out: &mut DescriptorEncoder) -> fmt::Result {
+    if let Some(open) = open_fds() {
+        single_gauge(
+            out,
+            "process_open_fds",
+            "Open file descriptors.",
+            None,
+            open,
+        )?;
+    }
+    if let Some(max) = max_fds() {
+        single_gauge(
+            out,
+            "process_max_fds",
+            "The limit on open file descriptors (RLIMIT_NOFILE).",
+            None,
+            max,
+        )?;
+    }
+    if let Some(rss) = resident_bytes() {
+        single_gauge(
+            out,
+            "process_resident_memory",
+            "Resident memory size in bytes.",
+            Some(&Unit::Bytes),
+            rss,
+        )?;
+    }
+    if let Some(cpu) = cpu_seconds() {
+        single_counter(
+            out,
+            "process_cpu",
+            "User and system CPU time spent in seconds.",
+            Some(&Unit::Seconds),
+            cpu,
+        )?;
+    }
+    Ok(())
+}
+fn open_fds() -> Option<u64> {
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    // The listing's own descriptor is one of them.
+    Some(entries.saturating_sub(1))
+}
+
+fn max_fds() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own and pass by pointer.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    (rc == 0).then_some(limit.rlim_cur)
+}
+
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page_size).ok()?)
+}
+
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which may hold spaces and ends with ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        assert!(open_fds().unwrap() >= 3);
+        assert!(max_fds().unwrap() >= open_fds().unwrap());
+        assert!(resident_bytes().unwrap() > 1024 * 1024);
+        assert!(cpu_seconds().unwrap() >= 0.0);
+    }
+}

@@ -1,0 +1,541 @@
+//! The admin API through the real binary (DESIGN.md §3.3): routes, error
+//! answers, the status JSON, drain/enable/disable, readiness, the unix
+//! socket, and /metrics as valid OpenMetrics text whose counters move.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::time::Duration;
+
+use support::{
+    Backend, Lbd, config_for, echo_round_trip, greeting, hold, http_raw, parse_http_answer,
+    wait_until,
+};
+
+#[test]
+fn routes_methods_and_malformed_requests() {
+    let a = Backend::named("a");
+    let lbd = Lbd::start(&config_for(&[&a], "", ""));
+    let admin = lbd.admin_addr();
+    assert_eq!(lbd.get("/healthz"), (200, "ok\n".into()));
+    assert_eq!(lbd.get("/readyz"), (200, "ready\n".into()));
+    assert_eq!(lbd.get("/nope").0, 404);
+    assert_eq!(lbd.get("/api/v1/backends/pool/servers/a/explode").0, 404);
+    assert_eq!(lbd.post("/metrics").0, 405);
+    assert_eq!(lbd.get("/api/v1/reload").0, 405);
+    assert_eq!(lbd.get("/api/v1/backends/pool/servers/a/drain").0, 405);
+    assert_eq!(lbd.post("/api/v1/backends/pool/servers/zz/drain").0, 404);
+    assert_eq!(lbd.post("/api/v1/backends/nope/servers/a/drain").0, 404);
+    assert_eq!(lbd.post("/api/v1/backends/pool/servers/%zz/drain").0, 400);
+
+    // Garbage, a huge body, huge headers: 4xx answers, and lbd lives on.
+    let answer = http_raw(admin, b"HELLO\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    let big = format!(
+        "POST /api/v1/reload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        10 * 1024 * 1024
+    );
+    assert_eq!(parse_http_answer(&http_raw(admin, big.as_bytes())).0, 413);
+    let mut chunked = b"POST /api/v1/reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for _ in 0..80 {
+        chunked.extend_from_slice(b"400\r\n");
+        chunked.extend_from_slice(&[b'x'; 0x400]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(parse_http_answer(&http_raw(admin, &chunked)).0, 413);
+    let huge_header = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "y".repeat(64 * 1024)
+    );
+    let answer = http_raw(admin, huge_header.as_bytes());
+    assert!(
+        answer.starts_with("HTTP/1.1 431") || answer.starts_with("HTTP/1.1 400"),
+        "{answer:?}"
+    );
+    assert_eq!(lbd.get("/healthz").0, 200);
+}
+
+#[test]
+fn status_has_every_contract_field() {
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let lbd = Lbd::start(&config_for(&[&a, &b], "", ""));
+    greeting(lbd.addr("api")).unwrap();
+    let status = lbd.status();
+    let config = &status["config"];
+    assert_eq!(config["path"], lbd.config_path.display().to_string());
+    let last = &config["last_reload"];
+    assert_eq!(last["ok"], true);
+    assert!(last["error"].is_null());
+    assert!(last["at"].as_str().unwrap().ends_with('Z'), "{last}");
+
+    let frontend = &status["frontends"][0];
+    assert_eq!(frontend["name"], "api");
+    assert_eq!(
+        frontend["listen"],
+        serde_json::json!([lbd.addr("api").to_string()])
+    );
+    assert_eq!(frontend["backend"], "pool");
+    wait_until(
+        Duration::from_secs(5),
+        "the connection to be counted closed",
+        || lbd.status()["frontends"][0]["active_connections"] == 0,
+    );
+    let status = lbd.status();
+    let frontend = &status["frontends"][0];
+    assert_eq!(frontend["connections_total"], 1);
+    assert_eq!(frontend["rejected_total"], 0);
+
+    let backend = &status["backends"][0];
+    assert_eq!(backend["name"], "pool");
+    let server = &backend["servers"][0];
+    let mut keys: Vec<&str> = server
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "active_connections",
+            "address",
+            "admin",
+            "connections_total",
+            "health",
+            "last_check",
+            "name",
+            "state"
+        ]
+    );
+    assert_eq!(server["name"], "a");
+    assert_eq!(server["address"], a.addr.to_string());
+    // Lbd::start waits for the first health checks, so the verdict is in.
+    assert_eq!(server["health"], "up");
+    assert_eq!(server["admin"], "ready");
+    assert_eq!(server["state"], "up");
+    let check = server["last_check"].as_object().unwrap();
+    let mut check_keys: Vec<&str> = check.keys().map(String::as_str).collect();
+    check_keys.sort_unstable();
+    assert!(
+        ["at", "detail", "elapsed_ms", "result"]
+            .iter()
+            .all(|k| check_keys.contains(k)),
+        "{check_keys:?}"
+    );
+    assert_eq!(check["result"], "ok");
+}
+
+#[test]
+fn drain_stops_new_connections_while_existing_ones_go_on() {
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let lbd = Lbd::start(&config_for(&[&a, &b], "", ""));
+    let addr = lbd.addr("api");
+    let (first, mut to_a) = hold(addr);
+    assert_eq!(first, "a");
+
+    let (code, body) = lbd.post("/api/v1/backends/pool/servers/a/drain");
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["servers"][0]["state"], "draining");
+    assert_eq!(answer["servers"][0]["previous"], "ready");
+    assert_eq!(answer["servers"][0]["active_connections"], 1);
+
+    // Counted by lbd, not by the backend, whose count includes health checks.
+    let connections_to_a =
+        || lbd.status()["backends"][0]["servers"][0]["connections_total"].as_u64();
+    let before = connections_to_a();
+    for _ in 0..6 {
+        assert_eq!(greeting(addr).unwrap(), "b");
+    }
+    assert_eq!(connections_to_a(), before);
+    assert_eq!(echo_round_trip(&mut to_a, b"still").unwrap(), b"still");
+
+    // disable: the same for traffic; enable: back in the rotation.
+    assert_eq!(lbd.post("/api/v1/backends/pool/servers/a/disable").0, 200);
+    assert_eq!(lbd.post("/api/v1/backends/pool/servers/b/disable").0, 200);
+    let (code, reason) = lbd.get("/readyz");
+    assert_eq!(code, 503);
+    assert_eq!(
+        reason,
+        "not ready: frontend api: backend pool: no server can take a connection; new connections are refused (a disabled, b disabled)\n"
+    );
+    assert!(
+        greeting(addr).is_err(),
+        "a connection with no server is refused"
+    );
+    assert_eq!(lbd.post("/api/v1/backends/pool/servers/a/enable").0, 200);
+    // Enabled servers are checked again at once and come back within a moment.
+    wait_until(Duration::from_secs(5), "/readyz to pass again", || {
+        lbd.get("/readyz").0 == 200
+    });
+    assert_eq!(greeting(addr).unwrap(), "a");
+    assert_eq!(echo_round_trip(&mut to_a, b"and on").unwrap(), b"and on");
+}
+
+#[test]
+fn readyz_fails_as_soon_as_shutdown_begins() {
+    let a = Backend::named("a");
+    let config = config_for(&[&a], "", "")
+        .replace("[admin]", "[global]\ndrain_timeout = \"10s\"\n\n[admin]");
+    let lbd = Lbd::start(&config);
+    let (_, _held) = hold(lbd.addr("api"));
+    let admin = lbd.admin_addr();
+    lbd.signal(libc::SIGTERM);
+    lbd.wait_for_log("draining connections", Duration::from_secs(5));
+    let (code, body) = support::http(admin, "GET", "/readyz");
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            503,
+            "not ready: lbd is shutting down: no new connections are accepted\n"
+        )
+    );
+}
+
+#[test]
+fn admin_api_on_a_unix_socket_with_mode_0660() {
+    let a = Backend::named("a");
+    let dir = support::TempDir::new("sock");
+    let socket = dir.0.join("admin.sock");
+    let config = config_for(&[&a], "", "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"unix:{}\"", socket.display()),
+    );
+    let lbd = Lbd::start(&config);
+    lbd.wait_for_log("admin API listening", Duration::from_secs(5));
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    let admin = format!("unix:{}", socket.display());
+    let out = support::lbctl(&["--admin", &admin, "status", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(status["backends"][0]["servers"][0]["name"], "a");
+    drop(lbd);
+}
+
+/// One OpenMetrics sample: name, labels, value.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// A small OpenMetrics text parser: checks the structure (descriptors
+/// before samples, sample names belong to their family with the suffixes its
+/// type allows, quoted and escaped labels, float values, one `# EOF` at the
+/// end) and returns the samples. Panics with the offending line.
+fn parse_openmetrics(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    let mut families: HashMap<String, String> = HashMap::new();
+    let mut current: Option<(String, String)> = None;
+    let lines: Vec<&str> = text.split('\n').collect();
+    assert_eq!(lines.last(), Some(&""), "the text must end with a newline");
+    let lines = &lines[..lines.len() - 1];
+    assert_eq!(lines.last(), Some(&"# EOF"), "the last line must be # EOF");
+    for line in &lines[..lines.len() - 1] {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (keyword, name) = (parts.next().unwrap(), parts.next().expect(line));
+            assert!(valid_name(name), "bad metric name in {line:?}");
+            match keyword {
+                "TYPE" => {
+                    let kind = parts.next().expect(line);
+                    assert!(
+                        [
+                            "counter",
+                            "gauge",
+                            "histogram",
+                            "info",
+                            "stateset",
+                            "unknown",
+                            "summary",
+                            "gaugehistogram"
+                        ]
+                        .contains(&kind),
+                        "{line:?}"
+                    );
+                    assert!(
+                        families.insert(name.to_owned(), kind.to_owned()).is_none(),
+                        "family {name} declared twice"
+                    );
+                    current = Some((name.to_owned(), kind.to_owned()));
+                }
+                "HELP" => {
+                    assert!(
+                        !families.contains_key(name)
+                            || current.as_ref().is_some_and(|c| c.0 == name),
+                        "{line:?}"
+                    )
+                }
+                "UNIT" => {
+                    let unit = parts.next().expect(line);
+                    assert!(
+                        name.ends_with(&format!("_{unit}")),
+                        "a family with a unit must end in it: {line:?}"
+                    );
+                }
+                _ => panic!("unknown descriptor {line:?}"),
+            }
+            continue;
+        }
+        assert!(!line.starts_with('#') && !line.is_empty(), "{line:?}");
+        let (family, kind) = current
+            .clone()
+            .unwrap_or_else(|| panic!("sample before any TYPE: {line:?}"));
+        let (name, labels, value) = split_sample(line);
+        let suffix = name
+            .strip_prefix(&family)
+            .unwrap_or_else(|| panic!("{name} is not of family {family}"));
+        let allowed: &[&str] = match kind.as_str() {
+            "counter" => &["_total", "_created"],
+            "gauge" => &[""],
+            "histogram" => &["_bucket", "_count", "_sum", "_created"],
+            _ => &[""],
+        };
+        assert!(
+            allowed.contains(&suffix),
+            "{name}: suffix {suffix:?} not allowed for a {kind}"
+        );
+        if suffix == "_bucket" {
+            assert!(labels.contains_key("le"), "{line:?}");
+        }
+        if kind == "counter" || suffix == "_count" || suffix == "_bucket" {
+            assert!(value >= 0.0, "{line:?}");
+        }
+        samples.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
+    }
+    samples
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn split_sample(line: &str) -> (&str, BTreeMap<String, String>, f64) {
+    let mut labels = BTreeMap::new();
+    let (name, rest) = match line.find('{') {
+        Some(open) => {
+            let name = &line[..open];
+            let mut rest = &line[open + 1..];
+            loop {
+                if let Some(after) = rest.strip_prefix('}') {
+                    rest = after;
+                    break;
+                }
+                let eq = rest
+                    .find("=\"")
+                    .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                let key = &rest[..eq];
+                assert!(valid_name(key), "bad label name in {line:?}");
+                let mut value = String::new();
+                let mut chars = rest[eq + 2..].char_indices();
+                let end = loop {
+                    match chars.next() {
+                        Some((i, '"')) => break eq + 2 + i,
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, 'n')) => value.push('\n'),
+                            Some((_, c @ ('\\' | '"'))) => value.push(c),
+                            other => panic!("bad escape {other:?} in {line:?}"),
+                        },
+                        Some((_, c)) => value.push(c),
+                        None => panic!("unterminated label value in {line:?}"),
+                    }
+                };
+                labels.insert(key.to_owned(), value);
+                rest = &rest[end + 1..];
+                rest = rest.strip_prefix(',').unwrap_or(rest);
+            }
+            (name, rest)
+        }
+        None => line.split_at(
+            line.find(' ')
+                .unwrap_or_else(|| panic!("no value in {line:?}")),
+        ),
+    };
+    let value_text = rest
+        .strip_prefix(' ')
+        .unwrap_or_else(|| panic!("no space before the value in {line:?}"));
+    let value = match value_text {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        v => v
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value {v:?} in {line:?}")),
+    };
+    assert!(valid_name(name), "bad sample name in {line:?}");
+    (name, labels, value)
+}
+
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
+        .value
+}
+
+#[test]
+fn metrics_are_valid_openmetrics_and_counters_move() {
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let lbd = Lbd::start(&config_for(&[&a, &b], "", ""));
+    let scrape = || {
+        let answer = http_raw(
+            lbd.admin_addr(),
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("content-type: application/openmetrics-text; version=1.0.0"),
+            "{answer}"
+        );
+        parse_openmetrics(&parse_http_answer(&answer).1)
+    };
+    let before = scrape();
+    for family in [
+        "lbd_frontend_connections_total",
+        "lbd_frontend_active_connections",
+        "lbd_frontend_rejected_total",
+        "lbd_server_up",
+        "lbd_server_connections_total",
+        "lbd_server_active_connections",
+        "lbd_server_connect_errors_total",
+        "lbd_server_bytes_total",
+        "lbd_connect_duration_seconds_count",
+        "lbd_health_check_duration_seconds_count",
+        "lbd_config_reloads_total",
+        "lbd_server_transitions_total",
+        "process_open_fds",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(before.iter().any(|s| s.name == family), "{family} missing");
+    }
+    assert_eq!(
+        value(
+            &before,
+            "lbd_frontend_connections_total",
+            &[("frontend", "api")]
+        ),
+        0.0
+    );
+
+    for _ in 0..4 {
+        let (_, mut stream) = hold(lbd.addr("api"));
+        assert_eq!(echo_round_trip(&mut stream, b"12345").unwrap(), b"12345");
+    }
+    let (_, mut open) = hold(lbd.addr("api"));
+    let after = scrape();
+    let server = |name| [("backend", "pool"), ("server", name)];
+    assert_eq!(
+        value(
+            &after,
+            "lbd_frontend_connections_total",
+            &[("frontend", "api")]
+        ),
+        5.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "lbd_frontend_active_connections",
+            &[("frontend", "api")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&after, "lbd_server_connections_total", &server("a")),
+        3.0
+    );
+    assert_eq!(
+        value(&after, "lbd_server_connections_total", &server("b")),
+        2.0
+    );
+    assert_eq!(
+        value(&after, "lbd_server_active_connections", &server("a")),
+        1.0
+    );
+    assert_eq!(
+        value(&after, "lbd_connect_duration_seconds_count", &server("a")),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "lbd_connect_duration_seconds_bucket",
+            &[("server", "a"), ("le", "+Inf")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "lbd_server_bytes_total",
+            &[("server", "a"), ("direction", "to_server")]
+        ),
+        10.0
+    );
+    // Greetings ("a\n", "b\n") to five clients and four 5-byte echoes.
+    wait_until(
+        Duration::from_secs(5),
+        "bytes to clients to be counted",
+        || {
+            let now = scrape();
+            let to_client = |s| {
+                value(
+                    &now,
+                    "lbd_server_bytes_total",
+                    &[("server", s), ("direction", "to_client")],
+                )
+            };
+            to_client("a") + to_client("b") == 30.0
+                && value(&now, "lbd_frontend_bytes_total", &[("direction", "out")]) == 30.0
+        },
+    );
+    assert!(value(&after, "process_open_fds", &[]) > 5.0);
+
+    // A refused dial is counted by kind; a removed server vanishes from the next scrape.
+    b.stop();
+    for _ in 0..2 {
+        let _ = greeting(lbd.addr("api"));
+    }
+    let failed = scrape();
+    assert!(
+        value(
+            &failed,
+            "lbd_server_connect_errors_total",
+            &[("server", "b"), ("kind", "refused")]
+        ) >= 1.0
+    );
+    lbd.rewrite_config(&config_for(&[&a], "", ""));
+    assert_eq!(lbd.post("/api/v1/reload").0, 200);
+    let reloaded = scrape();
+    assert!(
+        !reloaded
+            .iter()
+            .any(|s| s.labels.get("server").is_some_and(|v| v == "b"))
+    );
+    assert_eq!(
+        value(&reloaded, "lbd_config_reloads_total", &[("result", "ok")]),
+        1.0
+    );
+    assert_eq!(echo_round_trip(&mut open, b"x").unwrap(), b"x");
+}

@@ -1,0 +1,336 @@
+//! Health checking through the real `lbd` binary: dead, blackholed,
+//! recovering and draining servers, auth problems, and what clients meet
+//! when no server is left. Health is observed from the outside, in lbd's logs.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use support::https::{HttpsServer, Pki};
+use support::{Backend, Lbd, config_for, greeting, wait_until};
+
+/// A config for `backends` with `[backend.health]` set to `health`.
+fn with_health(backends: &[&Backend], backend_extra: &str, health: &str) -> String {
+    config_for(backends, backend_extra, "") + "[backend.health]\n" + health + "\n"
+}
+
+/// The log line announcing `server`'s change to `state` (`up` or `down`).
+fn transition(server: &str, state: &str) -> String {
+    format!(" {server} {state}: ")
+}
+
+/// Waits for the `nth` (1-based) such line and returns it.
+fn wait_for_transition(
+    lbd: &Lbd,
+    server: &str,
+    state: &str,
+    nth: usize,
+    within: Duration,
+) -> String {
+    let needle = transition(server, state);
+    let mut found = None;
+    wait_until(within, &format!("log line {nth} with {needle:?}"), || {
+        found = lbd.logs_matching(&needle).into_iter().nth(nth - 1);
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+/// Connects through lbd and keeps the connection, with the server's name.
+fn hold(addr: SocketAddr) -> (String, TcpStream) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        stream.read_exact(&mut byte).unwrap();
+        line.push(byte[0]);
+    }
+    (String::from_utf8(line).unwrap().trim().to_owned(), stream)
+}
+
+fn echo_works(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4];
+    stream.write_all(b"ping").is_ok() && stream.read_exact(&mut buf).is_ok() && &buf == b"ping"
+}
+
+#[test]
+fn a_killed_server_is_marked_down_in_time_and_clients_never_notice() {
+    let backends = [
+        Backend::named("a"),
+        Backend::named("b"),
+        Backend::named("c"),
+    ];
+    let (interval, fall) = (Duration::from_secs(1), 3);
+    let bound = interval * (fall + 1);
+    let lbd = Lbd::start(&with_health(
+        &backends.each_ref(),
+        "",
+        "interval = \"1s\"\nfall = 3",
+    ));
+    let addr = lbd.addr("api");
+
+    // Killed under traffic: 200 connections right after, every one served.
+    let killed = Instant::now();
+    backends[1].stop();
+    let mut served: HashMap<String, usize> = HashMap::new();
+    for i in 0..200 {
+        let name = greeting(addr).unwrap_or_else(|e| panic!("connection {i} failed: {e}"));
+        *served.entry(name).or_default() += 1;
+    }
+    assert_eq!(served.get("b"), None, "{served:?}");
+    assert!(served["a"] > 0 && served["c"] > 0, "{served:?}");
+    let line = wait_for_transition(&lbd, "b", "down", 1, bound.saturating_sub(killed.elapsed()));
+    assert!(line.contains("refused"), "{line}");
+    eprintln!(
+        "killed under traffic: marked down after {:?}",
+        killed.elapsed()
+    );
+
+    // Killed quietly: only the active checks can notice.
+    let killed = Instant::now();
+    backends[2].stop();
+    let line = wait_for_transition(&lbd, "c", "down", 1, bound);
+    assert!(killed.elapsed() <= bound, "{:?}", killed.elapsed());
+    eprintln!("killed quietly: marked down after {:?}", killed.elapsed());
+    assert!(line.contains("3 consecutive refused connections"), "{line}");
+    for _ in 0..20 {
+        assert_eq!(greeting(addr).unwrap(), "a");
+    }
+}
+
+#[test]
+fn a_blackholed_server_is_marked_down_by_timeout_and_costs_a_client_one_dial_at_most() {
+    let a = Backend::named("a");
+    let b = Backend::blackholable("b");
+    let c = Backend::named("c");
+    let connect_timeout = Duration::from_millis(500);
+    let lbd = Lbd::start(&with_health(
+        &[&a, &b, &c],
+        "connect_timeout = \"500ms\"",
+        "interval = \"1s\"\ntimeout = \"300ms\"\nfall = 3",
+    ));
+    let addr = lbd.addr("api");
+
+    b.blackhole();
+    let blackholed = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for i in 0..30 {
+        let started = Instant::now();
+        let name = greeting(addr).unwrap_or_else(|e| panic!("connection {i} failed: {e}"));
+        slowest = slowest.max(started.elapsed());
+        assert_ne!(name, "b");
+    }
+    // One dial to b that times out, then the retry's own dial elsewhere.
+    assert!(slowest < 2 * connect_timeout, "a client waited {slowest:?}");
+    let line = wait_for_transition(&lbd, "b", "down", 1, Duration::from_secs(4));
+    assert!(blackholed.elapsed() <= Duration::from_secs(4));
+    eprintln!(
+        "blackholed: slowest client {slowest:?}, marked down after {:?}",
+        blackholed.elapsed()
+    );
+    assert!(line.contains("timeout"), "{line}");
+}
+
+#[test]
+fn a_recovered_server_comes_back_after_rise_checks() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let lbd = Lbd::start(&with_health(
+        &[&a, &b],
+        "",
+        "interval = \"500ms\"\nrise = 2\nfall = 2",
+    ));
+    let addr = lbd.addr("api");
+    b.stop();
+    wait_for_transition(&lbd, "b", "down", 1, Duration::from_secs(5));
+    for _ in 0..6 {
+        assert_eq!(greeting(addr).unwrap(), "a");
+    }
+
+    let _b = Backend::named_at("b", b.addr);
+    // The first "b up" was at start; this is the second.
+    let line = wait_for_transition(&lbd, "b", "up", 2, Duration::from_secs(5));
+    assert!(line.contains("2 consecutive successful checks"), "{line}");
+    let names: Vec<String> = (0..6).map(|_| greeting(addr).unwrap()).collect();
+    assert!(names.iter().any(|n| n == "b"), "{names:?}");
+}
+
+#[test]
+fn readyz_failing_while_tcp_answers_takes_the_server_out_but_keeps_its_connections() {
+    // Two apiservers, each with its data port and a /readyz on a shared
+    // health port (`port`), on two loopback addresses.
+    let pki = Pki::new(&["kubernetes", "127.0.0.1", "127.0.0.2"]);
+    let health_a = HttpsServer::start(&pki, 200);
+    let port = health_a.addr.port();
+    let health_b = HttpsServer::start_at(&pki, SocketAddr::from(([127, 0, 0, 2], port)), 200);
+    let a = Backend::named("a");
+    let b = Backend::named_at("b", "127.0.0.2:0".parse().unwrap());
+    let lbd = Lbd::start(&with_health(
+        &[&a, &b],
+        "",
+        &format!(
+            "check = \"https\"\nport = {port}\nsni = \"kubernetes\"\nca_file = {:?}\ninterval = \"500ms\"\nfall = 2",
+            pki.ca_file
+        ),
+    ));
+    let addr = lbd.addr("api");
+    let up = wait_for_transition(&lbd, "b", "up", 1, Duration::from_secs(5));
+    assert!(up.contains("first https check passed"), "{up}");
+    let mut on_b = loop {
+        let (name, stream) = hold(addr);
+        if name == "b" {
+            break stream;
+        }
+    };
+
+    health_b.set_status(500);
+    let down = wait_for_transition(&lbd, "b", "down", 1, Duration::from_secs(5));
+    assert!(down.contains("2 consecutive HTTP errors"), "{down}");
+    assert!(down.contains("500 Internal Server Error"), "{down}");
+    assert!(TcpStream::connect(b.addr).is_ok(), "TCP to b still answers");
+    assert!(echo_works(&mut on_b), "b's open connection was cut");
+    for _ in 0..6 {
+        assert_eq!(greeting(addr).unwrap(), "a");
+    }
+    assert!(health_a.requests() > 0);
+}
+
+#[test]
+fn a_401_is_an_auth_error_that_keeps_the_server_up_and_says_so_loudly() {
+    let pki = Pki::new(&["127.0.0.1"]);
+    let health = HttpsServer::start(&pki, 401);
+    let a = Backend::named("a");
+    let lbd = Lbd::start(&with_health(
+        &[&a],
+        "",
+        &format!("check = \"https\"\nport = {}", health.addr.port()),
+    ));
+    let warning = lbd.wait_for_log("result=\"auth_error\"", Duration::from_secs(5));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("not authorized"), "{warning}");
+    assert!(warning.contains("cert_file"), "{warning}");
+    let up = wait_for_transition(&lbd, "a", "up", 1, Duration::from_secs(5));
+    assert!(up.contains("result=auth_error"), "{up}");
+    assert_eq!(greeting(lbd.addr("api")).unwrap(), "a");
+}
+
+#[test]
+fn a_tls_check_with_ca_file_refuses_a_certificate_for_another_name() {
+    let pki = Pki::new(&["kubernetes"]);
+    let health = HttpsServer::start(&pki, 200);
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let config = with_health(
+        &[&a, &b],
+        "",
+        &format!(
+            "check = \"tls\"\nport = {}\nsni = \"not-kubernetes\"\nca_file = {:?}",
+            health.addr.port(),
+            pki.ca_file
+        ),
+    );
+    let lbd = Lbd::start(&config);
+    let down = wait_for_transition(&lbd, "a", "down", 1, Duration::from_secs(5));
+    assert!(down.contains("tls_error"), "{down}");
+    assert!(down.contains("not valid for name"), "{down}");
+    drop(lbd);
+
+    // The right name passes.
+    let lbd = Lbd::start(&config.replace("not-kubernetes", "kubernetes"));
+    let up = wait_for_transition(&lbd, "a", "up", 1, Duration::from_secs(5));
+    assert!(up.contains("first tls check passed"), "{up}");
+}
+
+#[test]
+fn with_every_server_down_clients_are_refused_at_once_until_one_is_back() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let lbd = Lbd::start(&with_health(
+        &[&a, &b],
+        "",
+        "interval = \"500ms\"\nfall = 2",
+    ));
+    let addr = lbd.addr("api");
+    a.stop();
+    b.stop();
+    wait_for_transition(&lbd, "a", "down", 1, Duration::from_secs(5));
+    wait_for_transition(&lbd, "b", "down", 1, Duration::from_secs(5));
+    let paused = lbd.wait_for_log("frontend api paused", Duration::from_secs(5));
+    assert!(
+        paused.contains("no server can take a connection"),
+        "{paused}"
+    );
+    // Not accepted and reset: the handshake itself is refused, as `nc -v` shows.
+    for _ in 0..5 {
+        let err = TcpStream::connect(addr).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    }
+
+    let _a = Backend::named_at("a", a.addr);
+    wait_for_transition(&lbd, "a", "up", 1, Duration::from_secs(5));
+    lbd.wait_for_log("frontend api resumed", Duration::from_secs(5));
+    assert_eq!(greeting(addr).unwrap(), "a");
+}
+
+#[test]
+fn panic_mode_sends_clients_to_servers_whose_checks_fail() {
+    let a = Backend::named("a");
+    let closed = Backend::echo();
+    closed.stop();
+    // The checks look at a closed port: every server is "down", wrongly.
+    let lbd = Lbd::start(&with_health(
+        &[&a],
+        "on_no_server = \"panic\"",
+        &format!("port = {}", closed.addr.port()),
+    ));
+    wait_for_transition(&lbd, "a", "down", 1, Duration::from_secs(5));
+    let warning = lbd.wait_for_log("panic mode", Duration::from_secs(5));
+    assert!(warning.contains("WARN"), "{warning}");
+    for _ in 0..3 {
+        assert_eq!(greeting(lbd.addr("api")).unwrap(), "a");
+    }
+    assert!(lbd.logs_matching("frontend api paused").is_empty());
+}
+
+#[test]
+fn close_on_down_closes_open_connections_within_the_window() {
+    let a = Backend::named("a");
+    let check = Backend::echo();
+    let lbd = Lbd::start(&with_health(
+        &[&a],
+        "",
+        &format!(
+            "port = {}\ninterval = \"500ms\"\nfall = 1\nclose_on_down = \"1s\"",
+            check.addr.port()
+        ),
+    ));
+    let (name, mut open) = hold(lbd.addr("api"));
+    assert_eq!(name, "a");
+    assert!(echo_works(&mut open));
+
+    check.stop();
+    wait_for_transition(&lbd, "a", "down", 1, Duration::from_secs(5));
+    let down_at = Instant::now();
+    let mut buf = [0u8; 1];
+    let read = open.read(&mut buf);
+    assert!(
+        matches!(read, Ok(0)) || read.is_err(),
+        "the connection should be closed: {read:?}"
+    );
+    assert!(
+        down_at.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        down_at.elapsed()
+    );
+    let closed = lbd.wait_for_log("connection closed", Duration::from_secs(5));
+    assert!(
+        closed.contains("outcome=\"server_down\"") || closed.contains("outcome=server_down"),
+        "{closed}"
+    );
+}

@@ -601,3 +601,80 @@ fn a_server_flapping_every_second_for_a_minute_costs_no_client_connection_and_no
         &failures[..failures.len().min(5)]
     );
 }
+
+#[test]
+fn a_hundred_reloads_under_load_drop_nothing_and_leak_nothing() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let c = Backend::named("c");
+    // Two configs to alternate between: a third server comes and goes, a
+    // weight and the connection limit change.
+    let two = config_for(&[&a, &b], "", "max_connections = 1000");
+    let three = config_for(&[&a, &b, &c], "", "max_connections = 2000").replace(
+        &format!("address = \"{}\" }}", b.addr),
+        &format!("address = \"{}\", weight = 3 }}", b.addr),
+    );
+    let lbd = Lbd::start(&two);
+    let addr = lbd.addr("api");
+    let baseline = lbd.settled();
+
+    // Long-lived connections, echoing all along, and a stream of short ones.
+    let long: Vec<EchoClient> = (0..20)
+        .map(|_| EchoClient::start(addr, Duration::from_millis(10)).unwrap())
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let short = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match greeting(addr) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    for i in 0..100 {
+        lbd.rewrite_config(if i % 2 == 0 { &three } else { &two });
+        let (code, body) = lbd.post("/api/v1/reload");
+        assert_eq!(code, 200, "reload {i}: {body}");
+        assert!(
+            long.iter().all(|c| !c.ended()),
+            "reload {i} cut a long-lived connection"
+        );
+        if i < 2 {
+            let servers = lbd.server_names("pool");
+            assert_eq!(servers.contains(&"c".to_owned()), i == 0, "{servers:?}");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = short.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} short connections failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let rounds: usize = long.iter().map(EchoClient::rounds).sum();
+    for client in long {
+        client
+            .finish()
+            .expect("a long-lived connection broke across the reloads");
+    }
+    let after = lbd.settled();
+    eprintln!(
+        "100 reloads: {ok} short connections, {rounds} echo rounds on 20 long ones; before {baseline:?}, after {after:?}"
+    );
+    assert!(ok >= 20, "only {ok} short connections during the reloads");
+    assert_eq!(after.fds, baseline.fds, "descriptors leaked across reloads");
+    assert_eq!(after.tasks, baseline.tasks, "tasks leaked across reloads");
+    assert!(
+        after.rss_kib < baseline.rss_kib + 8 * 1024,
+        "RSS grew from {} to {} KiB",
+        baseline.rss_kib,
+        after.rss_kib
+    );
+}

@@ -49,16 +49,6 @@ fn rejected(lbd: &Lbd, frontend: &str, reason: &str) -> u64 {
         .unwrap_or_else(|| panic!("no rejected_total for {frontend} {reason} in:\n{body}"))
 }
 
-/// Connections open through lbd, over every frontend, from the status API.
-fn active_connections(lbd: &Lbd) -> u64 {
-    lbd.status()["frontends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["active_connections"].as_u64().unwrap())
-        .sum()
-}
-
 #[test]
 fn a_source_over_its_limit_is_refused_while_others_are_served() {
     let backend = Backend::named("b");
@@ -96,7 +86,7 @@ fn a_source_over_its_limit_is_refused_while_others_are_served() {
         ok
     });
     assert!(rejected(&lbd, "api", "source_limit") >= 1);
-    assert_eq!(active_connections(&lbd), 3, "second, other and again");
+    assert_eq!(lbd.active_connections(), 3, "second, other and again");
 }
 
 #[test]
@@ -123,7 +113,7 @@ fn the_global_limit_parks_clients_of_every_frontend_in_the_backlog() {
         third.read(&mut [0u8; 4]).is_err(),
         "served over the global limit"
     );
-    assert_eq!(active_connections(&lbd), 2);
+    assert_eq!(lbd.active_connections(), 2);
     lbd.wait_for_log("reason=\"global_max_connections\"", Duration::from_secs(5));
     assert!(rejected(&lbd, "api", "global_max_connections") >= 1);
     drop(two);

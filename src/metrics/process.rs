@@ -1,6 +1,7 @@
 //! The process's own resource use, read from /proc at scrape time (a
 //! directory listing and two small files): open and maximum file
-//! descriptors, resident memory, CPU time.
+//! descriptors, resident memory, CPU time; and the runtime's live tasks,
+//! which leak checks compare before and after a soak.
 
 use std::fmt;
 
@@ -36,6 +37,15 @@ pub(super) fn encode(out: &mut DescriptorEncoder) -> fmt::Result {
             "Resident memory size in bytes.",
             Some(&Unit::Bytes),
             rss,
+        )?;
+    }
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        single_gauge(
+            out,
+            "lbd_runtime_tasks",
+            "Tasks alive in the async runtime: connections, checks, listeners, admin.",
+            None,
+            runtime.metrics().num_alive_tasks() as u64,
         )?;
     }
     if let Some(cpu) = cpu_seconds() {

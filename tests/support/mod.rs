@@ -428,7 +428,9 @@ pub struct Backend {
     /// Set by [`Backend::blackhole`]: the listener stays open, unaccepted.
     frozen: Arc<std::sync::atomic::AtomicBool>,
     queued: Mutex<Vec<TcpStream>>,
-    connections: Arc<Mutex<Vec<TcpStream>>>,
+    /// Live connections by accept number; each leaves when it ends, so a
+    /// soak through a backend does not pile up descriptors in the test.
+    connections: Arc<Mutex<std::collections::HashMap<usize, TcpStream>>>,
 }
 
 impl Backend {
@@ -488,7 +490,7 @@ impl Backend {
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let connections = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(Mutex::new(std::collections::HashMap::new()));
         let (a, s, f, c, n) = (
             Arc::clone(&accepted),
             Arc::clone(&stop),
@@ -505,10 +507,13 @@ impl Backend {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         stream.set_nonblocking(false).unwrap();
-                        a.fetch_add(1, Ordering::Relaxed);
-                        c.lock().unwrap().push(stream.try_clone().unwrap());
-                        let n = n.clone();
-                        std::thread::spawn(move || echo(stream, greet.then_some(n)));
+                        let id = a.fetch_add(1, Ordering::Relaxed);
+                        c.lock().unwrap().insert(id, stream.try_clone().unwrap());
+                        let (n, c) = (n.clone(), Arc::clone(&c));
+                        std::thread::spawn(move || {
+                            echo(stream, greet.then_some(n));
+                            c.lock().unwrap().remove(&id);
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -528,7 +533,7 @@ impl Backend {
     /// Closes the listener (new dials are refused) and resets live connections.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
-        for c in self.connections.lock().unwrap().drain(..) {
+        for (_, c) in self.connections.lock().unwrap().drain() {
             let _ = socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO));
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
@@ -764,5 +769,64 @@ pub fn limit_fds(command: &mut Command, fds: u64) {
                 Err(std::io::Error::last_os_error())
             }
         });
+    }
+}
+
+/// What a daemon holds once it has settled: compared before and after a
+/// soak or a run of reloads to find leaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    /// Open file descriptors.
+    pub fds: usize,
+    /// Resident memory in KiB.
+    pub rss_kib: u64,
+    /// `lbd_runtime_tasks`: tasks alive in the async runtime.
+    pub tasks: u64,
+}
+
+impl Lbd {
+    /// `lbd_runtime_tasks` from /metrics.
+    pub fn runtime_tasks(&self) -> u64 {
+        let (code, body) = self.get("/metrics");
+        assert_eq!(code, 200);
+        body.lines()
+            .find_map(|l| l.strip_prefix("lbd_runtime_tasks "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no lbd_runtime_tasks in /metrics"))
+    }
+
+    /// Connections open through every frontend, from the status API.
+    pub fn active_connections(&self) -> u64 {
+        self.status()["frontends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["active_connections"].as_u64().unwrap())
+            .sum()
+    }
+
+    /// Waits until no connection is open and the descriptor and task counts
+    /// hold still for a while (health checks open a socket now and then),
+    /// then reads the footprint.
+    pub fn settled(&self) -> Footprint {
+        wait_until(Duration::from_secs(30), "every connection to close", || {
+            self.active_connections() == 0
+        });
+        let mut last = None;
+        let mut steady = 0;
+        let mut footprint = None;
+        wait_until(Duration::from_secs(30), "fds and tasks to settle", || {
+            let stats = self.stats();
+            let now = (stats.fds, self.runtime_tasks());
+            steady = if last == Some(now) { steady + 1 } else { 0 };
+            last = Some(now);
+            footprint = Some(Footprint {
+                fds: now.0,
+                rss_kib: stats.rss_kib,
+                tasks: now.1,
+            });
+            steady >= 5
+        });
+        footprint.unwrap()
     }
 }

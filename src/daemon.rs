@@ -121,6 +121,9 @@ impl Daemon {
             }
             frontends.push(frontend);
         }
+        admin::auth::Policy::new(&config.admin)
+            .check()
+            .map_err(AdminError::from)?;
         let admin_listener = admin::bind(&config.admin.listen).await?;
 
         let servers = resolved.pools.iter().map(|p| p.servers.len() as u64).sum();

@@ -22,6 +22,11 @@ struct Cli {
     )]
     admin: AdminAddr,
 
+    /// A file holding the admin API's bearer token (the daemon's
+    /// `[admin] token_file`), sent with every request.
+    #[arg(long, global = true, env = "LBD_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -91,7 +96,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let client = || AdminClient::new(cli.admin.clone(), commands::REQUEST_TIMEOUT);
+    let token = match cli.token_file.as_deref().map(lbd::ctl::read_token_file) {
+        None => None,
+        Some(Ok(token)) => Some(token),
+        Some(Err(err)) => {
+            eprintln!("lbctl: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let client =
+        || AdminClient::new(cli.admin.clone(), commands::REQUEST_TIMEOUT).with_token(token.clone());
     let code = match cli.command {
         Command::CheckConfig { path, json } => commands::check_config(&path, json),
         Command::Status { json } => block_on(commands::status(&client(), json)),

@@ -63,6 +63,23 @@ pub struct Global {
 pub struct Admin {
     /// TCP address or unix socket path of the admin API.
     pub listen: AdminListen,
+    /// A file holding the bearer token every request must carry. Required
+    /// when `listen` is reachable from other hosts; read on each request,
+    /// so replacing the file rotates the token.
+    pub token_file: Option<PathBuf>,
+    /// `/metrics`, `/healthz` and `/readyz` answer without the token (for
+    /// Prometheus and health probes); everything else still needs it.
+    pub anonymous_read_only: bool,
+}
+
+impl AdminListen {
+    /// Whether only this host can connect: a loopback address or a unix socket.
+    pub fn is_local(&self) -> bool {
+        match self {
+            AdminListen::Tcp(addr) => addr.ip().is_loopback(),
+            AdminListen::Unix(_) => true,
+        }
+    }
 }
 
 /// Where the admin API listens.

@@ -126,6 +126,8 @@ pub(super) struct RawGlobal {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub listen: Located<String>,
+    pub token_file: Located<String>,
+    pub anonymous_read_only: Located<bool>,
 }
 
 #[derive(Debug, Deserialize)]

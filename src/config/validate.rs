@@ -10,7 +10,9 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{LineIndex, quoted};
-use super::raw::{Count, Located, RawBackend, RawConfig, RawFrontend, RawHealth, RawServer, Table};
+use super::raw::{
+    Count, Located, RawAdmin, RawBackend, RawConfig, RawFrontend, RawHealth, RawServer, Table,
+};
 use super::{
     Admin, AdminListen, Backend, Balance, CheckKind, Config, ConfigError, Frontend, Global, Health,
     OnNoServer, Problem, ServerAddress, ServerSpec, format_duration,
@@ -227,12 +229,7 @@ impl Checker<'_> {
                 ) as usize
             }),
         };
-        let admin = Admin {
-            listen: match &raw.admin.0.listen {
-                None => AdminListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 8404))),
-                Some(listen) => self.admin_listen(listen),
-            },
-        };
+        let admin = self.admin(&raw.admin.0);
 
         if raw.frontends.0.is_empty() {
             self.error_without_place(
@@ -294,6 +291,43 @@ impl Checker<'_> {
             admin,
             frontends,
             backends,
+        }
+    }
+
+    /// `[admin]`: an address reachable from other hosts needs a token, since
+    /// the API can drain every server and reload the config.
+    fn admin(&mut self, raw: &RawAdmin) -> Admin {
+        let listen = match &raw.listen {
+            None => AdminListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 8404))),
+            Some(listen) => self.admin_listen(listen),
+        };
+        let token_file = self.file_path(&raw.token_file, "token_file");
+        if let (Some(spanned), AdminListen::Tcp(addr), None) = (&raw.listen, &listen, &token_file)
+            && !addr.ip().is_loopback()
+        {
+            self.error(
+                spanned.span(),
+                format!(
+                    "admin listen {addr} is reachable from other hosts, and the admin API can drain servers and reload: \
+                     set `token_file` (a bearer token lbctl sends with --token-file), or listen on 127.0.0.1 or a unix socket"
+                ),
+            );
+        }
+        let anonymous_read_only = match &raw.anonymous_read_only {
+            Some(flag) if token_file.is_none() && *flag.get_ref() => {
+                self.error(
+                    flag.span(),
+                    "`anonymous_read_only` only makes sense with `token_file`: without a token every route is open already",
+                );
+                false
+            }
+            Some(flag) => *flag.get_ref(),
+            None => false,
+        };
+        Admin {
+            listen,
+            token_file,
+            anonymous_read_only,
         }
     }
 

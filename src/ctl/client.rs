@@ -115,12 +115,34 @@ impl Answer {
 pub struct AdminClient {
     addr: AdminAddr,
     timeout: Duration,
+    token: Option<String>,
+}
+
+/// Reads a bearer token file (`lbctl --token-file`): its content, trimmed.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the admin token file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("the admin token file {} is empty", path.display()));
+    }
+    Ok(token.to_owned())
 }
 
 impl AdminClient {
     /// A client for `addr`; every request must complete within `timeout`.
     pub fn new(addr: AdminAddr, timeout: Duration) -> AdminClient {
-        AdminClient { addr, timeout }
+        AdminClient {
+            addr,
+            timeout,
+            token: None,
+        }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> AdminClient {
+        self.token = token;
+        self
     }
 
     /// The address this client talks to.
@@ -185,9 +207,11 @@ impl AdminClient {
             .await
             .map_err(|e| broken(e.to_string()))?;
         let connection = tokio::spawn(connection);
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = &self.token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
             .header(hyper::header::HOST, host)
             .header(
                 hyper::header::USER_AGENT,

@@ -68,7 +68,7 @@ pub enum AdminListener {
     Unix(UnixListener, PathBuf),
 }
 
-/// Who is asking: what [`authorize`] decides on.
+/// Who is asking, for the log of refused requests.
 #[derive(Debug, Clone)]
 pub enum Peer {
     /// A TCP client.

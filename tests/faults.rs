@@ -62,11 +62,15 @@ fn a_server_killed_mid_transfer_ends_only_its_own_connections() {
     assert_eq!((on_a.len(), on_b.len()), (5, 5));
 
     a.stop(); // every live connection reset, the listener closed
-
+    let killed = Instant::now();
     wait_until(
         Duration::from_secs(10),
         "a's clients to see the end",
         || on_a.iter().all(EchoClient::ended),
+    );
+    eprintln!(
+        "killed server: its 5 clients saw the end within {:?}",
+        killed.elapsed()
     );
     for client in on_a {
         let err = client.finish().unwrap_err();
@@ -296,6 +300,11 @@ fn fd_exhaustion_parks_clients_in_the_backlog_without_spinning() {
     let cpu = Duration::from_millis(
         (after.cpu_ticks - before.cpu_ticks) * 1000 / clock_ticks_per_second(),
     );
+    eprintln!(
+        "fd exhaustion: RLIMIT_NOFILE 128, budget {budget} connections, 256 clients; \
+         {cpu:?} CPU in {window:?} while saturated, {} fds",
+        after.fds
+    );
     assert!(
         cpu <= window / 10,
         "lbd used {cpu:?} of CPU in {window:?} while saturated"
@@ -388,6 +397,7 @@ fn clients_reading_one_byte_a_second_hold_no_one_else_and_are_cut_by_idle_timeou
     // Each stalled connection may hold one copy buffer per direction, not
     // everything the firehose would send.
     let grown_kib = stalled.rss_kib.saturating_sub(baseline.rss_kib);
+    eprintln!("slow clients: 20 stalled, RSS grew {grown_kib} KiB");
     assert!(grown_kib < 20 * 64 + 8 * 1024, "RSS grew {grown_kib} KiB");
     let _slow = reader.join().unwrap();
     wait_until(
@@ -451,6 +461,7 @@ fn servers_reading_one_byte_a_second_hold_no_one_else_and_are_cut_by_idle_timeou
     );
     echo_a_mebibyte_via(lbd.addr("api"));
     let grown_kib = lbd.stats().rss_kib.saturating_sub(baseline.rss_kib);
+    eprintln!("slow servers: 20 stalled, RSS grew {grown_kib} KiB");
     assert!(grown_kib < 20 * 64 + 8 * 1024, "RSS grew {grown_kib} KiB");
     wait_until(
         Duration::from_secs(15),
@@ -531,6 +542,9 @@ fn sigterm_under_load_completes_or_closes_every_connection_and_exits_zero() {
         || long.iter().all(EchoClient::ended),
     );
     let closed_after = signalled.elapsed();
+    eprintln!(
+        "SIGTERM under load: 20 transfers done, 10 long-lived closed {closed_after:?} after the signal"
+    );
     assert!(
         closed_after >= Duration::from_secs(2),
         "closed after {closed_after:?}"

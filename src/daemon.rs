@@ -31,6 +31,7 @@ use crate::limit::{self, ConnectionLimit, FdBudget};
 use crate::pool::{Server, Snapshot};
 use crate::reload;
 use crate::socket;
+use crate::systemd::{self, ActivationError, InheritedListeners};
 
 pub use control::{AdminChange, LastReload, ReloadError, ReloadReport, UnknownServer};
 pub use listeners::BindError;
@@ -49,6 +50,9 @@ pub enum StartError {
     /// The admin API could not listen.
     #[error("{0}")]
     Admin(#[from] AdminError),
+    /// Sockets inherited from systemd cannot be served.
+    #[error("{0}")]
+    Activation(#[from] ActivationError),
 }
 
 /// A running lbd: frontends listening, connections being forwarded.
@@ -80,29 +84,46 @@ struct Shared {
 impl Daemon {
     /// Loads the config at `path` (logging the timing lint's warnings) and starts.
     pub async fn start_from_file(path: &Path) -> Result<Daemon, StartError> {
+        Daemon::start_from_file_with(path, InheritedListeners::default()).await
+    }
+
+    /// Like [`Daemon::start_from_file`], serving the sockets systemd handed
+    /// over (socket activation) and binding only the addresses they do not cover.
+    pub async fn start_from_file_with(
+        path: &Path,
+        inherited: InheritedListeners,
+    ) -> Result<Daemon, StartError> {
         let checked = Config::load_with_warnings(path)?;
         for warning in &checked.warnings {
             warn!("{}", warning.one_line());
         }
         let warnings = checked.warnings.iter().map(|w| w.one_line()).collect();
-        Daemon::start_with_warnings(path, checked.config, warnings).await
+        Daemon::start_with_warnings(path, checked.config, warnings, inherited).await
     }
 
     /// Binds every frontend of `config`, the admin API, and starts serving.
     pub async fn start(config_path: &Path, config: Config) -> Result<Daemon, StartError> {
-        Daemon::start_with_warnings(config_path, config, Vec::new()).await
+        Daemon::start_with_warnings(
+            config_path,
+            config,
+            Vec::new(),
+            InheritedListeners::default(),
+        )
+        .await
     }
 
     async fn start_with_warnings(
         config_path: &Path,
         config: Config,
         warnings: Vec<String>,
+        inherited: InheritedListeners,
     ) -> Result<Daemon, StartError> {
         let config = Arc::new(config);
+        let mut inherited = inherited.assign(&config.frontends)?;
         let resolved = reload::resolve_pools(&config, None).await;
         let mut frontends = Vec::with_capacity(config.frontends.len());
         let mut bound = Vec::new();
-        for spec in &config.frontends {
+        for (index, spec) in config.frontends.iter().enumerate() {
             let pool = resolved
                 .pools
                 .iter()
@@ -110,7 +131,23 @@ impl Daemon {
                 .cloned()
                 .expect("validation guarantees the backend exists");
             let frontend = Arc::new(Frontend::new(spec, pool));
+            for socket in inherited.take(index) {
+                let addr = socket.local;
+                info!(frontend = %spec.name, fd = socket.fd, name = %socket.name, address = %addr, "serving a socket inherited from systemd");
+                let configured = socket.configured_as(&spec.listen);
+                let listener = tokio::net::TcpListener::from_std(socket.into_listener()).map_err(
+                    |source| BindError {
+                        frontend: spec.name.clone(),
+                        addr,
+                        source,
+                    },
+                )?;
+                bound.push((Arc::clone(&frontend), configured, listener));
+            }
             for &addr in &spec.listen {
+                if inherited.covers(index, addr) {
+                    continue;
+                }
                 let listener =
                     socket::bind_listener(addr, spec.backlog).map_err(|source| BindError {
                         frontend: spec.name.clone(),
@@ -250,6 +287,7 @@ impl Daemon {
     /// `drain_timeout`, then closes the rest. Returns when all are gone.
     pub async fn shutdown(&self) {
         let drain_timeout = self.snapshot().config.global.drain_timeout;
+        systemd::notifier().stopping();
         self.shared.stop_accepting.cancel();
         // The daemon's own descriptors go too, so each socket closes as its
         // accept loop ends.

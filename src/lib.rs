@@ -9,6 +9,7 @@
 //! - [`config`]: TOML schema, defaults and validation with file:line:col errors.
 //! - [`daemon`]: start, snapshot, shutdown; [`run`] is the whole lifecycle.
 //! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reload.
+//! - [`systemd`]: sd_notify (ready, reloading, stopping, watchdog, status) and socket activation.
 //! - [`frontend`]: a frontend's counters, connection limit and swappable route.
 //! - [`listener`]: the accept loop (connection limits, EMFILE backoff, pause
 //!   while the backend has no server).
@@ -32,6 +33,7 @@
 //! - [`demo`]: `lbd --demo`, stand-in apiservers for a first run.
 //! - [`ctl`]: `lbctl`'s admin API client and commands.
 //! - [`probe`]: `lbctl probe`, which dials endpoints and explains what is wrong.
+//! - [`generate`]: man pages and shell completions from the binaries' clap definitions.
 
 pub mod admin;
 pub mod balance;
@@ -44,6 +46,7 @@ pub mod demo;
 pub mod dial;
 pub mod forward;
 pub mod frontend;
+pub mod generate;
 pub mod health;
 pub mod histogram;
 pub mod limit;
@@ -57,6 +60,7 @@ pub mod reload;
 pub mod rlimit;
 pub mod signals;
 pub mod socket;
+pub mod systemd;
 
 use std::path::Path;
 

@@ -314,6 +314,13 @@ fn over_max_connections_clients_wait_in_the_backlog() {
     let config = config_for(&[&backend], "", "max_connections = 2")
         + "[backend.health]\ninterval = \"1h\"\n";
     let lbd = Lbd::start(&config);
+    // The first check has connected; the backend's accept thread may not
+    // have counted it yet.
+    wait_until(
+        Duration::from_secs(5),
+        "the first check's connection",
+        || backend.accepted() >= 1,
+    );
     let checks = backend.accepted();
     let addr = lbd.addr("api");
     let first = TcpStream::connect(addr).unwrap();

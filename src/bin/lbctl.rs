@@ -4,13 +4,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use lbd::ctl::commands::{self, AdminAction, DrainWait};
 use lbd::ctl::{AdminAddr, AdminClient};
+use lbd::generate;
 
 /// Control and diagnose lbd.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "lbctl", version, about)]
 struct Cli {
     /// The daemon's admin API: HOST:PORT or unix:/PATH.
     #[arg(
@@ -92,6 +93,14 @@ enum Command {
     },
     /// Dial endpoints (or every server of a config) and explain what is wrong with them.
     Probe(lbd::probe::ProbeArgs),
+    /// Write man pages (`man DIR`) or a completion script (`completion SHELL`).
+    #[command(hide = true)]
+    Generate {
+        /// `man` or `completion`.
+        kind: String,
+        /// The directory for man pages, or the shell.
+        target: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -151,6 +160,18 @@ fn main() -> ExitCode {
                 2
             }
         },
+        Command::Generate { kind, target } => {
+            let generated = generate::Artifact::parse(&kind, &target).and_then(|artifact| {
+                generate::generate(Cli::command(), &artifact, &mut std::io::stdout())
+            });
+            match generated {
+                Ok(()) => 0,
+                Err(err) => {
+                    eprintln!("lbctl: {err}");
+                    1
+                }
+            }
+        }
     };
     ExitCode::from(code)
 }

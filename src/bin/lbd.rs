@@ -5,14 +5,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use lbd::config::{self, AdminListen};
-use lbd::{Daemon, demo, signals};
+use lbd::systemd::{self, InheritedListeners};
+use lbd::{Daemon, demo, generate, signals};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// A TCP load balancer for the Kubernetes control-plane endpoint.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, after_long_help = SERVICE_HELP)]
 struct Cli {
     /// Config file to serve.
     #[arg(long, short, default_value = config::DEFAULT_PATH)]
@@ -34,13 +36,60 @@ struct Cli {
     /// defaults to RUST_LOG, else info.
     #[arg(long, env = "LBD_LOG_LEVEL")]
     log_level: Option<String>,
+
+    /// Write man pages (`man DIR`) or a completion script (`completion SHELL`) and exit.
+    #[arg(long, num_args = 2, value_names = ["KIND", "TARGET"], hide = true)]
+    generate: Option<Vec<String>>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.log_level.as_deref());
+/// The long help's (and man page's) account of lbd as a service.
+const SERVICE_HELP: &str = "\
+Signals: SIGTERM or SIGINT stops accepting and lets live connections finish \
+for [global] drain_timeout; SIGHUP reloads the config file.
 
+Under systemd (Type=notify), lbd reports READY=1 once it serves, RELOADING=1 \
+and READY=1 around a reload, STOPPING=1, a STATUS= line, and WATCHDOG=1 \
+pings at half of WatchdogSec. It serves listening sockets handed over by a \
+socket unit (LISTEN_FDS), matched to frontends by FileDescriptorName= (the \
+frontend's name) or by address, and binds the rest itself.
+
+Files: /etc/lbd/lbd.toml (the config); lbd.service and lbd.socket.";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some([kind, target]) = cli.generate.as_deref() {
+        let generated = generate::Artifact::parse(kind, target).and_then(|artifact| {
+            generate::generate(Cli::command(), &artifact, &mut std::io::stdout())
+        });
+        return match generated {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("lbd: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    init_logging(cli.log_level.as_deref());
+    // SAFETY: called once, before the runtime below starts any thread (it
+    // unsets LISTEN_* and takes ownership of the fds systemd passed).
+    let inherited = match unsafe { InheritedListeners::take_from_env() } {
+        Ok(inherited) => inherited,
+        Err(err) => {
+            eprintln!("lbd: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("lbd: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(cli, inherited))
+}
+
+async fn serve(cli: Cli, inherited: InheritedListeners) -> ExitCode {
     if let Some(path) = &cli.check_config {
         return ExitCode::from(lbd::ctl::commands::check_config(path, false));
     }
@@ -65,7 +114,7 @@ async fn main() -> ExitCode {
         }
     };
     let fd_limit = lbd::rlimit::raise_fd_limit();
-    let daemon = match Daemon::start_from_file(&path).await {
+    let daemon = match Daemon::start_from_file_with(&path, inherited).await {
         Ok(daemon) => daemon,
         Err(err) => {
             eprintln!("lbd: {err}");
@@ -85,7 +134,10 @@ async fn main() -> ExitCode {
         let frontend = daemon.local_addrs("kube-apiserver")[0];
         eprintln!("{}", demo.instructions(frontend, &admin));
     }
+    let service = CancellationToken::new();
+    systemd::service::announce(&daemon, &service);
     let served = signals::serve_with(signals, &daemon).await;
+    service.cancel();
     if let Some(demo) = demo {
         demo.clean_up();
     }

@@ -15,6 +15,7 @@ use crate::config::{Config, ConfigError};
 use crate::frontend::Frontend;
 use crate::pool::{AdminState, Server, Snapshot};
 use crate::reload::{self, DnsFailure};
+use crate::systemd;
 
 use super::listeners::BindError;
 
@@ -103,6 +104,8 @@ impl Daemon {
     /// config is left untouched. Reloads run one at a time.
     pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let mut state = self.shared.reload_lock.lock().await;
+        // systemd shows the unit reloading until the guard says READY=1 again.
+        let _reloading = systemd::notifier().reloading();
         info!(path = %self.shared.config_path.display(), "reloading the config");
         let result = self.reload_locked(&mut state).await;
         let mut last = self.shared.last_reload.lock().expect("last reload lock");

@@ -63,6 +63,7 @@ pub struct Lbd {
     pub dir: TempDir,
     pub config_path: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
+    listeners: usize,
 }
 
 impl Lbd {
@@ -79,6 +80,16 @@ impl Lbd {
             Command::new(env!("CARGO_BIN_EXE_lbd")),
             adjust,
         )
+    }
+
+    /// Starts lbd as the last argument of `wrapper` (a program that execs
+    /// it, such as `systemd-socket-activate -l ADDR`), without waiting for
+    /// it to listen: see [`Lbd::wait_listening`].
+    pub fn spawn_under(wrapper: &[&str], config: &str, adjust: impl FnOnce(&mut Command)) -> Lbd {
+        let (program, args) = wrapper.split_first().expect("a wrapper program");
+        let mut command = Command::new(program);
+        command.args(args).arg(env!("CARGO_BIN_EXE_lbd"));
+        Lbd::spawn(config, TempDir::new("lbd"), command, adjust)
     }
 
     /// Starts lbd in its own user and mount namespace where `/etc/hosts`
@@ -127,6 +138,17 @@ impl Lbd {
     fn launch(
         config: &str,
         dir: TempDir,
+        command: Command,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Lbd {
+        let mut lbd = Lbd::spawn(config, dir, command, adjust);
+        lbd.wait_listening();
+        lbd
+    }
+
+    fn spawn(
+        config: &str,
+        dir: TempDir,
         mut command: Command,
         adjust: impl FnOnce(&mut Command),
     ) -> Lbd {
@@ -156,33 +178,38 @@ impl Lbd {
             }
         });
         // One "listening" line per frontend address (admin excluded).
-        let expected = config
+        let listeners = config
             .lines()
             .filter(|l| l.trim_start().starts_with("listen = ["))
             .map(|l| l.matches(':').count().min(l.matches(',').count() + 1))
             .sum::<usize>()
             .max(1);
-        let mut lbd = Lbd {
+        Lbd {
             child,
             dir,
             config_path,
             logs,
-        };
+            listeners,
+        }
+    }
+
+    /// Waits until every frontend address is listening; panics with the
+    /// logs if lbd exits first.
+    pub fn wait_listening(&mut self) {
         let mut exited = None;
         // Listening, and every server's first health check done, so tests
         // see settled health rather than a mix of checked and unchecked.
         wait_until(Duration::from_secs(20), "lbd to listen", || {
-            if let Ok(Some(status)) = lbd.child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 exited = Some(status);
                 return true;
             }
-            lbd.logs_matching(" listening frontend=").len() >= expected
-                && !lbd.logs_matching(FIRST_CHECKS_DONE).is_empty()
+            self.logs_matching(" listening frontend=").len() >= self.listeners
+                && !self.logs_matching(FIRST_CHECKS_DONE).is_empty()
         });
         if let Some(status) = exited {
-            panic!("lbd exited early ({status}):\n{}", lbd.logs().join("\n"));
+            panic!("lbd exited early ({status}):\n{}", self.logs().join("\n"));
         }
-        lbd
     }
 
     /// Every stderr line so far.
@@ -589,6 +616,26 @@ pub fn greeting(addr: SocketAddr) -> std::io::Result<String> {
         ));
     }
     Ok(line.trim_end().to_owned())
+}
+
+/// A port on 127.0.0.1 that was free a moment ago, for a listener lbd does
+/// not bind itself (socket activation).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether `program` is on PATH.
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// A config with one frontend on 127.0.0.1:0 in front of `backends`.

@@ -1,0 +1,170 @@
+//! The keepalived pair shipped in config/keepalived: keepalived's own config
+//! check accepts it, and its vrrp_script command answers as the VIP needs.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use std::time::Duration;
+
+use support::{Backend, Lbd, TempDir, config_for, have, lbctl, wait_until};
+
+const SHIPPED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/config/keepalived/keepalived.conf"
+);
+
+/// A network interface keepalived can run VRRP on (not loopback), preferring
+/// one that is up.
+fn vrrp_interface() -> String {
+    let mut candidates: Vec<(bool, String)> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "lo")
+        .map(|name| {
+            let state = std::fs::read_to_string(format!("/sys/class/net/{name}/operstate"))
+                .unwrap_or_default();
+            (state.trim() != "up", name)
+        })
+        .collect();
+    candidates.sort();
+    candidates
+        .into_iter()
+        .next()
+        .map(|(_, name)| name)
+        .expect("a non-loopback network interface for keepalived -t")
+}
+
+/// Replaces `from` (which must occur) with `to` in `text`.
+fn substitute(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "{SHIPPED} no longer contains {from:?}");
+    text.replace(from, to)
+}
+
+#[test]
+fn keepalived_accepts_the_shipped_pair_config() {
+    assert!(
+        have("keepalived"),
+        "keepalived is not installed: `apt-get install keepalived` (.ci/run does it when CI=true)"
+    );
+    // keepalived -t exits 0 for a missing file: make sure it is there.
+    let shipped = std::fs::read_to_string(SHIPPED).expect("config/keepalived/keepalived.conf");
+
+    // Only what names this machine changes: the interface (keepalived rejects
+    // one it cannot find), the check's binary (it must exist and be owned by
+    // root), and the script user (`lbd` is created by install.sh; keepalived
+    // 2.2.7's -t also kills itself for any script user but root).
+    let whoami = Command::new("id").arg("-un").output().unwrap();
+    let user = String::from_utf8(whoami.stdout).unwrap();
+    let local = substitute(
+        &shipped,
+        "interface eth0 ",
+        &format!("interface {} ", vrrp_interface()),
+    );
+    let local = substitute(
+        &local,
+        "\"/usr/local/bin/lbctl ",
+        &format!("\"{} ", env!("CARGO_BIN_EXE_lbctl")),
+    );
+    let local = substitute(
+        &local,
+        "script_user lbd\n",
+        &format!("script_user {}\n", user.trim()),
+    );
+    let dir = TempDir::new("keepalived");
+    let copy = dir.write("keepalived.conf", &local);
+    assert!(Path::new(&copy).is_file());
+
+    let out = Command::new("keepalived")
+        .args(["--config-test", "--use-file"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "keepalived -t rejects the config ({}):\n{said}\n--- tested copy ---\n{local}",
+        out.status
+    );
+}
+
+/// The shipped vrrp_script's command as words, `lbctl` resolved to the
+/// built binary.
+fn vrrp_script_command() -> Vec<String> {
+    let shipped = std::fs::read_to_string(SHIPPED).expect("config/keepalived/keepalived.conf");
+    let line = shipped
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("script \""))
+        .expect("a vrrp_script with a script line");
+    let command = line
+        .trim_start_matches("script \"")
+        .split('"')
+        .next()
+        .unwrap();
+    let mut words: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
+    assert!(words[0].ends_with("/lbctl"), "{line}");
+    words[0] = env!("CARGO_BIN_EXE_lbctl").to_owned();
+    words
+}
+
+/// Runs the vrrp_script as keepalived would (LBD_ADMIN names the daemon).
+fn vrrp_check(admin: &str) -> i32 {
+    let words = vrrp_script_command();
+    Command::new(&words[0])
+        .args(&words[1..])
+        .env("LBD_ADMIN", admin)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+        .status
+        .code()
+        .unwrap_or(-1)
+}
+
+#[test]
+fn the_vrrp_script_passes_only_while_lbd_can_forward() {
+    let cp1 = Backend::named("cp1");
+    let config = config_for(&[&cp1], "", "")
+        + "[backend.health]\ninterval = \"200ms\"\nfast_interval = \"100ms\"\nfall = 2\nrise = 1\n";
+    let mut lbd = Lbd::start(&config);
+    let admin = lbd.admin_addr().to_string();
+    wait_until(Duration::from_secs(10), "the check to pass", || {
+        vrrp_check(&admin) == 0
+    });
+
+    // The only apiserver dies: health checks take it down, and keepalived
+    // must give the VIP up; it comes back, and so does the check.
+    let addr = cp1.addr;
+    cp1.stop();
+    wait_until(Duration::from_secs(10), "the check to fail", || {
+        vrrp_check(&admin) != 0
+    });
+    let cp1 = Backend::named_at("cp1", addr);
+    wait_until(Duration::from_secs(10), "the check to pass again", || {
+        vrrp_check(&admin) == 0
+    });
+
+    // An operator takes the last server out: no server to forward to either.
+    let disabled = lbctl(&["--admin", &admin, "disable", "pool/cp1"]);
+    assert_eq!(disabled.code, 0, "{}", disabled.stderr);
+    assert_ne!(vrrp_check(&admin), 0);
+    assert_eq!(lbctl(&["--admin", &admin, "enable", "pool/cp1"]).code, 0);
+    wait_until(
+        Duration::from_secs(10),
+        "the check to pass once enabled",
+        || vrrp_check(&admin) == 0,
+    );
+    drop(cp1);
+
+    // lbd gone: the check fails too.
+    lbd.signal(libc::SIGTERM);
+    assert!(lbd.wait_exit(Duration::from_secs(10)).success());
+    assert_ne!(vrrp_check(&admin), 0);
+}

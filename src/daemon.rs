@@ -68,8 +68,14 @@ struct Shared {
     connections: TaskTracker,
     stop_accepting: CancellationToken,
     close_connections: CancellationToken,
-    /// Held for the whole of a reload or DNS refresh: one change at a time.
+    /// Held to compare and swap snapshots (reload, DNS refresh), to change a
+    /// server's admin state, and by shutdown to mark the daemon stopping.
+    /// Never held across a DNS lookup.
     reload_lock: tokio::sync::Mutex<control::ReloadState>,
+    /// Reloads take turns: one file read and applied at a time.
+    reload_turn: tokio::sync::Mutex<()>,
+    /// How DNS-named servers are resolved.
+    resolver: reload::Resolver,
     last_reload: Mutex<LastReload>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
@@ -95,7 +101,14 @@ impl Daemon {
             warn!("{}", warning.one_line());
         }
         let warnings = checked.warnings.iter().map(|w| w.one_line()).collect();
-        Daemon::start_with_warnings(path, checked.config, warnings, inherited).await
+        Daemon::start_with_warnings(
+            path,
+            checked.config,
+            warnings,
+            inherited,
+            reload::Resolver::system(),
+        )
+        .await
     }
 
     /// Binds every frontend of `config`, the admin API, and starts serving.
@@ -105,6 +118,7 @@ impl Daemon {
             config,
             Vec::new(),
             InheritedListeners::default(),
+            reload::Resolver::system(),
         )
         .await
     }
@@ -114,10 +128,12 @@ impl Daemon {
         config: Config,
         warnings: Vec<String>,
         inherited: InheritedListeners,
+        resolver: reload::Resolver,
     ) -> Result<Daemon, StartError> {
         let config = Arc::new(config);
         let mut inherited = inherited.assign(&config.frontends)?;
-        let resolved = reload::resolve_pools(&config, None).await;
+        let lookups = reload::resolve_names(&config, &resolver).await;
+        let resolved = reload::assemble_pools(&config, None, &lookups);
         let mut frontends = Vec::with_capacity(config.frontends.len());
         let mut bound = Vec::new();
         for (index, spec) in config.frontends.iter().enumerate() {
@@ -169,6 +185,8 @@ impl Daemon {
             stop_accepting: CancellationToken::new(),
             close_connections: CancellationToken::new(),
             reload_lock: tokio::sync::Mutex::new(control::ReloadState::default()),
+            reload_turn: tokio::sync::Mutex::new(()),
+            resolver,
             last_reload: Mutex::new(LastReload::loaded(warnings)),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
@@ -262,15 +280,22 @@ impl Daemon {
     /// `drain_timeout`, then closes the rest. Returns when all are gone.
     pub async fn shutdown(&self) {
         let drain_timeout = self.snapshot().config.global.drain_timeout;
-        systemd::notifier().stopping();
-        self.shared.stop_accepting.cancel();
-        // The daemon's own descriptors go too, so each socket closes as its
-        // accept loop ends.
-        self.shared
-            .listeners
-            .lock()
-            .expect("listener list lock")
-            .close_all();
+        {
+            // Under the reload lock: a reload or DNS refresh either finished
+            // before (its listeners are closed below) or sees the daemon
+            // stopping and changes nothing. The admin API stays up during the
+            // drain, so reloads can still be asked for.
+            let _swap = self.shared.reload_lock.lock().await;
+            systemd::notifier().stopping();
+            self.shared.stop_accepting.cancel();
+            // The daemon's own descriptors go too, so each socket closes as
+            // its accept loop ends.
+            self.shared
+                .listeners
+                .lock()
+                .expect("listener list lock")
+                .close_all();
+        }
         self.shared.health.shutdown().await;
         let connections = &self.shared.connections;
         connections.close();
@@ -296,3 +321,6 @@ impl Daemon {
         info!("shutdown complete");
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -185,7 +185,14 @@ impl Daemon {
         let local = listener
             .local_addr()
             .expect("a bound socket has a local address");
-        info!(frontend = %frontend.name, address = %local, "listening");
+        let mut listeners = self.shared.listeners.lock().expect("listener list lock");
+        // Shutdown closes every listener under this lock: one arriving after
+        // it (callers check first; this is the backstop) would listen,
+        // unserved, until the process exits.
+        if self.shared.stop_accepting.is_cancelled() {
+            info!(frontend = %frontend.name, address = %local, "not listening: lbd is shutting down");
+            return;
+        }
         let socket = match duplicate(&listener) {
             Ok(socket) => socket,
             Err(err) => {
@@ -193,6 +200,7 @@ impl Daemon {
                 return;
             }
         };
+        info!(frontend = %frontend.name, address = %local, "listening");
         let stop = self.shared.stop_accepting.child_token();
         let name = frontend.name.clone();
         tokio::spawn(listener::accept_loop(
@@ -202,18 +210,13 @@ impl Daemon {
             self.shared.connections.clone(),
             self.shared.close_connections.clone(),
         ));
-        self.shared
-            .listeners
-            .lock()
-            .expect("listener list lock")
-            .bound
-            .push(BoundListener {
-                frontend: name,
-                configured,
-                local,
-                stop,
-                socket,
-            });
+        listeners.bound.push(BoundListener {
+            frontend: name,
+            configured,
+            local,
+            stop,
+            socket,
+        });
     }
 }
 

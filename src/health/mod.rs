@@ -434,13 +434,7 @@ fn host_of(pool: &Pool, server: &Server) -> String {
     pool.spec
         .servers
         .iter()
-        .find(|spec| {
-            spec.name == server.name
-                || server
-                    .name
-                    .strip_prefix(spec.name.as_str())
-                    .is_some_and(|rest| rest.starts_with('@'))
-        })
+        .find(|spec| crate::reload::is_address_of(&server.name, &spec.name))
         .filter(|spec| spec.address.ip().is_none())
         .map_or_else(
             || server.addr.ip().to_string(),

@@ -160,7 +160,9 @@ impl Notifier {
     fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
         // The lock guards two booleans; a panic while holding it cannot
         // leave them half-written.
-        self.phase.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.phase
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A one-line summary shown by `systemctl status`.
@@ -296,7 +298,11 @@ mod tests {
         // SIGHUP before the first health checks finished.
         drop(notifier.reloading());
         notifier.status("checks done");
-        assert_eq!(recv(&socket), "STATUS=checks done", "no RELOADING/READY yet");
+        assert_eq!(
+            recv(&socket),
+            "STATUS=checks done",
+            "no RELOADING/READY yet"
+        );
         notifier.ready();
         assert_eq!(recv(&socket), "READY=1");
         let _ = std::fs::remove_file(path);

@@ -255,6 +255,48 @@ impl Daemon {
         self.shared.stop_accepting.is_cancelled()
     }
 
+    /// Evidence that lbd works, for the systemd watchdog: every accept loop
+    /// that should run still runs, and every listed server's health task
+    /// turned recently (see [`health_task_bound`]). `Err` says what is wrong.
+    /// Health checks end when shutdown begins, so a drain only needs the
+    /// accept loops' part (there are none left by then).
+    pub fn liveness(&self) -> Result<(), String> {
+        let dead = self
+            .shared
+            .listeners
+            .lock()
+            .expect("listener list lock")
+            .dead_accept_loops();
+        if let Some((frontend, addr)) = dead.first() {
+            return Err(format!(
+                "the accept loop of frontend {frontend} on {addr} has ended ({} in all): nothing accepts there",
+                dead.len()
+            ));
+        }
+        if self.is_shutting_down() {
+            return Ok(());
+        }
+        let snapshot = self.snapshot();
+        for pool in &snapshot.pools {
+            let bound = health_task_bound(&pool.spec.health);
+            let stalled = pool
+                .servers
+                .iter()
+                .map(|server| (server, server.health_task_silence()))
+                .filter(|(_, silence)| *silence > bound);
+            if let Some((server, silence)) = stalled.max_by_key(|(_, silence)| *silence) {
+                return Err(format!(
+                    "the health task of {}/{} has not run for {} (its checks are due every {}): health checking is stuck or dead",
+                    server.backend,
+                    server.name,
+                    crate::config::format_duration(silence),
+                    crate::config::format_duration(pool.spec.health.interval),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Called after every snapshot swap (start, reload, DNS change): starts
     /// checks for servers that are new, stops those of servers that are gone.
     fn sync_health_checks(&self, snapshot: &Arc<Snapshot>) {
@@ -320,6 +362,37 @@ impl Daemon {
         }
         info!("shutdown complete");
     }
+}
+
+#[cfg(test)]
+impl Daemon {
+    /// Ends every accept loop abruptly, as a bug would, and waits until
+    /// they are gone.
+    pub(crate) async fn abort_accept_loops_for_test(&self) {
+        self.shared
+            .listeners
+            .lock()
+            .expect("listener list lock")
+            .abort_accept_loops();
+        while self
+            .shared
+            .listeners
+            .lock()
+            .expect("listener list lock")
+            .dead_accept_loops()
+            .is_empty()
+        {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// The longest a working health task stays silent: it sleeps up to an
+/// `interval` (plus 10% jitter) and checks for up to `timeout` per turn;
+/// three intervals leave room for a busy machine, and one second for tiny
+/// intervals.
+pub fn health_task_bound(health: &crate::config::Health) -> Duration {
+    (health.interval * 3 + health.timeout).max(Duration::from_secs(1))
 }
 
 #[cfg(test)]

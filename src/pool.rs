@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -157,6 +157,9 @@ pub struct Server {
     /// Cancelled when the server is marked down with `close_on_down` set;
     /// replaced by a fresh token at once, so later connections start clean.
     down_signal: ArcSwap<CancellationToken>,
+    /// When the server's health task last turned ([`monotonic_millis`]):
+    /// the watchdog's evidence that health checking is alive.
+    health_beat: AtomicU64,
 }
 
 /// Dial failures met by client traffic, waiting for the health checker to
@@ -183,6 +186,7 @@ impl Server {
             last_check: Mutex::new(None),
             passive: PassiveReports::default(),
             down_signal: ArcSwap::from_pointee(CancellationToken::new()),
+            health_beat: AtomicU64::new(monotonic_millis()),
         }
     }
 
@@ -208,6 +212,17 @@ impl Server {
             .copied()
             .unwrap_or(DialErrorKind::Other);
         (failures > 0).then_some((failures, kind))
+    }
+
+    /// Stamped by the server's health task on every turn of its loop.
+    pub fn health_task_beat(&self) {
+        self.health_beat.store(monotonic_millis(), Relaxed);
+    }
+
+    /// How long since the health task last turned (or the server was created).
+    pub fn health_task_silence(&self) -> Duration {
+        let last = self.health_beat.load(Relaxed);
+        Duration::from_millis(monotonic_millis().saturating_sub(last))
     }
 
     /// The token a relay watches to close its connection when this server is
@@ -513,6 +528,13 @@ impl Snapshot {
             .iter()
             .find(|s| s.name == server)
     }
+}
+
+/// Milliseconds on a process-wide monotonic clock (cheap to store in an atomic).
+fn monotonic_millis() -> u64 {
+    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(std::time::Instant::now);
+    u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -226,6 +226,9 @@ pub fn has_dns_names(config: &Config) -> bool {
         .any(|s| s.address.ip().is_none())
 }
 
+/// (server name, address) pairs: the servers one configured server stands for.
+type NamedAddresses = Vec<(String, SocketAddr)>;
+
 /// The (server name, address) pairs a configured server stands for: one for
 /// an IP literal, one per address for a DNS name, named `name@ip` so a
 /// server keeps its name (and state) while the name's other addresses come
@@ -235,7 +238,7 @@ fn server_addresses(
     spec: &config::ServerSpec,
     previous: Option<&Snapshot>,
     lookups: &Lookups,
-) -> Result<Vec<(String, SocketAddr)>, (String, Vec<(String, SocketAddr)>)> {
+) -> Result<NamedAddresses, (String, NamedAddresses)> {
     if let Some(addr) = spec.address.ip() {
         return Ok(vec![(spec.name.clone(), addr)]);
     }

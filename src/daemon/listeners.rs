@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use socket2::SockRef;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -46,6 +47,8 @@ struct BoundListener {
     stop: CancellationToken,
     /// The daemon's descriptor of the socket (the accept loop has another).
     socket: std::net::TcpListener,
+    /// The accept loop; finished while `stop` is not cancelled means it died.
+    task: JoinHandle<()>,
 }
 
 /// Every listening socket of the daemon.
@@ -61,6 +64,24 @@ impl Listeners {
             .filter(|l| l.frontend == frontend)
             .map(|l| l.local)
             .collect()
+    }
+
+    /// (frontend, address) of every accept loop that ended without being
+    /// told to: a listener nobody serves any more.
+    pub(super) fn dead_accept_loops(&self) -> Vec<(String, SocketAddr)> {
+        self.bound
+            .iter()
+            .filter(|l| l.task.is_finished() && !l.stop.is_cancelled())
+            .map(|l| (l.frontend.clone(), l.local))
+            .collect()
+    }
+
+    /// Ends every accept loop abruptly, as a bug would (tests only).
+    #[cfg(test)]
+    pub(super) fn abort_accept_loops(&self) {
+        for bound in &self.bound {
+            bound.task.abort();
+        }
     }
 
     /// Stops every accept loop; each socket closes as its loop ends.
@@ -203,7 +224,7 @@ impl Daemon {
         info!(frontend = %frontend.name, address = %local, "listening");
         let stop = self.shared.stop_accepting.child_token();
         let name = frontend.name.clone();
-        tokio::spawn(listener::accept_loop(
+        let task = tokio::spawn(listener::accept_loop(
             listener,
             frontend,
             stop.clone(),
@@ -216,6 +237,7 @@ impl Daemon {
             local,
             stop,
             socket,
+            task,
         });
     }
 }

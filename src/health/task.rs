@@ -54,6 +54,7 @@ impl<C: Check> ServerTask<C> {
         // a burst of refused dials is one observation, not `fall` of them.
         let mut passive_counted = false;
         loop {
+            self.server.health_task_beat();
             let woke = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => return,

@@ -426,11 +426,6 @@ impl Pool {
         })
     }
 
-    /// Whether a new connection could be given a server right now.
-    pub fn has_available_server(&self) -> bool {
-        self.availability().can_serve()
-    }
-
     /// What a new connection would meet right now; cheap (a few atomic loads
     /// per server), allocation-free.
     pub fn availability(&self) -> Availability {

@@ -107,9 +107,10 @@ pub struct ServerStats {
 }
 
 /// Every result an active check can record in `last_check.result`: `ok`,
-/// `auth_error` (alive, but 401/403), a dial error kind, `tls_error` or
-/// `http_error`. The order of [`ServerStats::check_results`].
-pub const CHECK_RESULTS: [&str; 10] = [
+/// `auth_error` (alive, but 401/403), a dial error kind, `tls_error`,
+/// `http_error`, or `check_error` (the checker could not run the check, so
+/// the server was not judged). The order of [`ServerStats::check_results`].
+pub const CHECK_RESULTS: [&str; 11] = [
     "ok",
     "auth_error",
     "refused",
@@ -120,13 +121,15 @@ pub const CHECK_RESULTS: [&str; 10] = [
     "other",
     "tls_error",
     "http_error",
+    "check_error",
 ];
 
 /// The outcome of the latest health check of a server, for status and logs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckRecord {
-    /// `ok`, a dial error kind (`refused`, `timeout`…), or a TLS/HTTP verdict
-    /// such as `tls_error`, `http_error` or `auth_error`.
+    /// `ok`, a dial error kind (`refused`, `timeout`…), a TLS/HTTP verdict
+    /// such as `tls_error`, `http_error` or `auth_error`, or `check_error`
+    /// (the checker could not run; the server was not judged).
     pub result: String,
     /// The kind of check that ran (`tcp`, `tls`, `https`, or `passive`).
     pub check: &'static str,

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::notify::{notifier, watchdog_interval};
 use crate::daemon::Daemon;
-use crate::pool::Health;
+use crate::pool::ServerCounts;
 
 /// How often the status line is recomputed (sent only when it changed).
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
@@ -112,14 +112,16 @@ async fn keep_status(daemon: Daemon, stop: CancellationToken) {
     }
 }
 
-/// What `systemctl status` shows: servers up out of all and live
-/// connections, or how many connections are left while draining.
+/// What `systemctl status` shows: servers taking new connections (up and
+/// ready, as the balancer and `/readyz` count them) out of all, those the
+/// operator holds back, and live connections; or how many connections are
+/// left while draining.
 pub fn status_line(daemon: &Daemon) -> String {
     let snapshot = daemon.snapshot();
-    let servers = snapshot.pools.iter().flat_map(|pool| pool.servers.iter());
-    let (up, total) = servers.fold((0, 0), |(up, total), server| {
-        (up + usize::from(server.health() == Health::Up), total + 1)
-    });
+    let mut servers = ServerCounts::default();
+    for pool in &snapshot.pools {
+        servers += pool.server_counts();
+    }
     let connections: u64 = snapshot
         .frontends
         .iter()
@@ -128,7 +130,7 @@ pub fn status_line(daemon: &Daemon) -> String {
     if daemon.is_shutting_down() {
         return format!("stopping: draining {connections} connections");
     }
-    format!("{up}/{total} servers up, {connections} connections")
+    format!("{servers}, {connections} connections")
 }
 
 #[cfg(test)]

@@ -71,8 +71,14 @@ struct Shared {
     fd_budget: FdBudget,
     stop_accepting: CancellationToken,
     close_connections: CancellationToken,
-    /// Held for the whole of a reload or DNS refresh: one change at a time.
+    /// Held to compare and swap snapshots (reload, DNS refresh), to change a
+    /// server's admin state, and by shutdown to mark the daemon stopping.
+    /// Never held across a DNS lookup.
     reload_lock: tokio::sync::Mutex<control::ReloadState>,
+    /// Reloads take turns: one file read and applied at a time.
+    reload_turn: tokio::sync::Mutex<()>,
+    /// How DNS-named servers are resolved.
+    resolver: reload::Resolver,
     last_reload: Mutex<LastReload>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
@@ -98,7 +104,14 @@ impl Daemon {
             warn!("{}", warning.one_line());
         }
         let warnings = checked.warnings.iter().map(|w| w.one_line()).collect();
-        Daemon::start_with_warnings(path, checked.config, warnings, inherited).await
+        Daemon::start_with_warnings(
+            path,
+            checked.config,
+            warnings,
+            inherited,
+            reload::Resolver::system(),
+        )
+        .await
     }
 
     /// Binds every frontend of `config`, the admin API, and starts serving.
@@ -108,6 +121,7 @@ impl Daemon {
             config,
             Vec::new(),
             InheritedListeners::default(),
+            reload::Resolver::system(),
         )
         .await
     }
@@ -117,10 +131,12 @@ impl Daemon {
         config: Config,
         warnings: Vec<String>,
         inherited: InheritedListeners,
+        resolver: reload::Resolver,
     ) -> Result<Daemon, StartError> {
         let config = Arc::new(config);
         let mut inherited = inherited.assign(&config.frontends)?;
-        let resolved = reload::resolve_pools(&config, None).await;
+        let lookups = reload::resolve_names(&config, &resolver).await;
+        let resolved = reload::assemble_pools(&config, None, &lookups);
         let mut frontends = Vec::with_capacity(config.frontends.len());
         let mut bound = Vec::new();
         for (index, spec) in config.frontends.iter().enumerate() {
@@ -182,6 +198,8 @@ impl Daemon {
             stop_accepting: CancellationToken::new(),
             close_connections: CancellationToken::new(),
             reload_lock: tokio::sync::Mutex::new(control::ReloadState::default()),
+            reload_turn: tokio::sync::Mutex::new(()),
+            resolver,
             last_reload: Mutex::new(LastReload::loaded(warnings)),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
@@ -262,6 +280,48 @@ impl Daemon {
         self.shared.stop_accepting.is_cancelled()
     }
 
+    /// Evidence that lbd works, for the systemd watchdog: every accept loop
+    /// that should run still runs, and every listed server's health task
+    /// turned recently (see [`health_task_bound`]). `Err` says what is wrong.
+    /// Health checks end when shutdown begins, so a drain only needs the
+    /// accept loops' part (there are none left by then).
+    pub fn liveness(&self) -> Result<(), String> {
+        let dead = self
+            .shared
+            .listeners
+            .lock()
+            .expect("listener list lock")
+            .dead_accept_loops();
+        if let Some((frontend, addr)) = dead.first() {
+            return Err(format!(
+                "the accept loop of frontend {frontend} on {addr} has ended ({} in all): nothing accepts there",
+                dead.len()
+            ));
+        }
+        if self.is_shutting_down() {
+            return Ok(());
+        }
+        let snapshot = self.snapshot();
+        for pool in &snapshot.pools {
+            let bound = health_task_bound(&pool.spec.health);
+            let stalled = pool
+                .servers
+                .iter()
+                .map(|server| (server, server.health_task_silence()))
+                .filter(|(_, silence)| *silence > bound);
+            if let Some((server, silence)) = stalled.max_by_key(|(_, silence)| *silence) {
+                return Err(format!(
+                    "the health task of {}/{} has not run for {} (its checks are due every {}): health checking is stuck or dead",
+                    server.backend,
+                    server.name,
+                    crate::config::format_duration(silence),
+                    crate::config::format_duration(pool.spec.health.interval),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Called after every snapshot swap (start, reload, DNS change): starts
     /// checks for servers that are new, stops those of servers that are gone.
     fn sync_health_checks(&self, snapshot: &Arc<Snapshot>) {
@@ -287,15 +347,22 @@ impl Daemon {
     /// `drain_timeout`, then closes the rest. Returns when all are gone.
     pub async fn shutdown(&self) {
         let drain_timeout = self.snapshot().config.global.drain_timeout;
-        systemd::notifier().stopping();
-        self.shared.stop_accepting.cancel();
-        // The daemon's own descriptors go too, so each socket closes as its
-        // accept loop ends.
-        self.shared
-            .listeners
-            .lock()
-            .expect("listener list lock")
-            .close_all();
+        {
+            // Under the reload lock: a reload or DNS refresh either finished
+            // before (its listeners are closed below) or sees the daemon
+            // stopping and changes nothing. The admin API stays up during the
+            // drain, so reloads can still be asked for.
+            let _swap = self.shared.reload_lock.lock().await;
+            systemd::notifier().stopping();
+            self.shared.stop_accepting.cancel();
+            // The daemon's own descriptors go too, so each socket closes as
+            // its accept loop ends.
+            self.shared
+                .listeners
+                .lock()
+                .expect("listener list lock")
+                .close_all();
+        }
         self.shared.health.shutdown().await;
         let connections = &self.shared.connections;
         connections.close();
@@ -345,3 +412,37 @@ fn global_max_connections(config: &Config, budget: FdBudget) -> usize {
     }
     size
 }
+
+#[cfg(test)]
+impl Daemon {
+    /// Ends every accept loop abruptly, as a bug would, and waits until
+    /// they are gone.
+    pub(crate) async fn abort_accept_loops_for_test(&self) {
+        self.shared
+            .listeners
+            .lock()
+            .expect("listener list lock")
+            .abort_accept_loops();
+        while self
+            .shared
+            .listeners
+            .lock()
+            .expect("listener list lock")
+            .dead_accept_loops()
+            .is_empty()
+        {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// The longest a working health task stays silent: it sleeps up to an
+/// `interval` (plus 10% jitter) and checks for up to `timeout` per turn;
+/// three intervals leave room for a busy machine, and one second for tiny
+/// intervals.
+pub fn health_task_bound(health: &crate::config::Health) -> Duration {
+    (health.interval * 3 + health.timeout).max(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests;

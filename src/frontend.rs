@@ -78,7 +78,10 @@ pub struct Route {
     pub idle_timeout: Duration,
     /// Closes half-closed connections whose other side is silent this long.
     pub fin_timeout: Duration,
-    /// Accept queue length, applied again when a paused listener resumes.
+    /// Accept queue length of listeners opened from now on. A socket
+    /// already listening keeps the one it was opened with, also when it
+    /// resumes after a pause (listen() again on an open socket would undo
+    /// a pause the accept loop relies on).
     pub backlog: u32,
 }
 

@@ -3,8 +3,11 @@
 //! A connection is accepted only once the frontend and the process have a
 //! free slot, so over `max_connections` clients wait in the kernel backlog
 //! instead of being accepted and dropped; over `max_connections_per_source`
-//! they are refused (see [`crate::limit`]). Running out of file descriptors backs off instead
-//! of spinning: the pending connection stays queued and is taken later.
+//! they are refused (see [`crate::limit`]). An idle accept loop holds no
+//! slot: when several listeners race for the last one, the losers' clients
+//! (one per listener) wait inside lbd instead. Running out of file
+//! descriptors backs off instead of spinning: the pending connection stays
+//! queued and is taken later.
 //!
 //! While the frontend's backend has no server that can take a connection,
 //! the listener is paused (see [`crate::pausable`]): clients get a true
@@ -57,7 +60,7 @@ pub async fn accept_loop(
     // Set once pausing failed: from then on clients are accepted and reset.
     let mut can_pause = true;
     let mut backoff = BACKOFF_START;
-    loop {
+    'accepting: loop {
         if can_pause && !frontend.can_serve() {
             match pause_while_unavailable(&mut listener, &frontend, &mut changes, &stop).await {
                 Paused::Resumed => {}
@@ -65,32 +68,19 @@ pub async fn accept_loop(
                 Paused::Failed => can_pause = false,
             }
         }
-        let frontend_slot = match slot(
-            &frontend.limit,
-            &frontend,
-            RejectReason::MaxConnections,
-            &stop,
-            &mut changes,
-        )
-        .await
-        {
-            Slot::Taken(permit) => permit,
-            Slot::Changed => continue,
-            Slot::Stopped => return,
-        };
-        let global_slot = match slot(
-            &global,
-            &frontend,
-            RejectReason::GlobalMaxConnections,
-            &stop,
-            &mut changes,
-        )
-        .await
-        {
-            Slot::Taken(permit) => permit,
-            Slot::Changed => continue,
-            Slot::Stopped => return,
-        };
+        // Wait until both limits have room, but hold no slot while idle in
+        // accept: a listener with no clients must not keep a slot another
+        // listener's waiting client needs.
+        for (limit, reason) in [
+            (&frontend.limit, RejectReason::MaxConnections),
+            (&*global, RejectReason::GlobalMaxConnections),
+        ] {
+            match slot(limit, &frontend, reason, &stop, &mut changes).await {
+                Slot::Taken(_room) => {}
+                Slot::Changed => continue 'accepting,
+                Slot::Stopped => return,
+            }
+        }
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
             () = changed(&mut changes) => continue,
@@ -99,6 +89,27 @@ pub async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = BACKOFF_START;
+                // Another listener may have taken the room meanwhile: then
+                // this client waits here for a slot, one per listener at most.
+                let taken = (
+                    take(
+                        &frontend.limit,
+                        &frontend,
+                        RejectReason::MaxConnections,
+                        &stop,
+                    )
+                    .await,
+                    take(
+                        &global,
+                        &frontend,
+                        RejectReason::GlobalMaxConnections,
+                        &stop,
+                    )
+                    .await,
+                );
+                let (Some(frontend_slot), Some(global_slot)) = taken else {
+                    return;
+                };
                 let source = match frontend.source_limit.enter(peer.ip()) {
                     Ok(source) => source,
                     Err(()) => {
@@ -138,6 +149,25 @@ pub async fn accept_loop(
     }
 }
 
+/// A slot of `limit` for an accepted client, waiting for one if need be
+/// (counted under `reason`); `None` once `stop` fires.
+async fn take(
+    limit: &ConnectionLimit,
+    frontend: &Frontend,
+    reason: RejectReason,
+    stop: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    if let Some(permit) = limit.try_take() {
+        return Some(permit);
+    }
+    frontend.count_rejected(reason);
+    debug!(frontend = %frontend.name, reason = reason.as_str(), "connection limit full; an accepted client waits for a slot");
+    tokio::select! {
+        () = stop.cancelled() => None,
+        permit = limit.take() => permit.ok(),
+    }
+}
+
 /// How waiting for a slot ended.
 enum Slot {
     /// A slot is held.
@@ -148,8 +178,9 @@ enum Slot {
     Stopped,
 }
 
-/// A slot of `limit`, waiting for one when it is full (a pause of the
-/// listener, counted under `reason`: clients wait in the backlog meanwhile).
+/// Waits until `limit` has a free slot (the slot itself is handed back at
+/// once); a wait is a pause of the listener, counted under `reason`, while
+/// clients wait in the backlog.
 async fn slot(
     limit: &ConnectionLimit,
     frontend: &Frontend,

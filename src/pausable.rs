@@ -57,11 +57,6 @@ impl PausableListener {
         !matches!(self.state, State::Accepting(_))
     }
 
-    /// Changes the backlog used on the next resume (a reloaded config).
-    pub fn set_backlog(&mut self, backlog: u32) {
-        self.backlog = backlog;
-    }
-
     /// Stops listening: new SYNs get RST, queued connections are reset. On
     /// error the listener keeps accepting (the caller falls back to
     /// accept-and-reset).

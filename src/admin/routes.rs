@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use super::status::{ServerStatus, Status};
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, ReloadError};
 use crate::metrics;
 use crate::pool::AdminState;
 
@@ -52,21 +52,40 @@ pub async fn handle(context: &Context, request: Request<Incoming>) -> Answer {
     if Limited::new(body, MAX_BODY_BYTES).collect().await.is_err() {
         return too_large();
     }
-    route(context, &parts.method, parts.uri.path()).await
+    route(context, &parts.method, parts.uri.path(), parts.uri.query()).await
 }
 
-async fn route(context: &Context, method: &Method, path: &str) -> Answer {
+async fn route(context: &Context, method: &Method, path: &str, query: Option<&str>) -> Answer {
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
     let daemon = &context.daemon;
     match segments.as_slice() {
         ["metrics"] => only(method, Method::GET, || metrics_answer(context)),
         ["healthz"] => only(method, Method::GET, || text(StatusCode::OK, "ok\n".into())),
-        ["readyz"] => only(method, Method::GET, || match daemon.readiness() {
-            Ok(()) => text(StatusCode::OK, "ready\n".into()),
-            Err(reason) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {reason}\n"),
-            ),
+        ["readyz"] => only(method, Method::GET, || {
+            // `?frontend=NAME`: that frontend alone (keepalived's check of the
+            // apiserver frontend); without it, every frontend.
+            let readiness = match query_value(query, "frontend") {
+                None => daemon.readiness(),
+                Some(name) => match name.as_deref().and_then(|n| daemon.frontend_readiness(n)) {
+                    Some(readiness) => readiness,
+                    None => {
+                        return error(
+                            StatusCode::NOT_FOUND,
+                            &format!(
+                                "no frontend {:?}: see `lbctl status` for the names",
+                                name.unwrap_or_default()
+                            ),
+                        );
+                    }
+                },
+            };
+            match readiness {
+                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                Err(reason) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {reason}\n"),
+                ),
+            }
         }),
         ["api", "v1", "status"] => only(method, Method::GET, || {
             json_answer(StatusCode::OK, &Status::collect(daemon))
@@ -81,7 +100,10 @@ async fn route(context: &Context, method: &Method, path: &str) -> Answer {
                     &json!({ "ok": true, "changes": report.changes, "warnings": report.warnings }),
                 ),
                 Err(err) => json_answer(
-                    StatusCode::UNPROCESSABLE_ENTITY,
+                    match err {
+                        ReloadError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                        _ => StatusCode::UNPROCESSABLE_ENTITY,
+                    },
                     &json!({ "ok": false, "error": err.summary(), "detail": err.to_string() }),
                 ),
             }
@@ -103,7 +125,7 @@ async fn route(context: &Context, method: &Method, path: &str) -> Answer {
                     "backend and server names must be valid percent-encoded UTF-8",
                 );
             };
-            match daemon.set_admin(&backend, &server, admin) {
+            match daemon.set_admin(&backend, &server, admin).await {
                 Ok(changes) => {
                     let servers: Vec<serde_json::Value> = changes
                         .iter()
@@ -203,6 +225,15 @@ fn too_large() -> Answer {
     )
 }
 
+/// The value of `key` in a URL query (`a=1&frontend=x`): `None` when the key
+/// is absent, `Some(None)` when its value is not valid percent-encoding.
+fn query_value(query: Option<&str>, key: &str) -> Option<Option<String>> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| percent_decode(&v.replace('+', " ")))
+    })
+}
+
 /// Decodes `%XX` escapes in a path segment; `None` on a bad escape or bad UTF-8.
 pub fn percent_decode(segment: &str) -> Option<String> {
     let bytes = segment.as_bytes();
@@ -232,5 +263,18 @@ mod tests {
         assert_eq!(percent_decode("bad%4"), None);
         assert_eq!(percent_decode("bad%zz"), None);
         assert_eq!(percent_decode("%ff"), None);
+    }
+
+    #[test]
+    fn reads_query_values() {
+        let value = |q| query_value(q, "frontend");
+        assert_eq!(value(None), None);
+        assert_eq!(value(Some("other=1")), None);
+        assert_eq!(value(Some("frontend=api")), Some(Some("api".into())));
+        assert_eq!(
+            value(Some("x=1&frontend=kube%2Dapi")),
+            Some(Some("kube-api".into()))
+        );
+        assert_eq!(value(Some("frontend=%zz")), Some(None));
     }
 }

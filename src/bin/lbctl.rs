@@ -87,6 +87,10 @@ enum Command {
     /// Exit 0 if the daemon is ready to serve (GET /readyz), else print why
     /// and exit 1: keepalived's vrrp_script.
     Ready {
+        /// Only this frontend must be able to serve (keepalived: the
+        /// apiserver's frontend), not every frontend.
+        #[arg(long, value_name = "NAME")]
+        frontend: Option<String>,
         /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
@@ -118,7 +122,9 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::CheckConfig { path, json } => commands::check_config(&path, json),
         Command::Status { json } => block_on(commands::status(&client(), json)),
-        Command::Ready { json } => block_on(commands::ready(&client(), json)),
+        Command::Ready { frontend, json } => {
+            block_on(commands::ready(&client(), frontend.as_deref(), json))
+        }
         Command::Reload { json } => block_on(commands::reload(&client(), json)),
         Command::Drain {
             target,

@@ -3,12 +3,15 @@
 //! `load`/`parse` read a file into [`raw`] structs (strict serde, unknown keys
 //! rejected), then `validate` turns them into a [`Config`] with every default
 //! applied, or into a [`ConfigError`] listing each problem with its line and
-//! column. Nothing else in lbd sees an unvalidated value.
+//! column. Validation also reads the TLS files a health check names
+//! ([`TlsFiles`]), so the start, a reload and `--check-config` all refuse a
+//! file the checks could not use. Nothing else in lbd sees an unvalidated value.
 
 mod duration;
 mod error;
 mod lint;
 mod raw;
+mod tls_files;
 mod validate;
 
 use std::net::SocketAddr;
@@ -20,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use error::{ConfigError, Problem};
 pub use lint::{APISERVER_SHUTDOWN_WINDOW, MIN_IDLE_TIMEOUT};
+pub use tls_files::{TlsFileError, TlsFiles};
 
 /// The largest `retries` a backend may ask for; also sizes the per-connection
 /// record of servers already tried.

@@ -13,6 +13,7 @@ use super::error::{LineIndex, quoted};
 use super::raw::{
     Count, Located, RawAdmin, RawBackend, RawConfig, RawFrontend, RawHealth, RawServer, Table,
 };
+use super::tls_files;
 use super::{
     Admin, AdminListen, Backend, Balance, CheckKind, Config, ConfigError, Frontend, Global, Health,
     OnNoServer, Problem, ServerAddress, ServerSpec, format_duration,
@@ -656,6 +657,9 @@ impl Checker<'_> {
             defaults.timeout,
             Duration::from_millis(10)..=Duration::from_secs(300),
         );
+        if tls {
+            self.tls_settings(h, check);
+        }
         Health {
             check,
             interval,
@@ -714,6 +718,48 @@ impl Binds {
         self.any.entry(key).or_insert(addr);
         if addr.ip().is_unspecified() {
             self.wildcard.entry(key).or_insert(addr);
+        }
+    }
+}
+
+impl Checker<'_> {
+    /// The TLS files must be readable and hold what their key says (the
+    /// checks would fail on every server otherwise), and `sni` must be a
+    /// name TLS can send.
+    fn tls_settings(&mut self, h: &RawHealth, check: CheckKind) {
+        if let Some(ca) = &h.ca_file
+            && let Err(e) = tls_files::load_roots(Path::new(ca.get_ref()))
+        {
+            self.error(ca.span(), e.to_string());
+        }
+        if check == CheckKind::Https
+            && let (Some(cert), Some(key)) = (&h.cert_file, &h.key_file)
+        {
+            let provider = rustls::crypto::ring::default_provider();
+            let loaded = tls_files::load_client(
+                Path::new(cert.get_ref()),
+                Path::new(key.get_ref()),
+                &provider,
+            );
+            if let Err(e) = loaded {
+                let span = if e.key == "cert_file" {
+                    cert.span()
+                } else {
+                    key.span()
+                };
+                self.error(span, e.to_string());
+            }
+        }
+        if let Some(sni) = &h.sni
+            && rustls::pki_types::ServerName::try_from(sni.get_ref().as_str()).is_err()
+        {
+            self.error(
+                sni.span(),
+                format!(
+                    "`sni` = {:?} is not a DNS name or an IP address, e.g. \"kubernetes\"",
+                    sni.get_ref()
+                ),
+            );
         }
     }
 }

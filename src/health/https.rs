@@ -16,7 +16,7 @@ use hyper::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::tls::{TlsProbe, TlsSetupError};
+use super::tls::{TlsClient, TlsProbe, TlsSetupError};
 use super::{Alive, CheckError};
 use crate::config;
 
@@ -33,10 +33,18 @@ pub struct HttpsProbe {
 }
 
 impl HttpsProbe {
-    /// Builds the TLS client (offering `http/1.1`) and the request's target.
-    pub fn new(spec: &config::Health, host: &str) -> Result<HttpsProbe, TlsSetupError> {
+    /// What the TLS client of an HTTPS check offers: HTTP/1.1 (hyper's
+    /// client here speaks nothing else).
+    pub const ALPN: &[&[u8]] = &[b"http/1.1"];
+
+    /// The check of one server through `client` (built with [`Self::ALPN`]).
+    pub fn new(
+        client: &TlsClient,
+        spec: &config::Health,
+        host: &str,
+    ) -> Result<HttpsProbe, TlsSetupError> {
         Ok(HttpsProbe {
-            tls: TlsProbe::new(spec, host, &[b"http/1.1"])?,
+            tls: TlsProbe::new(client, spec, host)?,
             path: spec.path.clone(),
             host: spec.sni.clone().unwrap_or_else(|| host.to_owned()),
         })
@@ -129,7 +137,9 @@ mod tests {
     use super::*;
 
     fn probe() -> HttpsProbe {
-        HttpsProbe::new(&config::Health::default(), "127.0.0.1").unwrap()
+        let spec = config::Health::default();
+        let client = TlsClient::new(&spec, HttpsProbe::ALPN).unwrap();
+        HttpsProbe::new(&client, &spec, "127.0.0.1").unwrap()
     }
 
     #[test]

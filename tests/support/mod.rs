@@ -6,6 +6,7 @@ pub mod blackhole;
 mod echo_client;
 pub mod faulty;
 pub mod https;
+pub mod metrics;
 mod process;
 
 // Each test binary uses some of these; the rest would warn as unused.
@@ -302,6 +303,13 @@ impl Lbd {
         http(self.admin_addr(), "POST", path)
     }
 
+    /// The parsed `GET /metrics` (checked as OpenMetrics on the way).
+    pub fn metrics(&self) -> Vec<metrics::Sample> {
+        let (code, body) = self.get("/metrics");
+        assert_eq!(code, 200, "{body}");
+        metrics::parse_openmetrics(&body)
+    }
+
     /// The parsed `GET /api/v1/status`.
     pub fn status(&self) -> serde_json::Value {
         let (code, body) = self.get("/api/v1/status");
@@ -462,6 +470,8 @@ pub struct Backend {
     stop: Arc<std::sync::atomic::AtomicBool>,
     /// Set by [`Backend::blackhole`]: the listener stays open, unaccepted.
     frozen: Arc<std::sync::atomic::AtomicBool>,
+    /// The accept thread's word that it saw `frozen` and accepts no more.
+    frozen_seen: Mutex<std::sync::mpsc::Receiver<()>>,
     queued: Mutex<Vec<TcpStream>>,
     /// Live connections by accept number; each leaves when it ends, so a
     /// soak through a backend does not pile up descriptors in the test.
@@ -514,8 +524,13 @@ impl Backend {
     /// Connections already open keep working.
     pub fn blackhole(&self) {
         self.frozen.store(true, Ordering::Relaxed);
-        // Let the accept thread see the flag before the queue fills.
-        std::thread::sleep(Duration::from_millis(20));
+        // The accept thread must have stopped accepting before the queue
+        // fills, or it would drain what we queue.
+        self.frozen_seen
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the accept thread stops accepting");
         *self.queued.lock().unwrap() = blackhole::fill_accept_queue(self.addr);
     }
 
@@ -526,6 +541,7 @@ impl Backend {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let connections = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let (frozen_ack, frozen_seen) = std::sync::mpsc::channel();
         let (a, s, f, c, n) = (
             Arc::clone(&accepted),
             Arc::clone(&stop),
@@ -534,8 +550,13 @@ impl Backend {
             name.to_owned(),
         );
         std::thread::spawn(move || {
+            let mut acknowledged = false;
             while !s.load(Ordering::Relaxed) {
                 if f.load(Ordering::Relaxed) {
+                    if !acknowledged {
+                        acknowledged = true;
+                        let _ = frozen_ack.send(());
+                    }
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
                 }
@@ -560,6 +581,7 @@ impl Backend {
             accepted,
             stop,
             frozen,
+            frozen_seen: Mutex::new(frozen_seen),
             queued: Mutex::new(Vec::new()),
             connections,
         }

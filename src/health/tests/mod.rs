@@ -3,6 +3,7 @@
 //! changes do. The checks themselves are tested against real sockets in
 //! their own modules and in tests/health.rs.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use tokio::time::Instant;
 use super::*;
 use crate::config::Config;
 use crate::dial::{DialError, DialErrorKind};
-use crate::pool::AdminState;
+use crate::pool::{AdminState, Health};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -32,6 +33,8 @@ enum Answer {
     Ok,
     Auth,
     Refused,
+    /// The checker itself cannot run (its TLS files went away).
+    Broken,
 }
 
 impl Fake {
@@ -41,6 +44,13 @@ impl Fake {
             takes: MS,
             calls: Vec::new(),
         })))
+    }
+
+    /// A check that takes `takes` to answer.
+    fn slow(answer: Answer, takes: Duration) -> Fake {
+        let fake = Fake::new(answer);
+        fake.0.lock().unwrap().takes = takes;
+        fake
     }
 
     fn set(&self, answer: Answer) {
@@ -74,6 +84,10 @@ impl Check for Fake {
                 detail: "Connection refused (os error 111)".into(),
                 local: false,
             })),
+            Answer::Broken => Err(CheckError::Setup(
+                "cannot use ca_file \"/etc/kubernetes/pki/ca.crt\": No such file or directory"
+                    .into(),
+            )),
         }
     }
 }
@@ -112,17 +126,16 @@ fn start(checks: &HealthChecks, snapshot: &Snapshot, index: usize, fake: &Fake) 
     checks.set_topology(snapshot);
     let pool = &snapshot.pools[0];
     let server = Arc::clone(&pool.servers[index]);
-    let first = checks.shared.first_round.borrow().is_none();
-    if first {
-        checks.shared.first_round.send_replace(Some(1));
-    }
-    let handle = checks.spawn(Arc::clone(&server), &pool.spec.health, fake.clone(), first);
+    let first_round = FirstRoundGuard::open(&checks.shared);
+    let (handle, task) = checks.prepare(Arc::clone(&server), &pool.spec.health, fake.clone());
+    checks.shared.tracker.spawn(task.run());
     checks
         .shared
         .tasks
         .lock()
         .unwrap()
         .insert(key_of(&server), handle);
+    drop(first_round);
     server
 }
 
@@ -372,33 +385,5 @@ async fn close_on_down_signals_the_open_connections() {
     checks.shutdown().await;
 }
 
-#[tokio::test]
-async fn sync_starts_keeps_and_stops_tasks_with_the_snapshot() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut first = snapshot(2, "interval = \"1s\"");
-    let pool = &first.pools[0];
-    let servers: Vec<Arc<Server>> = (0..2)
-        .map(|i| Arc::new(Server::new("b", &format!("s{i}"), addr, 1)))
-        .collect();
-    first.pools = vec![Arc::new(Pool::new(pool.spec.clone(), servers.clone()))];
-    let checks = HealthChecks::new();
-    checks.sync(&first);
-    assert_eq!(checks.len(), 2);
-    tokio::time::timeout(Duration::from_secs(5), checks.first_round())
-        .await
-        .expect("first round");
-    assert!(servers.iter().all(|s| s.health() == Health::Up));
-
-    // A reload that drops s1 and keeps s0 (the same Arc).
-    let mut second = snapshot(1, "interval = \"1s\"");
-    second.pools = vec![Arc::new(Pool::new(
-        first.pools[0].spec.clone(),
-        vec![Arc::clone(&servers[0])],
-    ))];
-    checks.sync(&second);
-    assert_eq!(checks.len(), 1);
-    assert!(checks.check_now(&servers[0]));
-    assert!(!checks.check_now(&servers[1]));
-    checks.shutdown().await;
-}
+mod checker;
+mod sync;

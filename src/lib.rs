@@ -28,6 +28,7 @@
 //!   pure config diff a reload applies.
 //! - [`admin`]: the admin API (hyper): /metrics, /readyz, /api/v1/….
 //! - [`metrics`]: the Prometheus collector that reads the current snapshot.
+//! - [`tls`]: the certificate verifier the TLS checks and the probe share.
 //! - [`clock`]: RFC 3339 timestamps for status JSON and lbctl.
 //! - [`rlimit`]: raises the open-files limit and checks it against the config.
 //! - [`demo`]: `lbd --demo`, stand-in apiservers for a first run.
@@ -61,6 +62,7 @@ pub mod rlimit;
 pub mod signals;
 pub mod socket;
 pub mod systemd;
+pub mod tls;
 
 use std::path::Path;
 

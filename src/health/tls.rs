@@ -10,12 +10,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::ClientConfig;
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::ServerName;
 use rustls::sign::SingleCertAndKey;
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
@@ -24,6 +23,7 @@ use tokio_rustls::client::TlsStream;
 use super::{Alive, CheckError};
 use crate::config::{self, TlsFileError, TlsFiles};
 use crate::dial;
+use crate::tls::AcceptAnyChain;
 
 /// The TLS client side of one backend's checks, built once per
 /// `[backend.health]` (the files read once) and shared by its servers.
@@ -82,7 +82,7 @@ impl TlsClient {
             Some(roots) => {
                 WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider)).build()?
             }
-            None => Arc::new(AcceptAnyChain(provider.signature_verification_algorithms)),
+            None => Arc::new(AcceptAnyChain::new(Arc::clone(&provider))),
         };
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -147,45 +147,5 @@ impl TlsProbe {
         let (tcp, _) = tls.into_inner();
         crate::socket::reset(tcp);
         Ok(Alive::Ok(format!("{version} handshake with {addr}")))
-    }
-}
-
-/// Accepts any certificate chain (no `ca_file`: lbd has no trust anchor),
-/// while still checking the handshake signatures against it.
-#[derive(Debug)]
-struct AcceptAnyChain(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for AcceptAnyChain {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
     }
 }

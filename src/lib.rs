@@ -28,6 +28,7 @@
 //!   pure config diff a reload applies.
 //! - [`admin`]: the admin API (hyper): /metrics, /readyz, /api/v1/….
 //! - [`metrics`]: the Prometheus collector that reads the current snapshot.
+//! - [`http_client`]: one HTTP/1.1 exchange with hyper, for the https check, the probe and lbctl.
 //! - [`tls`]: the certificate verifier the TLS checks and the probe share.
 //! - [`clock`]: RFC 3339 timestamps for status JSON and lbctl.
 //! - [`rlimit`]: raises the open-files limit and checks it against the config.
@@ -50,6 +51,7 @@ pub mod frontend;
 pub mod generate;
 pub mod health;
 pub mod histogram;
+pub mod http_client;
 pub mod limit;
 pub mod listener;
 pub mod metrics;

@@ -7,12 +7,13 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
+
+use crate::http_client::{self, BodyEnd};
 
 /// The largest answer accepted from the daemon (a status of thousands of servers fits).
 const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
@@ -197,16 +198,12 @@ impl AdminClient {
         path: &str,
     ) -> Result<Answer, ClientError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         let broken = |detail: String| ClientError::Protocol {
             addr: self.addr.clone(),
             detail,
         };
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| broken(e.to_string()))?;
-        let connection = tokio::spawn(connection);
         let mut request = Request::builder().method(method).uri(path);
         if let Some(token) = &self.token {
             request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
@@ -219,18 +216,17 @@ impl AdminClient {
             )
             .body(Empty::<Bytes>::new())
             .map_err(|e| broken(e.to_string()))?;
-        let response = sender
-            .send_request(request)
+        let answer = http_client::exchange(stream, request, MAX_ANSWER_BYTES)
             .await
             .map_err(|e| broken(e.to_string()))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| broken(format!("reading the body: {e}")))?
-            .to_bytes();
-        connection.abort();
-        Ok(Answer { status, body })
+        match answer.ended {
+            BodyEnd::Whole => Ok(Answer {
+                status: answer.status,
+                body: answer.body,
+            }),
+            BodyEnd::TooLong => Err(broken("reading the body: length limit exceeded".into())),
+            BodyEnd::Broken(e) => Err(broken(format!("reading the body: {e}"))),
+        }
     }
 }
 

@@ -10,15 +10,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode, header};
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::tls::{TlsClient, TlsProbe, TlsSetupError};
 use super::{Alive, CheckError};
 use crate::config;
+use crate::http_client::{self, BodyEnd};
 
 /// How much of a failing answer's body is kept for the check's detail:
 /// enough for kube-apiserver's `[-]etcd failed: reason withheld` lines.
@@ -68,10 +68,6 @@ impl HttpsProbe {
         &self,
         tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     ) -> Result<Alive, CheckError> {
-        let http_error = |e: hyper::Error| CheckError::Http(format!("GET {}: {e}", self.path));
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(http_error)?;
         let request = Request::get(self.path.as_str())
             .header(header::HOST, &self.host)
             .header(
@@ -81,21 +77,16 @@ impl HttpsProbe {
             .header(header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
             .map_err(|e| CheckError::Http(format!("GET {}: bad request: {e}", self.path)))?;
-        let exchange = async move {
-            let response = sender.send_request(request).await?;
-            let status = response.status();
-            // The body is read (a little of it) so a failure can say why.
-            let body = Limited::new(response.into_body(), BODY_EXCERPT)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            Ok::<_, hyper::Error>((status, body))
-            // `sender` drops here, which lets `connection` finish.
+        let answer = http_client::exchange(tls, request, BODY_EXCERPT)
+            .await
+            .map_err(|e| CheckError::Http(format!("GET {}: {e}", self.path)))?;
+        // The body is read (a little of it) so a failure can say why; one
+        // longer than the excerpt, or cut short, is not quoted.
+        let body = match answer.ended {
+            BodyEnd::Whole => answer.body,
+            BodyEnd::TooLong | BodyEnd::Broken(_) => Bytes::new(),
         };
-        let (answer, _) = tokio::join!(exchange, connection);
-        let (status, body) = answer.map_err(http_error)?;
-        self.verdict(status, &body)
+        self.verdict(answer.status, &body)
     }
 
     fn verdict(&self, status: StatusCode, body: &[u8]) -> Result<Alive, CheckError> {

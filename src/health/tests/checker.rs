@@ -7,10 +7,7 @@ use super::*;
 #[tokio::test(start_paused = true)]
 async fn a_checker_that_cannot_run_keeps_the_verdict_and_records_check_error() {
     let snapshot = snapshot(1, "fall = 1\ninterval = \"2s\"\nfast_interval = \"500ms\"");
-    let checks = HealthChecks::new();
-    let fake = Fake::new(Answer::Ok);
-    let server = start(&checks, &snapshot, 0, &fake);
-    wait_for(&server, Health::Up, Duration::from_secs(1)).await;
+    let (checks, fake, server) = checking_up(&snapshot).await;
 
     fake.set(Answer::Broken);
     let broken = Instant::now();
@@ -43,9 +40,7 @@ async fn a_checker_that_cannot_run_keeps_the_verdict_and_records_check_error() {
 async fn a_checker_that_cannot_run_from_the_start_leaves_the_server_unknown_but_ends_the_first_round()
  {
     let snapshot = snapshot(1, DEFAULTS);
-    let checks = HealthChecks::new();
-    let fake = Fake::new(Answer::Broken);
-    let server = start(&checks, &snapshot, 0, &fake);
+    let (checks, _, server) = checking(&snapshot, Answer::Broken);
     tokio::time::timeout(Duration::from_secs(1), checks.first_round())
         .await
         .expect("READY is not held back by a broken checker");

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use std::time::Duration;
 
-use support::{Backend, Lbd, TempDir, config_for, have, lbctl, wait_until};
+use support::{Backend, Lbd, TempDir, config_for, have, lbctl, output_of, wait_until};
 
 const SHIPPED: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -77,20 +77,14 @@ fn keepalived_accepts_the_shipped_pair_config() {
     let copy = dir.write("keepalived.conf", &local);
     assert!(Path::new(&copy).is_file());
 
-    let out = Command::new("keepalived")
-        .args(["--config-test", "--use-file"])
-        .arg(&copy)
-        .output()
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (status, said) = output_of(
+        Command::new("keepalived")
+            .args(["--config-test", "--use-file"])
+            .arg(&copy),
     );
     assert!(
-        out.status.success() && said.trim().is_empty(),
-        "keepalived -t rejects the config ({}):\n{said}\n--- tested copy ---\n{local}",
-        out.status
+        status.success() && said.trim().is_empty(),
+        "keepalived -t rejects the config ({status}):\n{said}\n--- tested copy ---\n{local}"
     );
 }
 

@@ -11,7 +11,7 @@ use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{Backend, Lbd, config_for, free_port, greeting, have, wait_until};
+use support::{Backend, Lbd, config_for, free_port, greeting, have, output_of, wait_until};
 
 fn require(program: &str) {
     assert!(
@@ -371,19 +371,14 @@ fn installed_units_pass_systemd_analyze_verify() {
         )),
         "{service}"
     );
-    let out = std::process::Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(units.join("lbd.service"))
-        .arg(units.join("lbd.socket"))
-        .output()
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (status, said) = output_of(
+        std::process::Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(units.join("lbd.service"))
+            .arg(units.join("lbd.socket")),
     );
     // verify exits 0 on unknown keys too, but says so: it must say nothing.
-    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    assert!(status.success() && said.trim().is_empty(), "{said}");
 }
 
 #[test]

@@ -668,6 +668,18 @@ pub fn have(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Runs `command` to its end: how it exited and all it printed (stdout,
+/// then stderr), for a checker that must say nothing when it is happy.
+pub fn output_of(command: &mut Command) -> (ExitStatus, String) {
+    let out = command.output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, said)
+}
+
 /// A config with one frontend on 127.0.0.1:0 in front of `backends`.
 pub fn config_for(backends: &[&Backend], backend_extra: &str, frontend_extra: &str) -> String {
     let servers: String = backends

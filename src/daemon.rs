@@ -140,12 +140,7 @@ impl Daemon {
         let mut frontends = Vec::with_capacity(config.frontends.len());
         let mut bound = Vec::new();
         for (index, spec) in config.frontends.iter().enumerate() {
-            let pool = resolved
-                .pools
-                .iter()
-                .find(|p| p.spec.name == spec.backend)
-                .cloned()
-                .expect("validation guarantees the backend exists");
+            let pool = resolved.pool_of(spec);
             let frontend = Arc::new(Frontend::new(spec, pool));
             for socket in inherited.take(index) {
                 let addr = socket.local;

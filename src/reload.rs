@@ -35,6 +35,21 @@ pub struct ResolvedPools {
     pub dns_resolved: Vec<(String, String)>,
 }
 
+impl ResolvedPools {
+    /// The pool of the named backend.
+    pub fn pool(&self, backend: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.spec.name == backend)
+    }
+
+    /// The pool `frontend` routes to, for the start and a reload alike.
+    pub fn pool_of(&self, frontend: &config::Frontend) -> Arc<Pool> {
+        Arc::clone(
+            self.pool(&frontend.backend)
+                .expect("validation guarantees the backend exists"),
+        )
+    }
+}
+
 /// A DNS-named server whose name did not resolve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsFailure {

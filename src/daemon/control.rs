@@ -186,12 +186,7 @@ impl Daemon {
 
         let mut frontends = Vec::with_capacity(config.frontends.len());
         for spec in &config.frontends {
-            let pool = resolved
-                .pools
-                .iter()
-                .find(|p| p.spec.name == spec.backend)
-                .cloned()
-                .expect("validation guarantees the backend exists");
+            let pool = resolved.pool_of(spec);
             let frontend = match old.frontends.iter().find(|f| f.name == spec.name) {
                 Some(kept) => {
                     kept.update(spec, pool);
@@ -269,7 +264,7 @@ impl Daemon {
                 .frontends
                 .iter()
                 .find(|f| f.name == frontend.name);
-            let pool = spec.and_then(|s| resolved.pools.iter().find(|p| p.spec.name == s.backend));
+            let pool = spec.and_then(|s| resolved.pool(&s.backend));
             if let (Some(spec), Some(pool)) = (spec, pool) {
                 frontend.update(spec, Arc::clone(pool));
             }

@@ -15,7 +15,7 @@ mod listeners;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -261,13 +261,14 @@ impl Daemon {
         &self.shared.health
     }
 
+    /// The bound listening sockets and their accept loops, locked.
+    fn listeners(&self) -> MutexGuard<'_, Listeners> {
+        self.shared.listeners.lock().expect("listener list lock")
+    }
+
     /// The addresses a frontend actually listens on (port 0 resolved).
     pub fn local_addrs(&self, frontend: &str) -> Vec<SocketAddr> {
-        self.shared
-            .listeners
-            .lock()
-            .expect("listener list lock")
-            .local_addrs(frontend)
+        self.listeners().local_addrs(frontend)
     }
 
     /// Whether shutdown has begun (no new connections are accepted).
@@ -281,12 +282,7 @@ impl Daemon {
     /// Health checks end when shutdown begins, so a drain only needs the
     /// accept loops' part (there are none left by then).
     pub fn liveness(&self) -> Result<(), String> {
-        let dead = self
-            .shared
-            .listeners
-            .lock()
-            .expect("listener list lock")
-            .dead_accept_loops();
+        let dead = self.listeners().dead_accept_loops();
         if let Some((frontend, addr)) = dead.first() {
             return Err(format!(
                 "the accept loop of frontend {frontend} on {addr} has ended ({} in all): nothing accepts there",
@@ -352,11 +348,7 @@ impl Daemon {
             self.shared.stop_accepting.cancel();
             // The daemon's own descriptors go too, so each socket closes as
             // its accept loop ends.
-            self.shared
-                .listeners
-                .lock()
-                .expect("listener list lock")
-                .close_all();
+            self.listeners().close_all();
         }
         self.shared.health.shutdown().await;
         let connections = &self.shared.connections;
@@ -413,19 +405,8 @@ impl Daemon {
     /// Ends every accept loop abruptly, as a bug would, and waits until
     /// they are gone.
     pub(crate) async fn abort_accept_loops_for_test(&self) {
-        self.shared
-            .listeners
-            .lock()
-            .expect("listener list lock")
-            .abort_accept_loops();
-        while self
-            .shared
-            .listeners
-            .lock()
-            .expect("listener list lock")
-            .dead_accept_loops()
-            .is_empty()
-        {
+        self.listeners().abort_accept_loops();
+        while self.listeners().dead_accept_loops().is_empty() {
             tokio::task::yield_now().await;
         }
     }

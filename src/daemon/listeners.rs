@@ -156,24 +156,14 @@ impl Daemon {
                 .expect("the plan only names frontends of the new config")
         };
         for (frontend, addr) in plan.close {
-            let taken = self
-                .shared
-                .listeners
-                .lock()
-                .expect("listener list lock")
-                .take(&frontend, addr);
+            let taken = self.listeners().take(&frontend, addr);
             if let Some(bound) = taken {
                 bound.stop.cancel();
                 info!(frontend = %frontend, address = %bound.local, "stopped listening; live connections go on");
             }
         }
         for (from, to, addr, backlog) in plan.hand_over {
-            let taken = self
-                .shared
-                .listeners
-                .lock()
-                .expect("listener list lock")
-                .take(&from, addr);
+            let taken = self.listeners().take(&from, addr);
             let Some(bound) = taken else { continue };
             bound.stop.cancel();
             // listen() again: harmless on a listening socket, and it wakes
@@ -206,7 +196,7 @@ impl Daemon {
         let local = listener
             .local_addr()
             .expect("a bound socket has a local address");
-        let mut listeners = self.shared.listeners.lock().expect("listener list lock");
+        let mut listeners = self.listeners();
         // Shutdown closes every listener under this lock: one arriving after
         // it (callers check first; this is the backstop) would listen,
         // unserved, until the process exits.

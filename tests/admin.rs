@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::Duration;
 
@@ -362,4 +363,49 @@ fn metrics_are_valid_openmetrics_and_counters_move() {
         1.0
     );
     assert_eq!(echo_round_trip(&mut open, b"x").unwrap(), b"x");
+}
+
+#[test]
+fn slow_or_crowding_clients_cannot_lock_out_the_admin_api() {
+    let a = Backend::named("a");
+    let lbd = Lbd::start(&config_for(&[&a], "", ""));
+    let admin = lbd.admin_addr();
+
+    // A body announced and never sent is refused at once, not waited for.
+    let mut slow = std::net::TcpStream::connect(admin).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    slow.write_all(b"POST /api/v1/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 12];
+    slow.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 413");
+
+    // Past the connection limit, a client hears 503 instead of a silent close…
+    let crowd: Vec<std::net::TcpStream> = (0..256)
+        .map(|_| std::net::TcpStream::connect(admin).unwrap())
+        .collect();
+    wait_until(Duration::from_secs(5), "a busy answer", || {
+        support::http_raw(admin, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .starts_with("HTTP/1.1 503")
+    });
+    // …and idle connections are let go, so the API comes back by itself.
+    wait_until(
+        Duration::from_secs(15),
+        "the admin API to answer again",
+        || lbd.get("/readyz").0 == 200,
+    );
+    drop(crowd);
+}
+
+#[test]
+fn web_pages_cannot_change_lbd() {
+    let a = Backend::named("a");
+    let lbd = Lbd::start(&config_for(&[&a], "", ""));
+    let request = b"POST /api/v1/backends/pool/servers/a/disable HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\nContent-Length: 0\r\n\r\n";
+    let (code, body) = parse_http_answer(&http_raw(lbd.admin_addr(), request));
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(lbd.status()["backends"][0]["servers"][0]["admin"], "ready");
+    // Reading is harmless and stays open to pages (a dashboard may poll it).
+    let get = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://dash.example\r\nConnection: close\r\n\r\n";
+    assert_eq!(parse_http_answer(&http_raw(lbd.admin_addr(), get)).0, 200);
 }

@@ -15,7 +15,7 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use hyper::header::{self, HeaderMap};
+use hyper::header::{self, HeaderMap, ORIGIN};
 use hyper::{Method, StatusCode};
 use tracing::warn;
 
@@ -78,6 +78,15 @@ impl Policy {
         path: &str,
         headers: &HeaderMap,
     ) -> Result<(), Refusal> {
+        // A web page the operator happens to have open may POST to
+        // 127.0.0.1:8404 (a cross-site request needs no CORS approval to be
+        // sent); browsers mark such requests with Origin, lbctl and curl do not.
+        if method != Method::GET && method != Method::HEAD && headers.contains_key(ORIGIN) {
+            return Err(Refusal {
+                status: StatusCode::FORBIDDEN,
+                reason: "requests from web pages (with an Origin header) may not change lbd; use lbctl or curl".into(),
+            });
+        }
         let Some(token_file) = &self.token_file else {
             return Ok(());
         };

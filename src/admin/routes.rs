@@ -2,7 +2,7 @@
 //! paths get 404, known paths with the wrong method 405, oversized bodies
 //! 413; a handler never panics on what a client sends.
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -14,8 +14,6 @@ use crate::daemon::{Daemon, ReloadError};
 use crate::metrics;
 use crate::pool::AdminState;
 
-/// The largest request body accepted (no route needs one today).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The largest request head (request line and headers) accepted.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
@@ -46,11 +44,12 @@ pub async fn handle(context: &Context, request: Request<Incoming>) -> Answer {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return too_large();
-    }
-    if Limited::new(body, MAX_BODY_BYTES).collect().await.is_err() {
-        return too_large();
+    // No route takes a body, so none is read: a client that announces one
+    // and sends it slowly cannot hold an admin connection slot.
+    let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
+    if chunked || declared.is_some_and(|n| n > 0) {
+        drop(body);
+        return body_refused();
     }
     route(context, &parts.method, parts.uri.path(), parts.uri.query()).await
 }
@@ -218,11 +217,18 @@ fn not_allowed(allowed: Method) -> Answer {
     answer
 }
 
-fn too_large() -> Answer {
-    error(
+fn body_refused() -> Answer {
+    let mut answer = error(
         StatusCode::PAYLOAD_TOO_LARGE,
-        &format!("request body over {MAX_BODY_BYTES} bytes"),
-    )
+        "the admin API takes no request body",
+    );
+    // The unread body is still on the wire: this connection cannot carry
+    // another request.
+    answer.headers_mut().insert(
+        header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    answer
 }
 
 /// The value of `key` in a URL query (`a=1&frontend=x`): `None` when the key

@@ -15,7 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -26,10 +26,11 @@ use super::routes::{self, Context};
 use crate::config::AdminListen;
 use crate::daemon::Daemon;
 
-/// Admin connections served at once; more are closed at accept.
-const MAX_CONNECTIONS: usize = 64;
-/// A client has this long to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections served at once; more get a plain 503 at accept.
+const MAX_CONNECTIONS: usize = 256;
+/// A client has this long to send its request headers (and an idle
+/// keep-alive connection this long to start its next request).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Mode of the unix socket: owner and group may talk to lbd.
 const SOCKET_MODE: u32 = 0o660;
 
@@ -81,17 +82,28 @@ pub enum Peer {
 #[derive(Debug)]
 pub struct AdminServer {
     stop: CancellationToken,
-    unix_path: Option<PathBuf>,
+    /// The unix socket's path and the (device, inode) it had when bound.
+    unix_socket: Option<(PathBuf, Option<(u64, u64)>)>,
 }
 
 impl AdminServer {
-    /// Stops accepting and removes the unix socket file, if any.
+    /// Stops accepting and removes the unix socket file, if it is still
+    /// ours: a successor lbd may already have bound a new one at the path.
     pub fn stop(self) {
         self.stop.cancel();
-        if let Some(path) = &self.unix_path {
+        if let Some((path, Some(ours))) = &self.unix_socket
+            && file_identity(path) == Some(*ours)
+        {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// Binds the admin API's socket.
@@ -170,10 +182,14 @@ pub fn serve(listener: AdminListener, daemon: Daemon) -> AdminServer {
         AdminListener::Unix(listener, path) => {
             info!(address = %format!("unix:{}", path.display()), "admin API listening");
             tokio::spawn(accept_unix(listener, context, limit, stop.clone()));
-            Some(path)
+            let identity = file_identity(&path);
+            Some((path, identity))
         }
     };
-    AdminServer { stop, unix_path }
+    AdminServer {
+        stop,
+        unix_socket: unix_path,
+    }
 }
 
 async fn accept_tcp(
@@ -229,7 +245,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Ok(permit) = Arc::clone(limit).try_acquire_owned() else {
-        debug!(?peer, "admin API: too many connections; closing this one");
+        debug!(?peer, "admin API: too many connections; answering 503");
+        tokio::spawn(refuse_busy(stream));
         return;
     };
     let shared = Arc::clone(shared);
@@ -237,6 +254,15 @@ where
         serve_connection(stream, peer, shared).await;
         drop(permit);
     });
+}
+
+/// Tells a client over the connection limit why it is turned away (a
+/// keepalived check should log "busy", not "broken answer"), without
+/// reading its request.
+async fn refuse_busy<S: AsyncWrite + Unpin>(mut stream: S) {
+    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+content-length: 42\r\nconnection: close\r\nretry-after: 1\r\n\r\nadmin API busy: too many open connections\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
 }
 
 /// What every admin connection shares: the routes' context and the policy.

@@ -182,8 +182,10 @@ impl Checker<'_> {
             );
         } else if let Some(bad) = text
             .chars()
-            .find(|c| c.is_whitespace() || c.is_control() || *c == '/')
+            .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')))
         {
+            // Names go into admin URLs, metric labels and `name@ip` server
+            // names of DNS addresses: `/`, `?`, `#`, `%` or `@` would break one of them.
             self.error(
                 name.span(),
                 format!(
@@ -538,9 +540,15 @@ impl Checker<'_> {
             );
             return unusable(host);
         };
-        let valid_host = !host.is_empty()
-            && host.len() <= 253
-            && host.split('.').all(|label| {
+        // One trailing dot (a fully qualified name) is fine; a host made of
+        // numbers only (`999.1.1.1`) is a mistyped IP, not a name.
+        let name = host.strip_suffix('.').unwrap_or(host);
+        let valid_host = !name.is_empty()
+            && name.len() <= 253
+            && !name
+                .split('.')
+                .all(|label| label.chars().all(|c| c.is_ascii_digit()))
+            && name.split('.').all(|label| {
                 !label.is_empty()
                     && label.len() <= 63
                     && label
@@ -888,6 +896,35 @@ servers = [{ address = "10.0.0.1" }, { address = "10.0.0.2:1", weight = 0 }]
             ("127.0.0.1:0", "127.0.0.1:0"),
         ] {
             assert!(parse(&two(a, b)).is_ok(), "{a} {b}");
+        }
+    }
+
+    #[test]
+    fn names_and_hosts_that_would_break_urls_or_dns_are_refused() {
+        let with = |server: &str| {
+            format!(
+                "[[frontend]]\nname = \"a\"\nlisten = [\"127.0.0.1:1\"]\nbackend = \"b\"\n\
+                 [[backend]]\nname = \"b\"\nservers = [{server}]\n"
+            )
+        };
+        for bad in [
+            r#"{ name = "cp?1", address = "10.0.0.1:6443" }"#,
+            r#"{ name = "cp@x", address = "10.0.0.1:6443" }"#,
+            r#"{ name = "50%", address = "10.0.0.1:6443" }"#,
+            r#"{ address = "999.1.1.1:6443" }"#,
+        ] {
+            assert!(parse(&with(bad)).is_err(), "{bad} was accepted");
+        }
+        for good in [
+            r#"{ name = "cp-1.lab_a:x", address = "10.0.0.1:6443" }"#,
+            r#"{ address = "cp1.lab.:6443" }"#,
+            r#"{ address = "3com.example:6443" }"#,
+        ] {
+            assert!(
+                parse(&with(good)).is_ok(),
+                "{good} was refused: {:?}",
+                parse(&with(good))
+            );
         }
     }
 

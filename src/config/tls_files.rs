@@ -139,8 +139,8 @@ fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
     read.map(|_| bytes).map_err(|e| {
         let hint = match e.kind() {
             std::io::ErrorKind::PermissionDenied => {
-                "; lbd reads it as the user it runs as (give that user read access, e.g. \
-                 with LoadCredential= in the service)"
+                "; it is read as the user the program runs as: give that user read access \
+                 (for the lbd service, e.g. with LoadCredential=)"
             }
             std::io::ErrorKind::NotFound => "; fix the path",
             _ => "",

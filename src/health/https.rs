@@ -80,11 +80,12 @@ impl HttpsProbe {
         let answer = http_client::exchange(tls, request, BODY_EXCERPT)
             .await
             .map_err(|e| CheckError::Http(format!("GET {}: {e}", self.path)))?;
-        // The body is read (a little of it) so a failure can say why; one
-        // longer than the excerpt, or cut short, is not quoted.
+        // The body is read (its first bytes) so a failure can say why: a
+        // long `/readyz?verbose` is quoted from its start; one cut short by
+        // a broken connection is not quoted.
         let body = match answer.ended {
-            BodyEnd::Whole => answer.body,
-            BodyEnd::TooLong | BodyEnd::Broken(_) => Bytes::new(),
+            BodyEnd::Whole | BodyEnd::TooLong => answer.body,
+            BodyEnd::Broken(_) => Bytes::new(),
         };
         self.verdict(answer.status, &body)
     }

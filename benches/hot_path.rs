@@ -111,6 +111,7 @@ fn snapshot(c: &mut Criterion) {
         listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
         backend: "bench".into(),
         max_connections: 20_000,
+        max_connections_per_source: None,
         backlog: 4096,
         idle_timeout: Duration::from_secs(3600),
         fin_timeout: Duration::from_secs(60),

@@ -15,7 +15,7 @@ mod listeners;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -27,6 +27,7 @@ use crate::admin::{self, AdminError, AdminServer};
 use crate::config::{Config, ConfigError};
 use crate::frontend::Frontend;
 use crate::health::HealthChecks;
+use crate::limit::{self, ConnectionLimit, FdBudget};
 use crate::pool::{Server, Snapshot};
 use crate::reload;
 use crate::socket;
@@ -66,10 +67,18 @@ struct Shared {
     snapshot: ArcSwap<Snapshot>,
     listeners: Mutex<Listeners>,
     connections: TaskTracker,
+    global_limit: Arc<ConnectionLimit>,
+    fd_budget: FdBudget,
     stop_accepting: CancellationToken,
     close_connections: CancellationToken,
-    /// Held for the whole of a reload or DNS refresh: one change at a time.
+    /// Held to compare and swap snapshots (reload, DNS refresh), to change a
+    /// server's admin state, and by shutdown to mark the daemon stopping.
+    /// Never held across a DNS lookup.
     reload_lock: tokio::sync::Mutex<control::ReloadState>,
+    /// Reloads take turns: one file read and applied at a time.
+    reload_turn: tokio::sync::Mutex<()>,
+    /// How DNS-named servers are resolved.
+    resolver: reload::Resolver,
     last_reload: Mutex<LastReload>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
@@ -95,7 +104,14 @@ impl Daemon {
             warn!("{}", warning.one_line());
         }
         let warnings = checked.warnings.iter().map(|w| w.one_line()).collect();
-        Daemon::start_with_warnings(path, checked.config, warnings, inherited).await
+        Daemon::start_with_warnings(
+            path,
+            checked.config,
+            warnings,
+            inherited,
+            reload::Resolver::system(),
+        )
+        .await
     }
 
     /// Binds every frontend of `config`, the admin API, and starts serving.
@@ -105,6 +121,7 @@ impl Daemon {
             config,
             Vec::new(),
             InheritedListeners::default(),
+            reload::Resolver::system(),
         )
         .await
     }
@@ -114,19 +131,16 @@ impl Daemon {
         config: Config,
         warnings: Vec<String>,
         inherited: InheritedListeners,
+        resolver: reload::Resolver,
     ) -> Result<Daemon, StartError> {
         let config = Arc::new(config);
         let mut inherited = inherited.assign(&config.frontends)?;
-        let resolved = reload::resolve_pools(&config, None).await;
+        let lookups = reload::resolve_names(&config, &resolver).await;
+        let resolved = reload::assemble_pools(&config, None, &lookups);
         let mut frontends = Vec::with_capacity(config.frontends.len());
         let mut bound = Vec::new();
         for (index, spec) in config.frontends.iter().enumerate() {
-            let pool = resolved
-                .pools
-                .iter()
-                .find(|p| p.spec.name == spec.backend)
-                .cloned()
-                .expect("validation guarantees the backend exists");
+            let pool = resolved.pool_of(spec);
             let frontend = Arc::new(Frontend::new(spec, pool));
             for socket in inherited.take(index) {
                 let addr = socket.local;
@@ -155,8 +169,16 @@ impl Daemon {
             }
             frontends.push(frontend);
         }
+        admin::auth::Policy::new(&config.admin)
+            .check()
+            .map_err(AdminError::from)?;
         let admin_listener = admin::bind(&config.admin.listen).await?;
 
+        let servers = resolved.pools.iter().map(|p| p.servers.len() as u64).sum();
+        let fd_budget = limit::fd_budget(limit::open_fds(), servers);
+        let global_limit = Arc::new(ConnectionLimit::new(global_max_connections(
+            &config, fd_budget,
+        )));
         let shared = Arc::new(Shared {
             config_path: config_path.to_owned(),
             snapshot: ArcSwap::from_pointee(Snapshot {
@@ -166,9 +188,13 @@ impl Daemon {
             }),
             listeners: Mutex::new(Listeners::default()),
             connections: TaskTracker::new(),
+            global_limit,
+            fd_budget,
             stop_accepting: CancellationToken::new(),
             close_connections: CancellationToken::new(),
             reload_lock: tokio::sync::Mutex::new(control::ReloadState::default()),
+            reload_turn: tokio::sync::Mutex::new(()),
+            resolver,
             last_reload: Mutex::new(LastReload::loaded(warnings)),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
@@ -192,6 +218,18 @@ impl Daemon {
         *daemon.shared.admin.lock().expect("admin lock") = Some(admin);
         tokio::spawn(daemon.clone().refresh_dns_periodically());
         Ok(daemon)
+    }
+
+    /// Applies a reloaded config's global `max_connections` (within the
+    /// descriptor budget found at start).
+    pub fn resize_global_limit(&self, config: &Config) {
+        let size = global_max_connections(config, self.shared.fd_budget);
+        self.shared.global_limit.resize(size);
+    }
+
+    /// How many connections may be open at once over all frontends.
+    pub fn global_max_connections(&self) -> u64 {
+        self.shared.global_limit.size()
     }
 
     /// The config file this daemon reloads from.
@@ -223,18 +261,56 @@ impl Daemon {
         &self.shared.health
     }
 
+    /// The bound listening sockets and their accept loops, locked.
+    fn listeners(&self) -> MutexGuard<'_, Listeners> {
+        self.shared.listeners.lock().expect("listener list lock")
+    }
+
     /// The addresses a frontend actually listens on (port 0 resolved).
     pub fn local_addrs(&self, frontend: &str) -> Vec<SocketAddr> {
-        self.shared
-            .listeners
-            .lock()
-            .expect("listener list lock")
-            .local_addrs(frontend)
+        self.listeners().local_addrs(frontend)
     }
 
     /// Whether shutdown has begun (no new connections are accepted).
     pub fn is_shutting_down(&self) -> bool {
         self.shared.stop_accepting.is_cancelled()
+    }
+
+    /// Evidence that lbd works, for the systemd watchdog: every accept loop
+    /// that should run still runs, and every listed server's health task
+    /// turned recently (see [`health_task_bound`]). `Err` says what is wrong.
+    /// Health checks end when shutdown begins, so a drain only needs the
+    /// accept loops' part (there are none left by then).
+    pub fn liveness(&self) -> Result<(), String> {
+        let dead = self.listeners().dead_accept_loops();
+        if let Some((frontend, addr)) = dead.first() {
+            return Err(format!(
+                "the accept loop of frontend {frontend} on {addr} has ended ({} in all): nothing accepts there",
+                dead.len()
+            ));
+        }
+        if self.is_shutting_down() {
+            return Ok(());
+        }
+        let snapshot = self.snapshot();
+        for pool in &snapshot.pools {
+            let bound = health_task_bound(&pool.spec.health);
+            let stalled = pool
+                .servers
+                .iter()
+                .map(|server| (server, server.health_task_silence()))
+                .filter(|(_, silence)| *silence > bound);
+            if let Some((server, silence)) = stalled.max_by_key(|(_, silence)| *silence) {
+                return Err(format!(
+                    "the health task of {}/{} has not run for {} (its checks are due every {}): health checking is stuck or dead",
+                    server.backend,
+                    server.name,
+                    crate::config::format_duration(silence),
+                    crate::config::format_duration(pool.spec.health.interval),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Called after every snapshot swap (start, reload, DNS change): starts
@@ -262,15 +338,18 @@ impl Daemon {
     /// `drain_timeout`, then closes the rest. Returns when all are gone.
     pub async fn shutdown(&self) {
         let drain_timeout = self.snapshot().config.global.drain_timeout;
-        systemd::notifier().stopping();
-        self.shared.stop_accepting.cancel();
-        // The daemon's own descriptors go too, so each socket closes as its
-        // accept loop ends.
-        self.shared
-            .listeners
-            .lock()
-            .expect("listener list lock")
-            .close_all();
+        {
+            // Under the reload lock: a reload or DNS refresh either finished
+            // before (its listeners are closed below) or sees the daemon
+            // stopping and changes nothing. The admin API stays up during the
+            // drain, so reloads can still be asked for.
+            let _swap = self.shared.reload_lock.lock().await;
+            systemd::notifier().stopping();
+            self.shared.stop_accepting.cancel();
+            // The daemon's own descriptors go too, so each socket closes as
+            // its accept loop ends.
+            self.listeners().close_all();
+        }
         self.shared.health.shutdown().await;
         let connections = &self.shared.connections;
         connections.close();
@@ -296,3 +375,50 @@ impl Daemon {
         info!("shutdown complete");
     }
 }
+
+/// The global connection limit: the configured one, but never more than the
+/// descriptor limit can carry, since past it every accept or dial fails
+/// with EMFILE instead of the client waiting its turn in the backlog.
+fn global_max_connections(config: &Config, budget: FdBudget) -> usize {
+    let configured = config.global.max_connections;
+    let size = configured.unwrap_or(usize::MAX).min(budget.connections);
+    match (configured, budget.nofile) {
+        (Some(wanted), Some(nofile)) if wanted > size => warn!(
+            configured = wanted,
+            using = size,
+            nofile,
+            "global max_connections needs more file descriptors than RLIMIT_NOFILE allows; raise LimitNOFILE"
+        ),
+        (None, Some(nofile)) => {
+            info!(
+                max_connections = size,
+                nofile, "global connection limit from RLIMIT_NOFILE"
+            );
+        }
+        _ => {}
+    }
+    size
+}
+
+#[cfg(test)]
+impl Daemon {
+    /// Ends every accept loop abruptly, as a bug would, and waits until
+    /// they are gone.
+    pub(crate) async fn abort_accept_loops_for_test(&self) {
+        self.listeners().abort_accept_loops();
+        while self.listeners().dead_accept_loops().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// The longest a working health task stays silent: it sleeps up to an
+/// `interval` (plus 10% jitter) and checks for up to `timeout` per turn;
+/// three intervals leave room for a busy machine, and one second for tiny
+/// intervals.
+pub fn health_task_bound(health: &crate::config::Health) -> Duration {
+    (health.interval * 3 + health.timeout).max(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests;

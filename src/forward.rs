@@ -10,29 +10,29 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::dial;
 use crate::frontend::{Frontend, RejectReason};
+use crate::limit::ConnectionSlot;
 use crate::pool::Tried;
 use crate::relay::{self, Counters, RelayEnd, Timeouts};
 use crate::socket;
 
-/// Serves one accepted client until its connection ends. `permit` holds the
-/// frontend's connection slot; `cancel` closes the connection at shutdown.
+/// Serves one accepted client until its connection ends. `slot` holds the
+/// connection's place under the limits; `cancel` closes it at shutdown.
 pub async fn handle(
     client: TcpStream,
     peer: SocketAddr,
     frontend: Arc<Frontend>,
-    permit: OwnedSemaphorePermit,
+    slot: ConnectionSlot,
     cancel: CancellationToken,
 ) {
     let started = Instant::now();
     frontend.stats.total.fetch_add(1, Relaxed);
     frontend.stats.active.fetch_add(1, Relaxed);
-    let _active = ActiveFrontendConnection(&frontend, permit);
+    let _active = ActiveFrontendConnection(&frontend, slot);
     // TCP_NODELAY and keepalive came with the socket from its listener.
 
     let route = frontend.route.load_full();
@@ -148,7 +148,7 @@ async fn closed(
 }
 
 /// Lowers the frontend's active count and frees its connection slot on drop.
-struct ActiveFrontendConnection<'a>(&'a Frontend, #[allow(dead_code)] OwnedSemaphorePermit);
+struct ActiveFrontendConnection<'a>(&'a Frontend, #[allow(dead_code)] ConnectionSlot);
 
 impl Drop for ActiveFrontendConnection<'_> {
     fn drop(&mut self) {

@@ -1,4 +1,4 @@
-//! A frontend's running state: its counters, its connection limit, the
+//! A frontend's running state: its counters, its connection limits, the
 //! route (backend pool and timeouts) that reloads swap under it, and the
 //! signal that tells its accept loops the backend's availability changed.
 
@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::config;
 use crate::counter::ShardedCounter;
+use crate::limit::{ConnectionLimit, SourceLimit};
 use crate::pool::Pool;
 
 /// Why a frontend turned a client away; labels `lbd_frontend_rejected_total{reason}`.
@@ -20,17 +21,35 @@ pub enum RejectReason {
     NoServer,
     /// Every dial (first and retries) failed.
     DialFailed,
+    /// The frontend's `max_connections` was full: a listener paused
+    /// accepting and new clients waited in the kernel backlog.
+    MaxConnections,
+    /// The global `max_connections` (or the descriptor budget) was full:
+    /// a listener paused accepting and new clients waited in the backlog.
+    GlobalMaxConnections,
+    /// The client's address already held `max_connections_per_source`
+    /// connections; this one was refused with a reset.
+    SourceLimit,
 }
 
 impl RejectReason {
     /// Every reason, in the order metrics list them.
-    pub const ALL: [RejectReason; 2] = [RejectReason::NoServer, RejectReason::DialFailed];
+    pub const ALL: [RejectReason; 5] = [
+        RejectReason::NoServer,
+        RejectReason::DialFailed,
+        RejectReason::MaxConnections,
+        RejectReason::GlobalMaxConnections,
+        RejectReason::SourceLimit,
+    ];
 
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::NoServer => "no_server",
             RejectReason::DialFailed => "dial_failed",
+            RejectReason::MaxConnections => "max_connections",
+            RejectReason::GlobalMaxConnections => "global_max_connections",
+            RejectReason::SourceLimit => "source_limit",
         }
     }
 }
@@ -60,7 +79,10 @@ pub struct Route {
     pub idle_timeout: Duration,
     /// Closes half-closed connections whose other side is silent this long.
     pub fin_timeout: Duration,
-    /// Accept queue length, applied again when a paused listener resumes.
+    /// Accept queue length of listeners opened from now on. A socket
+    /// already listening keeps the one it was opened with, also when it
+    /// resumes after a pause (listen() again on an open socket would undo
+    /// a pause the accept loop relies on).
     pub backlog: u32,
 }
 
@@ -73,9 +95,10 @@ pub struct Frontend {
     pub stats: FrontendStats,
     /// The current route; reloads store a new one.
     pub route: ArcSwap<Route>,
-    /// One permit per open connection: `max_connections`.
-    pub limit: Arc<Semaphore>,
-    max_connections: AtomicU64,
+    /// One slot per open connection: `max_connections`.
+    pub limit: ConnectionLimit,
+    /// Open connections per client address: `max_connections_per_source`.
+    pub source_limit: Arc<SourceLimit>,
     /// Bumped whenever the backend's availability may have changed.
     availability: watch::Sender<u64>,
 }
@@ -87,33 +110,18 @@ impl Frontend {
             name: spec.name.clone(),
             stats: FrontendStats::default(),
             route: ArcSwap::from_pointee(Route::new(spec, pool)),
-            limit: Arc::new(Semaphore::new(spec.max_connections)),
-            max_connections: AtomicU64::new(spec.max_connections as u64),
+            limit: ConnectionLimit::new(spec.max_connections),
+            source_limit: Arc::new(SourceLimit::new(spec.max_connections_per_source)),
             availability: watch::Sender::new(0),
         }
     }
 
-    /// Applies a reloaded spec: new route, new connection limit.
+    /// Applies a reloaded spec: new route, new connection limits.
     pub fn update(&self, spec: &config::Frontend, pool: Arc<Pool>) {
         self.route.store(Arc::new(Route::new(spec, pool)));
         self.availability_changed();
-        let new = spec.max_connections as u64;
-        let old = self.max_connections.swap(new, Relaxed);
-        if new > old {
-            self.limit.add_permits((new - old) as usize);
-        } else if old > new {
-            // Permits held by live connections are forgotten as they return.
-            let mut to_forget = (old - new) as usize;
-            to_forget -= self.limit.forget_permits(to_forget);
-            if to_forget > 0 {
-                let limit = Arc::clone(&self.limit);
-                tokio::spawn(async move {
-                    if let Ok(permits) = limit.acquire_many(to_forget as u32).await {
-                        permits.forget();
-                    }
-                });
-            }
-        }
+        self.limit.resize(spec.max_connections);
+        self.source_limit.set(spec.max_connections_per_source);
     }
 
     /// Counts a client turned away.
@@ -127,7 +135,7 @@ impl Frontend {
 
     /// The configured connection limit.
     pub fn max_connections(&self) -> u64 {
-        self.max_connections.load(Relaxed)
+        self.limit.size()
     }
 
     /// Whether a new connection would be given a server right now.

@@ -11,8 +11,9 @@
 //! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reload.
 //! - [`systemd`]: sd_notify (ready, reloading, stopping, watchdog, status) and socket activation.
 //! - [`frontend`]: a frontend's counters, connection limit and swappable route.
-//! - [`listener`]: the accept loop (connection limit, EMFILE backoff, pause
+//! - [`listener`]: the accept loop (connection limits, EMFILE backoff, pause
 //!   while the backend has no server).
+//! - [`limit`]: connection slots, per-source counts, the descriptor budget.
 //! - [`pausable`]: a listening socket that refuses SYNs while paused.
 //! - [`socket`]: listener binding and per-stream socket options.
 //! - [`forward`]: one client connection: pick, dial, retry, relay, account.
@@ -29,6 +30,8 @@
 //!   pure config diff a reload applies.
 //! - [`admin`]: the admin API (hyper): /metrics, /readyz, /api/v1/….
 //! - [`metrics`]: the Prometheus collector that reads the current snapshot.
+//! - [`http_client`]: one HTTP/1.1 exchange with hyper, for the https check, the probe and lbctl.
+//! - [`tls`]: the certificate verifier the TLS checks and the probe share.
 //! - [`clock`]: RFC 3339 timestamps for status JSON and lbctl.
 //! - [`rlimit`]: raises the open-files limit and checks it against the config.
 //! - [`demo`]: `lbd --demo`, stand-in apiservers for a first run.
@@ -51,6 +54,8 @@ pub mod frontend;
 pub mod generate;
 pub mod health;
 pub mod histogram;
+pub mod http_client;
+pub mod limit;
 pub mod listener;
 pub mod metrics;
 pub mod pausable;
@@ -63,6 +68,7 @@ pub mod signals;
 pub mod socket;
 pub mod splice;
 pub mod systemd;
+pub mod tls;
 
 use std::path::Path;
 

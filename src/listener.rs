@@ -1,9 +1,13 @@
 //! The accept loop of one listening socket.
 //!
-//! A connection is accepted only once the frontend has a free slot, so over
-//! `max_connections` clients wait in the kernel backlog instead of being
-//! accepted and dropped. Running out of file descriptors backs off instead
-//! of spinning: the pending connection stays queued and is taken later.
+//! A connection is accepted only once the frontend and the process have a
+//! free slot, so over `max_connections` clients wait in the kernel backlog
+//! instead of being accepted and dropped; over `max_connections_per_source`
+//! they are refused (see [`crate::limit`]). An idle accept loop holds no
+//! slot: when several listeners race for the last one, the losers' clients
+//! (one per listener) wait inside lbd instead. Running out of file
+//! descriptors backs off instead of spinning: the pending connection stays
+//! queued and is taken later.
 //!
 //! While the frontend's backend has no server that can take a connection,
 //! the listener is paused (see [`crate::pausable`]): clients get a true
@@ -15,13 +19,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::forward;
-use crate::frontend::Frontend;
+use crate::frontend::{Frontend, RejectReason};
+use crate::limit::{ConnectionLimit, ConnectionSlot};
 use crate::pausable::PausableListener;
 use crate::socket;
 
@@ -34,9 +39,11 @@ const PAUSED_RECHECK: Duration = Duration::from_secs(1);
 
 /// Accepts on `listener` until `stop` fires, spawning one task per connection
 /// on `tracker`; `close` is handed to each connection for the drain deadline.
+/// A connection first needs a slot of its frontend and one of `global`.
 pub async fn accept_loop(
     listener: TcpListener,
     frontend: Arc<Frontend>,
+    global: Arc<ConnectionLimit>,
     stop: CancellationToken,
     tracker: TaskTracker,
     close: CancellationToken,
@@ -55,7 +62,7 @@ pub async fn accept_loop(
     // Set once pausing failed: from then on clients are accepted and reset.
     let mut can_pause = true;
     let mut backoff = BACKOFF_START;
-    loop {
+    'accepting: loop {
         if can_pause && !frontend.can_serve() {
             match pause_while_unavailable(&mut listener, &frontend, &mut changes, &stop).await {
                 Paused::Resumed => {}
@@ -63,14 +70,19 @@ pub async fn accept_loop(
                 Paused::Failed => can_pause = false,
             }
         }
-        let permit = tokio::select! {
-            () = stop.cancelled() => return,
-            () = changed(&mut changes) => continue,
-            permit = Arc::clone(&frontend.limit).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
+        // Wait until both limits have room, but hold no slot while idle in
+        // accept: a listener with no clients must not keep a slot another
+        // listener's waiting client needs.
+        for (limit, reason) in [
+            (&frontend.limit, RejectReason::MaxConnections),
+            (&*global, RejectReason::GlobalMaxConnections),
+        ] {
+            match slot(limit, &frontend, reason, &stop, &mut changes).await {
+                Slot::Taken(_room) => {}
+                Slot::Changed => continue 'accepting,
+                Slot::Stopped => return,
+            }
+        }
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
             () = changed(&mut changes) => continue,
@@ -79,11 +91,46 @@ pub async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = BACKOFF_START;
+                // Another listener may have taken the room meanwhile: then
+                // this client waits here for a slot, one per listener at most.
+                let taken = (
+                    take(
+                        &frontend.limit,
+                        &frontend,
+                        RejectReason::MaxConnections,
+                        &stop,
+                    )
+                    .await,
+                    take(
+                        &global,
+                        &frontend,
+                        RejectReason::GlobalMaxConnections,
+                        &stop,
+                    )
+                    .await,
+                );
+                let (Some(frontend_slot), Some(global_slot)) = taken else {
+                    return;
+                };
+                let source = match frontend.source_limit.enter(peer.ip()) {
+                    Ok(source) => source,
+                    Err(()) => {
+                        frontend.count_rejected(RejectReason::SourceLimit);
+                        debug!(frontend = %frontend.name, client = %peer, reason = RejectReason::SourceLimit.as_str(), "rejecting connection");
+                        socket::reset(stream);
+                        continue;
+                    }
+                };
+                let slot = ConnectionSlot {
+                    frontend: frontend_slot,
+                    global: global_slot,
+                    source,
+                };
                 tracker.spawn(forward::handle(
                     stream,
                     peer,
                     Arc::clone(&frontend),
-                    permit,
+                    slot,
                     close.clone(),
                 ));
             }
@@ -101,6 +148,60 @@ pub async fn accept_loop(
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+    }
+}
+
+/// A slot of `limit` for an accepted client, waiting for one if need be
+/// (counted under `reason`); `None` once `stop` fires.
+async fn take(
+    limit: &ConnectionLimit,
+    frontend: &Frontend,
+    reason: RejectReason,
+    stop: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    if let Some(permit) = limit.try_take() {
+        return Some(permit);
+    }
+    frontend.count_rejected(reason);
+    debug!(frontend = %frontend.name, reason = reason.as_str(), "connection limit full; an accepted client waits for a slot");
+    tokio::select! {
+        () = stop.cancelled() => None,
+        permit = limit.take() => permit.ok(),
+    }
+}
+
+/// How waiting for a slot ended.
+enum Slot {
+    /// A slot is held.
+    Taken(OwnedSemaphorePermit),
+    /// The backend's availability changed: look at it again first.
+    Changed,
+    /// The accept loop was told to stop.
+    Stopped,
+}
+
+/// Waits until `limit` has a free slot (the slot itself is handed back at
+/// once); a wait is a pause of the listener, counted under `reason`, while
+/// clients wait in the backlog.
+async fn slot(
+    limit: &ConnectionLimit,
+    frontend: &Frontend,
+    reason: RejectReason,
+    stop: &CancellationToken,
+    changes: &mut watch::Receiver<u64>,
+) -> Slot {
+    if let Some(permit) = limit.try_take() {
+        return Slot::Taken(permit);
+    }
+    frontend.count_rejected(reason);
+    debug!(frontend = %frontend.name, reason = reason.as_str(), "connection limit full; new clients wait in the backlog");
+    tokio::select! {
+        () = stop.cancelled() => Slot::Stopped,
+        () = changed(changes) => Slot::Changed,
+        permit = limit.take() => match permit {
+            Ok(permit) => Slot::Taken(permit),
+            Err(_) => Slot::Stopped,
+        },
     }
 }
 

@@ -57,11 +57,6 @@ impl PausableListener {
         !matches!(self.state, State::Accepting(_))
     }
 
-    /// Changes the backlog used on the next resume (a reloaded config).
-    pub fn set_backlog(&mut self, backlog: u32) {
-        self.backlog = backlog;
-    }
-
     /// Stops listening: new SYNs get RST, queued connections are reset. On
     /// error the listener keeps accepting (the caller falls back to
     /// accept-and-reset).
@@ -157,6 +152,20 @@ mod tests {
             .0
     }
 
+    /// Pauses `listener` (a client is refused) and resumes it (a client on
+    /// the same address is accepted).
+    async fn pause_refuses_and_resume_accepts(listener: &mut PausableListener) {
+        let addr = listener.local_addr();
+        listener.pause().unwrap();
+        assert_eq!(
+            connect(addr).unwrap_err().kind(),
+            io::ErrorKind::ConnectionRefused
+        );
+        listener.resume().unwrap();
+        let _client = connect(addr).unwrap();
+        accept_one(listener).await;
+    }
+
     #[tokio::test]
     async fn a_paused_listener_refuses_and_a_resumed_one_accepts_on_the_same_port() {
         let mut listener = listener("127.0.0.1:0");
@@ -180,14 +189,7 @@ mod tests {
         client.write_all(b"x").unwrap();
 
         // Another pause/resume cycle works just the same.
-        listener.pause().unwrap();
-        assert_eq!(
-            connect(addr).unwrap_err().kind(),
-            io::ErrorKind::ConnectionRefused
-        );
-        listener.resume().unwrap();
-        let _client = connect(addr).unwrap();
-        accept_one(&listener).await;
+        pause_refuses_and_resume_accepts(&mut listener).await;
     }
 
     #[tokio::test]
@@ -197,14 +199,8 @@ mod tests {
         let addr = free.local_addr().unwrap();
         drop(free);
         let mut listener = listener(&addr.to_string());
-        listener.pause().unwrap();
-        assert_eq!(
-            connect(addr).unwrap_err().kind(),
-            io::ErrorKind::ConnectionRefused
-        );
-        listener.resume().unwrap();
-        let _client = connect(addr).unwrap();
-        accept_one(&listener).await;
+        assert_eq!(listener.local_addr(), addr);
+        pause_refuses_and_resume_accepts(&mut listener).await;
     }
 
     #[tokio::test]
@@ -248,13 +244,6 @@ mod tests {
             return; // no IPv6 loopback here
         };
         let mut listener = PausableListener::new(bound, 16).unwrap();
-        listener.pause().unwrap();
-        assert_eq!(
-            connect(listener.local_addr()).unwrap_err().kind(),
-            io::ErrorKind::ConnectionRefused
-        );
-        listener.resume().unwrap();
-        let _client = connect(listener.local_addr()).unwrap();
-        accept_one(&listener).await;
+        pause_refuses_and_resume_accepts(&mut listener).await;
     }
 }

@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -35,6 +35,9 @@ pub enum Health {
 }
 
 impl Health {
+    /// Every state, in the order of their numbers.
+    pub const ALL: [Health; 3] = [Health::Unknown, Health::Up, Health::Down];
+
     /// The name used in status JSON and logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -109,9 +112,10 @@ pub struct ServerStats {
 }
 
 /// Every result an active check can record in `last_check.result`: `ok`,
-/// `auth_error` (alive, but 401/403), a dial error kind, `tls_error` or
-/// `http_error`. The order of [`ServerStats::check_results`].
-pub const CHECK_RESULTS: [&str; 10] = [
+/// `auth_error` (alive, but 401/403), a dial error kind, `tls_error`,
+/// `http_error`, or `check_error` (the checker could not run the check, so
+/// the server was not judged). The order of [`ServerStats::check_results`].
+pub const CHECK_RESULTS: [&str; 11] = [
     "ok",
     "auth_error",
     "refused",
@@ -122,13 +126,15 @@ pub const CHECK_RESULTS: [&str; 10] = [
     "other",
     "tls_error",
     "http_error",
+    "check_error",
 ];
 
 /// The outcome of the latest health check of a server, for status and logs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckRecord {
-    /// `ok`, a dial error kind (`refused`, `timeout`…), or a TLS/HTTP verdict
-    /// such as `tls_error`, `http_error` or `auth_error`.
+    /// `ok`, a dial error kind (`refused`, `timeout`…), a TLS/HTTP verdict
+    /// such as `tls_error`, `http_error` or `auth_error`, or `check_error`
+    /// (the checker could not run; the server was not judged).
     pub result: String,
     /// The kind of check that ran (`tcp`, `tls`, `https`, or `passive`).
     pub check: &'static str,
@@ -159,6 +165,9 @@ pub struct Server {
     /// Cancelled when the server is marked down with `close_on_down` set;
     /// replaced by a fresh token at once, so later connections start clean.
     down_signal: ArcSwap<CancellationToken>,
+    /// When the server's health task last turned ([`monotonic_millis`]):
+    /// the watchdog's evidence that health checking is alive.
+    health_beat: AtomicU64,
 }
 
 /// Dial failures met by client traffic, waiting for the health checker to
@@ -185,6 +194,7 @@ impl Server {
             last_check: Mutex::new(None),
             passive: PassiveReports::default(),
             down_signal: ArcSwap::from_pointee(CancellationToken::new()),
+            health_beat: AtomicU64::new(monotonic_millis()),
         }
     }
 
@@ -210,6 +220,17 @@ impl Server {
             .copied()
             .unwrap_or(DialErrorKind::Other);
         (failures > 0).then_some((failures, kind))
+    }
+
+    /// Stamped by the server's health task on every turn of its loop.
+    pub fn health_task_beat(&self) {
+        self.health_beat.store(monotonic_millis(), Relaxed);
+    }
+
+    /// How long since the health task last turned (or the server was created).
+    pub fn health_task_silence(&self) -> Duration {
+        let last = self.health_beat.load(Relaxed);
+        Duration::from_millis(monotonic_millis().saturating_sub(last))
     }
 
     /// The token a relay watches to close its connection when this server is
@@ -413,11 +434,6 @@ impl Pool {
         })
     }
 
-    /// Whether a new connection could be given a server right now.
-    pub fn has_available_server(&self) -> bool {
-        self.availability().can_serve()
-    }
-
     /// What a new connection would meet right now; cheap (a few atomic loads
     /// per server), allocation-free.
     pub fn availability(&self) -> Availability {
@@ -432,6 +448,24 @@ impl Pool {
             Some(_) => Availability::Panic,
             None => Availability::Unavailable,
         }
+    }
+
+    /// How many servers take new connections now (up and ready, by the
+    /// same rank picks use) and how many the operator holds back.
+    pub fn server_counts(&self) -> ServerCounts {
+        let mut counts = ServerCounts::default();
+        for server in &self.servers {
+            counts.total += 1;
+            if server.rank(OnNoServer::Refuse) == Some(0) {
+                counts.up += 1;
+            }
+            match server.admin() {
+                AdminState::Ready => {}
+                AdminState::Drain => counts.draining += 1,
+                AdminState::Disabled => counts.disabled += 1,
+            }
+        }
+        counts
     }
 
     /// `Ok` when a healthy server takes new connections; otherwise why not,
@@ -468,6 +502,45 @@ impl Pool {
         }
         why.push(')');
         Err(why)
+    }
+}
+
+/// Servers counted by what they can take, for one-line summaries such as
+/// systemd's status: `2/3 servers up (1 draining)`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ServerCounts {
+    /// Every server.
+    pub total: usize,
+    /// Up and ready: taking new connections.
+    pub up: usize,
+    /// Drained by the operator, whatever their health.
+    pub draining: usize,
+    /// Disabled by the operator.
+    pub disabled: usize,
+}
+
+impl std::ops::AddAssign for ServerCounts {
+    fn add_assign(&mut self, other: ServerCounts) {
+        self.total += other.total;
+        self.up += other.up;
+        self.draining += other.draining;
+        self.disabled += other.disabled;
+    }
+}
+
+impl std::fmt::Display for ServerCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} servers up", self.up, self.total)?;
+        let held = [(self.draining, "draining"), (self.disabled, "disabled")];
+        let mut held = held.iter().filter(|(n, _)| *n > 0);
+        if let Some((n, what)) = held.next() {
+            write!(f, " ({n} {what}")?;
+            for (n, what) in held {
+                write!(f, ", {n} {what}")?;
+            }
+            f.write_str(")")?;
+        }
+        Ok(())
     }
 }
 
@@ -515,6 +588,13 @@ impl Snapshot {
             .iter()
             .find(|s| s.name == server)
     }
+}
+
+/// Milliseconds on a process-wide monotonic clock (cheap to store in an atomic).
+fn monotonic_millis() -> u64 {
+    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(std::time::Instant::now);
+    u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -586,6 +666,34 @@ mod tests {
         pool.servers[1].set_admin(AdminState::Drain);
         assert_eq!(pick(&pool), None);
         assert!(!pool.servers[0].is_eligible());
+    }
+
+    #[test]
+    fn server_counts_say_what_takes_traffic() {
+        let pool = pool(OnNoServer::Refuse, 4);
+        for server in &pool.servers {
+            server.set_health(Health::Up);
+        }
+        assert_eq!(pool.server_counts().to_string(), "4/4 servers up");
+        // Up but drained or disabled takes no new connection: not "up" here,
+        // as /readyz and the balancer see it.
+        pool.servers[1].set_admin(AdminState::Drain);
+        pool.servers[2].set_admin(AdminState::Disabled);
+        pool.servers[3].set_health(Health::Down);
+        let counts = pool.server_counts();
+        assert_eq!(
+            counts.to_string(),
+            "1/4 servers up (1 draining, 1 disabled)"
+        );
+        let mut both = counts;
+        both += pool.server_counts();
+        assert_eq!((both.total, both.up, both.draining), (8, 2, 2));
+        pool.servers[2].set_admin(AdminState::Ready);
+        pool.servers[3].set_health(Health::Unknown);
+        assert_eq!(
+            pool.server_counts().to_string(),
+            "2/4 servers up (1 draining)"
+        );
     }
 
     #[test]

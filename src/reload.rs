@@ -1,19 +1,28 @@
 //! Building a [`Snapshot`]'s pools from a [`Config`], carrying every server
 //! that stays over from the previous snapshot with its state and counters,
 //! and the pure [`diff`] of two configs that a reload applies.
+//!
+//! DNS-named servers are resolved first, every name at once
+//! ([`resolve_names`]), by a caller that holds no lock; the pools are then
+//! assembled from the answers ([`assemble_pools`]), which is pure and quick,
+//! under the daemon's reload lock. A slow resolver thus delays one reload by
+//! one lookup timeout, never everything queued behind it.
 
 mod diff;
 
 pub use diff::{Changes, ConfigDiff, diff};
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use tracing::warn;
+use tokio::task::JoinSet;
 
 use crate::config::{self, Config};
 use crate::dial;
-use crate::pool::{Pool, Server, Snapshot};
+use crate::pool::{AdminState, Pool, Server, Snapshot};
 
 /// Pools built from a config, and the DNS names that did not resolve.
 #[derive(Debug)]
@@ -24,6 +33,21 @@ pub struct ResolvedPools {
     pub dns_failures: Vec<DnsFailure>,
     /// Configured servers (backend, name) with a DNS name that did resolve.
     pub dns_resolved: Vec<(String, String)>,
+}
+
+impl ResolvedPools {
+    /// The pool of the named backend.
+    pub fn pool(&self, backend: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.spec.name == backend)
+    }
+
+    /// The pool `frontend` routes to, for the start and a reload alike.
+    pub fn pool_of(&self, frontend: &config::Frontend) -> Arc<Pool> {
+        Arc::clone(
+            self.pool(&frontend.backend)
+                .expect("validation guarantees the backend exists"),
+        )
+    }
 }
 
 /// A DNS-named server whose name did not resolve.
@@ -39,34 +63,104 @@ pub struct DnsFailure {
     pub kept: usize,
 }
 
-/// Builds one pool per backend, logging names that do not resolve. A server
-/// keeps its `Arc<Server>` (health, admin state, counters) when its backend,
-/// name and address are unchanged.
-pub async fn build_pools(config: &Config, previous: Option<&Snapshot>) -> Vec<Arc<Pool>> {
-    let resolved = resolve_pools(config, previous).await;
-    for failure in &resolved.dns_failures {
-        warn!(
-            backend = %failure.backend,
-            server = %failure.server,
-            error = %failure.error,
-            kept = failure.kept,
-            "DNS resolution failed; keeping the last known addresses"
-        );
+/// What one lookup returns: the addresses, or the resolver's words.
+pub type LookupResult = Result<Vec<SocketAddr>, String>;
+
+type Lookup = Pin<Box<dyn Future<Output = LookupResult> + Send>>;
+
+/// How a DNS name and port become addresses: [`Resolver::system`] in lbd; a
+/// stand-in where a test needs a resolver it controls. Each lookup must end
+/// on its own (the system resolver gives up after [`dial::RESOLVE_TIMEOUT`]).
+#[derive(Clone)]
+pub struct Resolver(Arc<dyn Fn(String, u16) -> Lookup + Send + Sync>);
+
+impl Resolver {
+    /// The operating system's resolver ([`dial::resolve`]).
+    pub fn system() -> Resolver {
+        Resolver::new(|host, port| async move { dial::resolve(&host, port).await })
     }
-    resolved.pools
+
+    /// A resolver that runs `lookup(host, port)`.
+    pub fn new<F, Fut>(lookup: F) -> Resolver
+    where
+        F: Fn(String, u16) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = LookupResult> + Send + 'static,
+    {
+        Resolver(Arc::new(move |host, port| Box::pin(lookup(host, port))))
+    }
+
+    fn lookup(&self, host: String, port: u16) -> Lookup {
+        (self.0)(host, port)
+    }
 }
 
-/// Builds one pool per backend and reports DNS failures to the caller. A
-/// pool whose settings and servers are all unchanged is reused as is, so its
-/// balancer keeps its place and callers can tell "nothing changed" by pointer.
-pub async fn resolve_pools(config: &Config, previous: Option<&Snapshot>) -> ResolvedPools {
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resolver")
+    }
+}
+
+/// The answers for every DNS name of a config, keyed by (host, port).
+#[derive(Debug, Default, Clone)]
+pub struct Lookups {
+    answers: HashMap<(String, u16), LookupResult>,
+}
+
+impl Lookups {
+    fn get(&self, host: &str, port: u16) -> LookupResult {
+        self.answers
+            .get(&(host.to_owned(), port))
+            .cloned()
+            .unwrap_or_else(|| Err(format!("cannot resolve {host}: the lookup did not finish")))
+    }
+}
+
+/// Resolves every DNS name of `config` concurrently: the whole takes as
+/// long as the slowest lookup, not their sum. Call it without holding a lock.
+pub async fn resolve_names(config: &Config, resolver: &Resolver) -> Lookups {
+    let mut names: Vec<(String, u16)> = config
+        .backends
+        .iter()
+        .flat_map(|b| &b.servers)
+        .filter(|s| s.address.ip().is_none())
+        .map(|s| (s.address.host.clone(), s.address.port))
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut lookups = JoinSet::new();
+    for (host, port) in names {
+        let lookup = resolver.lookup(host.clone(), port);
+        lookups.spawn(async move { ((host, port), lookup.await) });
+    }
+    let mut answers = HashMap::new();
+    // A lookup task that panicked leaves its name out: it counts as failed.
+    while let Some(joined) = lookups.join_next().await {
+        if let Ok((key, answer)) = joined {
+            answers.insert(key, answer);
+        }
+    }
+    Lookups { answers }
+}
+
+/// Builds one pool per backend from `lookups`, reporting DNS failures to the
+/// caller. Pure: no I/O. A server keeps its `Arc<Server>` (health, admin
+/// state, counters) when its backend, name and address are unchanged; a new
+/// address of a configured name starts with that name's admin state (see
+/// [`inherited_admin`]). A pool whose settings and servers are all unchanged
+/// is reused as is, so its balancer keeps its place and callers can tell
+/// "nothing changed" by pointer.
+pub fn assemble_pools(
+    config: &Config,
+    previous: Option<&Snapshot>,
+    lookups: &Lookups,
+) -> ResolvedPools {
     let mut pools = Vec::with_capacity(config.backends.len());
     let mut dns_failures = Vec::new();
     let mut dns_resolved = Vec::new();
     for backend in &config.backends {
         let mut servers = Vec::new();
         for spec in &backend.servers {
-            let addresses = match resolve_server(&backend.name, spec, previous).await {
+            let addresses = match server_addresses(&backend.name, spec, previous, lookups) {
                 Ok(addresses) => {
                     if spec.address.ip().is_none() {
                         dns_resolved.push((backend.name.clone(), spec.name.clone()));
@@ -89,7 +183,13 @@ pub async fn resolve_pools(config: &Config, previous: Option<&Snapshot>) -> Reso
                     .filter(|s| s.addr == addr)
                     .cloned()
                     .unwrap_or_else(|| {
-                        Arc::new(Server::new(&backend.name, &name, addr, spec.weight))
+                        let server = Server::new(&backend.name, &name, addr, spec.weight);
+                        if let Some(admin) =
+                            previous.and_then(|p| inherited_admin(p, &backend.name, &spec.name))
+                        {
+                            server.set_admin(admin);
+                        }
+                        Arc::new(server)
                     });
                 server.set_weight(spec.weight);
                 servers.push(server);
@@ -116,6 +216,22 @@ pub async fn resolve_pools(config: &Config, previous: Option<&Snapshot>) -> Reso
     }
 }
 
+/// The admin state a new server of configured name `configured` starts
+/// with: the one every address of that name had in `previous`, when they
+/// agree (an operator who disabled `cp3` by name, or one whose address a
+/// reload changed, keeps it out of traffic). `None` when the name is new or
+/// its addresses disagree (one address drained alone says nothing of others).
+pub fn inherited_admin(previous: &Snapshot, backend: &str, configured: &str) -> Option<AdminState> {
+    let pool = previous.pool(backend)?;
+    let mut states = pool
+        .servers
+        .iter()
+        .filter(|s| is_address_of(&s.name, configured))
+        .map(|s| s.admin());
+    let first = states.next()?;
+    states.all(|s| s == first).then_some(first)
+}
+
 /// Whether any server of `config` is given by DNS name (and so needs re-resolving).
 pub fn has_dns_names(config: &Config) -> bool {
     config
@@ -125,31 +241,34 @@ pub fn has_dns_names(config: &Config) -> bool {
         .any(|s| s.address.ip().is_none())
 }
 
+/// (server name, address) pairs: the servers one configured server stands for.
+type NamedAddresses = Vec<(String, SocketAddr)>;
+
 /// The (server name, address) pairs a configured server stands for: one for
 /// an IP literal, one per address for a DNS name, named `name@ip` so a
 /// server keeps its name (and state) while the name's other addresses come
 /// and go. On failure: the error and the last known pairs.
-async fn resolve_server(
+fn server_addresses(
     backend: &str,
     spec: &config::ServerSpec,
     previous: Option<&Snapshot>,
-) -> Result<Vec<(String, SocketAddr)>, (String, Vec<(String, SocketAddr)>)> {
+    lookups: &Lookups,
+) -> Result<NamedAddresses, (String, NamedAddresses)> {
     if let Some(addr) = spec.address.ip() {
         return Ok(vec![(spec.name.clone(), addr)]);
     }
-    match dial::resolve(&spec.address.host, spec.address.port).await {
+    match lookups.get(&spec.address.host, spec.address.port) {
         Ok(addrs) => Ok(addrs
             .into_iter()
             .map(|addr| (dns_server_name(&spec.name, addr), addr))
             .collect()),
         Err(error) => {
-            let prefix = format!("{}@", spec.name);
             let kept = previous
                 .and_then(|p| p.pool(backend))
                 .map(|pool| {
                     pool.servers
                         .iter()
-                        .filter(|s| s.name.starts_with(&prefix))
+                        .filter(|s| s.name != spec.name && is_address_of(&s.name, &spec.name))
                         .map(|s| (s.name.clone(), s.addr))
                         .collect()
                 })
@@ -162,4 +281,166 @@ async fn resolve_server(
 /// The name of one address of a DNS-named server: `cp3@10.0.0.13`.
 pub fn dns_server_name(configured: &str, addr: SocketAddr) -> String {
     format!("{configured}@{}", addr.ip())
+}
+
+/// Whether the server named `server` is configured server `configured`: the
+/// same name (an IP literal), or one of its DNS addresses (`cp3@10.0.0.13`).
+/// Configured names cannot contain `@`, so the answer is never ambiguous.
+pub fn is_address_of(server: &str, configured: &str) -> bool {
+    server
+        .strip_prefix(configured)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('@'))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(servers: &str) -> Config {
+        let text = format!(
+            "[[frontend]]\nname = \"api\"\nlisten = [\"127.0.0.1:0\"]\nbackend = \"pool\"\n\n\
+             [[backend]]\nname = \"pool\"\nservers = [{servers}]\n"
+        );
+        Config::parse(Path::new("test.toml"), &text).unwrap()
+    }
+
+    fn snapshot(config: Config, lookups: &Lookups, previous: Option<&Snapshot>) -> Snapshot {
+        Snapshot {
+            pools: assemble_pools(&config, previous, lookups).pools,
+            config: Arc::new(config),
+            frontends: Vec::new(),
+        }
+    }
+
+    fn answers(pairs: &[(&str, &[[u8; 4]])]) -> Lookups {
+        Lookups {
+            answers: pairs
+                .iter()
+                .map(|(host, ips)| {
+                    let addrs = ips.iter().map(|ip| SocketAddr::from((*ip, 6443))).collect();
+                    (((*host).to_owned(), 6443), Ok(addrs))
+                })
+                .collect(),
+        }
+    }
+
+    fn admin_of(snapshot: &Snapshot, name: &str) -> AdminState {
+        snapshot.server("pool", name).unwrap().admin()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_name_is_looked_up_at_once() {
+        let config = config(
+            "{ name = \"a\", address = \"a.test:6443\" }, { name = \"b\", address = \"b.test:6443\" },\n\
+             { name = \"c\", address = \"c.test:6443\" }, { name = \"d\", address = \"10.0.0.4:6443\" },\n\
+             { name = \"e\", address = \"a.test:6443\" }",
+        );
+        // Each lookup takes the system resolver's whole timeout.
+        let resolver = Resolver::new(|host, port| async move {
+            tokio::time::sleep(dial::RESOLVE_TIMEOUT).await;
+            Err::<Vec<SocketAddr>, _>(format!("cannot resolve {host}:{port}: no answer"))
+        });
+        let started = tokio::time::Instant::now();
+        let lookups = resolve_names(&config, &resolver).await;
+        // Three distinct names (a.test twice, d an IP) in one timeout, not three.
+        assert_eq!(started.elapsed(), dial::RESOLVE_TIMEOUT);
+        let mut names: Vec<_> = lookups.answers.keys().map(|(h, _)| h.clone()).collect();
+        names.sort();
+        assert_eq!(names, ["a.test", "b.test", "c.test"]);
+        assert!(lookups.get("a.test", 6443).is_err());
+        assert!(lookups.get("never.asked", 6443).is_err());
+    }
+
+    #[test]
+    fn a_new_address_of_a_name_starts_with_the_name_s_admin_state() {
+        let one = snapshot(
+            config("{ name = \"cp\", address = \"cp.test:6443\" }"),
+            &answers(&[("cp.test", &[[127, 0, 0, 1]])]),
+            None,
+        );
+        // The operator disabled `cp` by its configured name.
+        one.server("pool", "cp@127.0.0.1")
+            .unwrap()
+            .set_admin(AdminState::Disabled);
+        let two = snapshot(
+            config("{ name = \"cp\", address = \"cp.test:6443\" }"),
+            &answers(&[("cp.test", &[[127, 0, 0, 1], [127, 0, 0, 2]])]),
+            Some(&one),
+        );
+        assert_eq!(admin_of(&two, "cp@127.0.0.1"), AdminState::Disabled);
+        assert_eq!(
+            admin_of(&two, "cp@127.0.0.2"),
+            AdminState::Disabled,
+            "a new address of a disabled name must not take traffic"
+        );
+
+        // Addresses that disagree (one drained alone) pass nothing on.
+        two.server("pool", "cp@127.0.0.1")
+            .unwrap()
+            .set_admin(AdminState::Drain);
+        let three = snapshot(
+            config("{ name = \"cp\", address = \"cp.test:6443\" }"),
+            &answers(&[("cp.test", &[[127, 0, 0, 1], [127, 0, 0, 2], [127, 0, 0, 3]])]),
+            Some(&two),
+        );
+        assert_eq!(admin_of(&three, "cp@127.0.0.3"), AdminState::Ready);
+    }
+
+    #[test]
+    fn a_server_whose_address_a_reload_changes_keeps_its_admin_state() {
+        let lookups = Lookups::default();
+        let before = snapshot(
+            config(
+                "{ name = \"cp1\", address = \"10.0.0.11:6443\" }, { name = \"cp2\", address = \"10.0.0.12:6443\" }",
+            ),
+            &lookups,
+            None,
+        );
+        before
+            .server("pool", "cp1")
+            .unwrap()
+            .set_admin(AdminState::Drain);
+        let after = snapshot(
+            config(
+                "{ name = \"cp1\", address = \"10.0.0.21:6443\" }, { name = \"cp3\", address = \"10.0.0.13:6443\" }",
+            ),
+            &lookups,
+            Some(&before),
+        );
+        let cp1 = after.server("pool", "cp1").unwrap();
+        assert_ne!(cp1.addr, before.server("pool", "cp1").unwrap().addr);
+        assert_eq!(cp1.admin(), AdminState::Drain);
+        assert_eq!(admin_of(&after, "cp3"), AdminState::Ready);
+    }
+
+    #[test]
+    fn a_failing_name_keeps_its_last_addresses() {
+        let one = snapshot(
+            config("{ name = \"cp\", address = \"cp.test:6443\" }"),
+            &answers(&[("cp.test", &[[127, 0, 0, 1]])]),
+            None,
+        );
+        let failed = assemble_pools(
+            &config("{ name = \"cp\", address = \"cp.test:6443\" }"),
+            Some(&one),
+            &Lookups::default(),
+        );
+        assert_eq!(failed.dns_failures.len(), 1);
+        assert_eq!(failed.dns_failures[0].kept, 1);
+        assert!(Arc::ptr_eq(&failed.pools[0], &one.pools[0]));
+    }
+
+    #[test]
+    fn names_a_configured_server_stands_for() {
+        assert!(is_address_of("cp3", "cp3"));
+        assert!(is_address_of("cp3@10.0.0.13", "cp3"));
+        assert!(is_address_of("cp3@::1", "cp3"));
+        assert!(is_address_of("cp3@10.0.0.13", "cp3@10.0.0.13"));
+        assert!(!is_address_of("cp3@10.0.0.13", "cp"));
+        assert!(!is_address_of("cp30", "cp3"));
+        assert!(!is_address_of("cp3@10.0.0.130", "cp3@10.0.0.13"));
+        assert!(!is_address_of("cp", "cp3"));
+    }
 }

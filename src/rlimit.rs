@@ -44,8 +44,9 @@ pub fn raise_fd_limit() -> io::Result<u64> {
 }
 
 /// Warns when the config's connection limits need more descriptors than the
-/// process may open: past that, accepts and dials fail with EMFILE instead
-/// of clients waiting politely in the backlog.
+/// process may open: the daemon then caps connections at what the limit
+/// carries (see [`crate::limit::fd_budget`]), so `max_connections` is never
+/// reached and clients past the cap wait in the backlog.
 pub fn check_fd_limit(config: &Config, soft_limit: u64) {
     let connections: u64 = config
         .frontends

@@ -3,7 +3,7 @@
 use std::io;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::daemon::Daemon;
 
@@ -66,6 +66,9 @@ pub async fn serve_with(signals: Signals, daemon: &Daemon) -> io::Result<()> {
             () = &mut shutdown => return Ok(()),
             _ = terminate.recv() => daemon.close_connections_now("SIGTERM"),
             _ = interrupt.recv() => daemon.close_connections_now("SIGINT"),
+            // Nothing is reloaded while connections drain (`Daemon::reload`
+            // refuses too); say so rather than leave the signal unanswered.
+            _ = hangup.recv() => warn!("SIGHUP ignored: lbd is shutting down; the next lbd reads the config file when it starts"),
         }
     }
 }

@@ -22,7 +22,16 @@ use std::sync::OnceLock;
 pub const PIPE_SIZE: usize = 256 * 1024;
 
 /// Empty pipes kept per thread for reuse; more are closed on return.
-const POOL_LIMIT: usize = 16;
+const POOL_LIMIT: usize = 8;
+
+/// Descriptors the pipe pools may hold at most (two per pooled pipe, per
+/// runtime thread), for the descriptor budget to keep back from connections.
+/// Pipes in use by a burst beyond these fail to open at the limit, and
+/// those bursts are copied instead.
+pub fn pooled_fds() -> u64 {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (2 * POOL_LIMIT * threads) as u64
+}
 
 thread_local! {
     static POOL: RefCell<Vec<PipeFds>> = const { RefCell::new(Vec::new()) };

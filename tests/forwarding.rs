@@ -367,18 +367,26 @@ fn over_max_connections_clients_wait_in_the_backlog() {
     assert_eq!(&buf[..n], b"only\n");
 }
 
+/// lbd with this `drain_timeout` in front of an echo server, and a client
+/// connection through it that has echoed a byte: live when SIGTERM comes.
+fn live_connection_with_drain_timeout(drain_timeout: &str) -> (Backend, Lbd, TcpStream) {
+    let backend = Backend::echo();
+    let config = config_for(&[&backend], "", "").replace(
+        "[admin]",
+        &format!("[global]\ndrain_timeout = \"{drain_timeout}\"\n\n[admin]"),
+    );
+    let lbd = Lbd::start(&config);
+    let mut live = TcpStream::connect(lbd.addr("api")).unwrap();
+    live.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    live.write_all(b"x").unwrap();
+    live.read_exact(&mut [0u8; 1]).unwrap();
+    (backend, lbd, live)
+}
+
 #[test]
 fn sigterm_drains_live_connections_refuses_new_ones_and_exits_zero() {
-    let backend = Backend::echo();
-    let config = config_for(&[&backend], "", "")
-        .replace("[admin]", "[global]\ndrain_timeout = \"10s\"\n\n[admin]");
-    let mut lbd = Lbd::start(&config);
+    let (_backend, mut lbd, mut live) = live_connection_with_drain_timeout("10s");
     let addr = lbd.addr("api");
-    let mut live = TcpStream::connect(addr).unwrap();
-    live.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    live.write_all(b"before").unwrap();
-    let mut buf = [0u8; 6];
-    live.read_exact(&mut buf).unwrap();
 
     lbd.signal(libc::SIGTERM);
     lbd.wait_for_log("shutting down", Duration::from_secs(5));
@@ -389,6 +397,7 @@ fn sigterm_drains_live_connections_refuses_new_ones_and_exits_zero() {
     );
     // The live connection still works during the drain…
     live.write_all(b"during").unwrap();
+    let mut buf = [0u8; 6];
     live.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"during");
     assert!(lbd.is_running());
@@ -399,18 +408,11 @@ fn sigterm_drains_live_connections_refuses_new_ones_and_exits_zero() {
 
 #[test]
 fn the_drain_deadline_closes_what_is_left_and_still_exits_zero() {
-    let backend = Backend::echo();
-    let config = config_for(&[&backend], "", "")
-        .replace("[admin]", "[global]\ndrain_timeout = \"1s\"\n\n[admin]");
-    let mut lbd = Lbd::start(&config);
-    let mut live = TcpStream::connect(lbd.addr("api")).unwrap();
-    live.write_all(b"x").unwrap();
-    let mut buf = [0u8; 1];
-    live.read_exact(&mut buf).unwrap();
+    let (_backend, mut lbd, mut live) = live_connection_with_drain_timeout("1s");
     lbd.signal(libc::SIGTERM);
     // Well under the 5 s backstop after the deadline: the relay itself must end.
     live.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    match live.read(&mut buf) {
+    match live.read(&mut [0u8; 1]) {
         Ok(0) => {}
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
         other => panic!("expected the deadline to close the connection, got {other:?}"),
@@ -422,14 +424,7 @@ fn the_drain_deadline_closes_what_is_left_and_still_exits_zero() {
 
 #[test]
 fn a_second_sigterm_ends_the_drain_at_once() {
-    let backend = Backend::echo();
-    let config = config_for(&[&backend], "", "")
-        .replace("[admin]", "[global]\ndrain_timeout = \"1h\"\n\n[admin]");
-    let mut lbd = Lbd::start(&config);
-    let mut live = TcpStream::connect(lbd.addr("api")).unwrap();
-    live.write_all(b"x").unwrap();
-    let mut buf = [0u8; 1];
-    live.read_exact(&mut buf).unwrap();
+    let (_backend, mut lbd, _live) = live_connection_with_drain_timeout("1h");
     lbd.signal(libc::SIGTERM);
     lbd.wait_for_log("draining connections", Duration::from_secs(5));
     assert!(lbd.is_running(), "the first SIGTERM drains");

@@ -10,7 +10,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use support::https::{HttpsServer, Pki};
-use support::{Backend, Lbd, config_for, greeting, wait_until};
+use support::metrics::value;
+use support::{Backend, Lbd, TempDir, config_for, greeting, wait_until};
 
 /// A config for `backends` with `[backend.health]` set to `health`.
 fn with_health(backends: &[&Backend], backend_extra: &str, health: &str) -> String {
@@ -218,6 +219,33 @@ fn a_401_is_an_auth_error_that_keeps_the_server_up_and_says_so_loudly() {
     let up = wait_for_transition(&lbd, "a", "up", 1, Duration::from_secs(5));
     assert!(up.contains("result=auth_error"), "{up}");
     assert_eq!(greeting(lbd.addr("api")).unwrap(), "a");
+
+    // Visible where operators look: the status and the metrics.
+    let status = lbd.status();
+    let server = &status["backends"][0]["servers"][0];
+    assert_eq!(server["health"], "up");
+    assert_eq!(server["last_check"]["result"], "auth_error", "{server}");
+    assert_eq!(server["last_check"]["check"], "https", "{server}");
+    assert!(
+        server["last_check"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("401 Unauthorized"),
+        "{server}"
+    );
+    let metrics = lbd.metrics();
+    let auth_errors = value(
+        &metrics,
+        "lbd_health_checks_total",
+        &[("server", "a"), ("result", "auth_error")],
+    );
+    assert!(auth_errors >= 1.0, "{auth_errors}");
+    let oks = value(
+        &metrics,
+        "lbd_health_checks_total",
+        &[("server", "a"), ("result", "ok")],
+    );
+    assert_eq!(oks, 0.0);
 }
 
 #[test]
@@ -332,5 +360,119 @@ fn close_on_down_closes_open_connections_within_the_window() {
     assert!(
         closed.contains("outcome=\"server_down\"") || closed.contains("outcome=server_down"),
         "{closed}"
+    );
+}
+
+#[test]
+fn server_health_in_metrics_tells_down_from_not_checked() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let lbd = Lbd::start(&with_health(
+        &[&a, &b],
+        "",
+        "interval = \"500ms\"\nfall = 1",
+    ));
+    b.stop();
+    wait_for_transition(&lbd, "b", "down", 1, Duration::from_secs(5));
+    // Disabled: checks paused, health back to unknown.
+    let (code, body) = lbd.post("/api/v1/backends/pool/servers/a/disable");
+    assert_eq!(code, 200, "{body}");
+    wait_until(Duration::from_secs(5), "a to be unknown", || {
+        lbd.status()["backends"][0]["servers"][0]["health"] == "unknown"
+    });
+    let metrics = lbd.metrics();
+    let health = |server: &str, state: &str| {
+        value(
+            &metrics,
+            "lbd_server_health",
+            &[("server", server), ("state", state)],
+        )
+    };
+    let up = |server: &str| value(&metrics, "lbd_server_up", &[("server", server)]);
+    assert_eq!(
+        (up("a"), up("b")),
+        (0.0, 0.0),
+        "lbd_server_up cannot tell them apart"
+    );
+    assert_eq!(
+        (
+            health("a", "unknown"),
+            health("a", "up"),
+            health("a", "down")
+        ),
+        (1.0, 0.0, 0.0)
+    );
+    assert_eq!(
+        (
+            health("b", "unknown"),
+            health("b", "up"),
+            health("b", "down")
+        ),
+        (0.0, 0.0, 1.0)
+    );
+}
+
+/// A config whose https check names a client key at `key_file`.
+fn with_client_key(a: &Backend, pki: &Pki, port: u16, key_file: &std::path::Path) -> String {
+    with_health(
+        &[a],
+        "",
+        &format!(
+            "check = \"https\"\nport = {port}\nca_file = {:?}\ncert_file = {:?}\nkey_file = {key_file:?}",
+            pki.ca_file, pki.client_cert_file
+        ),
+    )
+}
+
+#[test]
+fn unusable_tls_files_are_refused_by_check_config_start_and_reload() {
+    let pki = Pki::new(&["127.0.0.1"]);
+    let health = HttpsServer::start(&pki, 200);
+    let a = Backend::named("a");
+    let port = health.addr.port();
+    let dir = TempDir::new("tls-files");
+    let missing = dir.0.join("missing.key");
+    let bad = with_client_key(&a, &pki, port, &missing);
+    let key_line = bad.lines().position(|l| l.starts_with("key_file")).unwrap() + 1;
+
+    // lbd --check-config (systemd's ExecReload runs it) names the key's place.
+    let path = dir.write("lbd.toml", &bad);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lbd"))
+        .arg("--check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let place = format!("{}:{key_line}:12: cannot use key_file", path.display());
+    assert!(stderr.contains(&place), "expected {place:?} in {stderr}");
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
+
+    // A reload to it is refused and the running config stays.
+    let lbd = Lbd::start(&with_client_key(&a, &pki, port, &pki.client_key_file));
+    let up = wait_for_transition(&lbd, "a", "up", 1, Duration::from_secs(5));
+    assert!(up.contains("first https check passed"), "{up}");
+    lbd.rewrite_config(&bad);
+    let (code, body) = lbd.post("/api/v1/reload");
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("cannot use key_file"), "{body}");
+    let status = lbd.status();
+    assert_eq!(status["config"]["last_reload"]["ok"], false);
+    assert_eq!(status["backends"][0]["servers"][0]["health"], "up");
+    assert_eq!(greeting(lbd.addr("api")).unwrap(), "a");
+    drop(lbd);
+
+    // And lbd does not start on it.
+    let config_path = dir.write("start.toml", &support::with_admin_on_free_port(&bad));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lbd"))
+        .arg("--config")
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot use key_file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

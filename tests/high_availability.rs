@@ -8,7 +8,7 @@ use std::process::Command;
 
 use std::time::Duration;
 
-use support::{Backend, Lbd, TempDir, config_for, have, lbctl, wait_until};
+use support::{Backend, Lbd, TempDir, config_for, have, lbctl, output_of, wait_until};
 
 const SHIPPED: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -77,20 +77,14 @@ fn keepalived_accepts_the_shipped_pair_config() {
     let copy = dir.write("keepalived.conf", &local);
     assert!(Path::new(&copy).is_file());
 
-    let out = Command::new("keepalived")
-        .args(["--config-test", "--use-file"])
-        .arg(&copy)
-        .output()
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (status, said) = output_of(
+        Command::new("keepalived")
+            .args(["--config-test", "--use-file"])
+            .arg(&copy),
     );
     assert!(
-        out.status.success() && said.trim().is_empty(),
-        "keepalived -t rejects the config ({}):\n{said}\n--- tested copy ---\n{local}",
-        out.status
+        status.success() && said.trim().is_empty(),
+        "keepalived -t rejects the config ({status}):\n{said}\n--- tested copy ---\n{local}"
     );
 }
 
@@ -128,16 +122,84 @@ fn vrrp_check(admin: &str) -> i32 {
         .unwrap_or(-1)
 }
 
+/// The value of the first `key N` line in the shipped config.
+fn shipped_number(key: &str) -> i64 {
+    let shipped = std::fs::read_to_string(SHIPPED).expect("config/keepalived/keepalived.conf");
+    shipped
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix(&format!("{key} ")))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{SHIPPED} has no `{key} N` line"))
+}
+
+#[test]
+fn a_failing_check_lowers_the_priority_below_a_healthy_peer_instead_of_dropping_the_vip() {
+    let shipped = std::fs::read_to_string(SHIPPED).expect("config/keepalived/keepalived.conf");
+    // Without a weight, one failed check puts the host in FAULT: when both
+    // fail (bootstrap, control plane down) neither holds the VIP.
+    let weight = shipped_number("weight");
+    let priority = shipped_number("priority");
+    assert!(weight < 0, "the vrrp_script needs a negative weight");
+    // Both hosts have this priority (README.md): a failing holder must fall
+    // strictly below a healthy peer, and stay a valid VRRP priority.
+    assert!(
+        priority + weight >= 1 && priority + weight < priority,
+        "priority {priority} with weight {weight}"
+    );
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/keepalived/README.md"
+    ))
+    .unwrap();
+    assert!(
+        readme.contains(&format!("`priority {priority}`")),
+        "README.md must keep both hosts at priority {priority}"
+    );
+    // nopreempt would keep a healthy backup from taking the VIP from a
+    // holder whose priority dropped.
+    assert!(
+        !shipped
+            .lines()
+            .any(|l| l.split('#').next().unwrap().trim() == "nopreempt"),
+        "nopreempt defeats the weight"
+    );
+    let command = vrrp_script_command();
+    assert_eq!(command[1..], ["ready", "--frontend", "kube-apiserver"]);
+}
+
 #[test]
 fn the_vrrp_script_passes_only_while_lbd_can_forward() {
     let cp1 = Backend::named("cp1");
-    let config = config_for(&[&cp1], "", "")
-        + "[backend.health]\ninterval = \"200ms\"\nfast_interval = \"100ms\"\nfall = 2\nrise = 1\n";
+    // A second frontend whose only server is dead: its trouble must not
+    // move the apiserver's VIP.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let config = config_for(&[&cp1], "", "").replace("name = \"api\"", "name = \"kube-apiserver\"")
+        + "[backend.health]\ninterval = \"200ms\"\nfast_interval = \"100ms\"\nfall = 2\nrise = 1\n"
+        + &format!(
+            "\n[[frontend]]\nname = \"konnectivity\"\nlisten = [\"127.0.0.1:0\"]\nbackend = \"other\"\n\n\
+             [[backend]]\nname = \"other\"\nservers = [{{ name = \"gone\", address = \"{dead_addr}\" }}]\n"
+        );
     let mut lbd = Lbd::start(&config);
     let admin = lbd.admin_addr().to_string();
     wait_until(Duration::from_secs(10), "the check to pass", || {
         vrrp_check(&admin) == 0
     });
+    let everything = lbctl(&["--admin", &admin, "ready"]);
+    assert_eq!(everything.code, 1, "{everything:?}");
+    assert!(
+        everything.stderr.contains("frontend konnectivity"),
+        "{everything:?}"
+    );
+    let typo = lbctl(&["--admin", &admin, "ready", "--frontend", "kube-apiservr"]);
+    assert_eq!(typo.code, 1, "{typo:?}");
+    assert!(
+        typo.stderr.contains("no frontend \"kube-apiservr\""),
+        "{typo:?}"
+    );
 
     // The only apiserver dies: health checks take it down, and keepalived
     // must give the VIP up; it comes back, and so does the check.

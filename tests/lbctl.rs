@@ -239,6 +239,50 @@ fn drain_wait_reports_remaining_connections_until_none_is_left() {
 }
 
 #[test]
+fn drain_wait_fails_when_a_reload_removes_the_server_it_waits_for() {
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let lbd = Lbd::start(&config_for(&[&a, &b], "", ""));
+    let (_, _held) = hold(lbd.addr("api"));
+    let held_on = lbd.status()["backends"][0]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["active_connections"] == 1)
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .unwrap();
+    let (stays, leaves) = if held_on == "a" { (&b, &a) } else { (&a, &b) };
+    let target = format!("pool/{}", leaves.name);
+
+    let admin = lbd.admin_addr().to_string();
+    let child = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        .args(["--admin", &admin, "drain", &target, "--wait", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lbd_logs = || lbd.logs_matching("server admin state changed");
+    wait_until(Duration::from_secs(10), "the drain", || {
+        !lbd_logs().is_empty()
+    });
+
+    // The server goes while its connection lives on: nothing says when that
+    // connection ends, so lbctl must not claim "drained".
+    lbd.rewrite_config(&config_for(&[stays], "", ""));
+    assert_eq!(lbd.lbctl(&["reload"]).code, 0);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("{target} is no longer in lbd's config")),
+        "{stderr}"
+    );
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["drained"], false, "{stdout}");
+    assert_eq!(last["gone"], true, "{stdout}");
+}
+
+#[test]
 fn reload_reports_changes_or_the_error_with_its_location() {
     let (a, b) = (Backend::named("a"), Backend::named("b"));
     let lbd = Lbd::start(&config_for(&[&a], "", ""));

@@ -689,6 +689,31 @@ async fn readyz_401_asks_for_a_client_certificate_which_then_works() {
 }
 
 #[tokio::test]
+async fn a_key_that_is_not_the_certificates_stops_the_probe_before_any_dial() {
+    let pki = Pki::new("kubernetes");
+    let client = pki.issue("kubernetes-admin", &[], false);
+    let other = pki.issue("someone-else", &[], false);
+    let dir = TempDir::new("probe");
+    let cert = dir.write("client.crt", &client.cert_pem);
+    let key = dir.write("other.key", &other.key_pem);
+    let run = lbctl_probe(&[
+        "127.0.0.1:1",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(key.to_str().unwrap())
+            && run.stderr.contains("is not the key of the certificate"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
 async fn config_probes_every_server_and_frontend_in_one_table() {
     let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let up_addr = up.local_addr().unwrap();

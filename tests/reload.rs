@@ -393,3 +393,54 @@ fn a_dns_name_with_two_addresses_is_two_servers_and_follows_changes() {
         lbd.server_names("pool").len() == 2
     });
 }
+
+#[test]
+fn a_new_address_of_a_disabled_server_joins_disabled() {
+    let (_one, _two, port) = pair_on_one_port();
+    let config = |address: &str| {
+        format!(
+            "[global]\nresolve_interval = \"1s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[frontend]]\nname = \"api\"\nlisten = [\"127.0.0.1:0\"]\nbackend = \"pool\"\n\n\
+             [[backend]]\nname = \"pool\"\nservers = [{{ name = \"cp\", address = \"{address}\" }}]\n"
+        )
+    };
+    let dns = config(&format!("cp.lbd.test:{port}"));
+    let Some(lbd) = Lbd::start_with_hosts(&dns, "127.0.0.1 localhost\n127.0.0.1 cp.lbd.test\n")
+    else {
+        return;
+    };
+    let admin_states = || -> Vec<(String, String)> {
+        lbd.status()["backends"][0]["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().into(),
+                    s["admin"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let (code, body) = lbd.post("/api/v1/backends/pool/servers/cp/disable");
+    assert_eq!(code, 200, "{body}");
+
+    // DNS gives the name a second address: it joins disabled, like the name.
+    lbd.rewrite_hosts("127.0.0.1 localhost\n127.0.0.1 cp.lbd.test\n127.0.0.2 cp.lbd.test\n");
+    wait_until(Duration::from_secs(10), "the second address", || {
+        lbd.server_names("pool").len() == 2
+    });
+    assert_eq!(
+        admin_states(),
+        [
+            ("cp@127.0.0.1".to_owned(), "disabled".to_owned()),
+            ("cp@127.0.0.2".to_owned(), "disabled".to_owned())
+        ]
+    );
+
+    // A reload gives `cp` another address: still the operator's disabled cp.
+    lbd.rewrite_config(&config(&format!("127.0.0.2:{port}")));
+    let (code, body) = lbd.post("/api/v1/reload");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(admin_states(), [("cp".to_owned(), "disabled".to_owned())]);
+}

@@ -11,7 +11,7 @@ use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{Backend, Lbd, config_for, free_port, greeting, have, wait_until};
+use support::{Backend, Lbd, config_for, free_port, greeting, have, output_of, wait_until};
 
 fn require(program: &str) {
     assert!(
@@ -263,6 +263,51 @@ fn ready_reloading_ready_stopping_watchdog_and_status_reach_notify_socket() {
 }
 
 #[test]
+fn a_reload_during_the_drain_is_refused_and_stopping_is_the_last_word() {
+    let dir = support::TempDir::new("notify-drain");
+    let path = dir.0.join("notify.sock");
+    let notify = NotifySocket::bind(UnixDatagram::bind(&path).unwrap());
+    let cp1 = Backend::named("cp1");
+    let draining = config_for(&[&cp1], "", "") + "\n[global]\ndrain_timeout = \"30s\"\n";
+    let mut lbd = Lbd::start_with(&draining, |command| {
+        command.env("NOTIFY_SOCKET", &path);
+    });
+    notify.wait_for("READY=1", |m| m.iter().any(|m| m == "READY=1"));
+    let (_, mut held) = support::hold(lbd.addr("api"));
+
+    lbd.signal(libc::SIGTERM);
+    lbd.wait_for_log("draining connections", Duration::from_secs(10));
+    // The admin API still answers during the drain; a reload adding a
+    // listener must not open it.
+    let added = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    lbd.rewrite_config(&draining.replace(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [\"127.0.0.1:0\", \"{added}\"]"),
+    ));
+    let (code, body) = lbd.post("/api/v1/reload");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("shutting down"), "{body}");
+    lbd.signal(libc::SIGHUP);
+    lbd.wait_for_log(
+        "SIGHUP ignored: lbd is shutting down",
+        Duration::from_secs(10),
+    );
+    assert!(
+        TcpStream::connect(added).is_err(),
+        "a reload during the drain opened {added}"
+    );
+    assert_eq!(lbd.addrs("api").len(), 1, "{:#?}", lbd.logs());
+    assert_eq!(
+        support::echo_round_trip(&mut held, b"still draining").unwrap(),
+        b"still draining"
+    );
+
+    drop(held);
+    assert!(lbd.wait_exit(Duration::from_secs(10)).success());
+    assert_eq!(notify.states(), ["READY=1", "STOPPING=1"]);
+}
+
+#[test]
 fn an_abstract_notify_socket_hears_ready() {
     let name = format!("lbd-test-notify-{}", std::process::id());
     let socket =
@@ -326,19 +371,14 @@ fn installed_units_pass_systemd_analyze_verify() {
         )),
         "{service}"
     );
-    let out = std::process::Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(units.join("lbd.service"))
-        .arg(units.join("lbd.socket"))
-        .output()
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (status, said) = output_of(
+        std::process::Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(units.join("lbd.service"))
+            .arg(units.join("lbd.socket")),
     );
     // verify exits 0 on unknown keys too, but says so: it must say nothing.
-    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    assert!(status.success() && said.trim().is_empty(), "{said}");
 }
 
 #[test]

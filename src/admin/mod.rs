@@ -3,9 +3,11 @@
 //! per-server admin states.
 //!
 //! - [`server`]: binding, the accept loop, and the one place a request is authorized.
+//! - [`auth`]: the access policy: bearer token, anonymous read-only probes.
 //! - [`routes`]: the routes and their handlers.
 //! - [`status`]: the JSON of `/api/v1/status`, shared with `lbctl`.
 
+pub mod auth;
 pub mod routes;
 pub mod server;
 pub mod status;

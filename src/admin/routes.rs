@@ -2,7 +2,7 @@
 //! paths get 404, known paths with the wrong method 405, oversized bodies
 //! 413; a handler never panics on what a client sends.
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -10,12 +10,10 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use super::status::{ServerStatus, Status};
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, ReloadError};
 use crate::metrics;
 use crate::pool::AdminState;
 
-/// The largest request body accepted (no route needs one today).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The largest request head (request line and headers) accepted.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
@@ -46,27 +44,47 @@ pub async fn handle(context: &Context, request: Request<Incoming>) -> Answer {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return too_large();
+    // No route takes a body, so none is read: a client that announces one
+    // and sends it slowly cannot hold an admin connection slot.
+    let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
+    if chunked || declared.is_some_and(|n| n > 0) {
+        drop(body);
+        return body_refused();
     }
-    if Limited::new(body, MAX_BODY_BYTES).collect().await.is_err() {
-        return too_large();
-    }
-    route(context, &parts.method, parts.uri.path()).await
+    route(context, &parts.method, parts.uri.path(), parts.uri.query()).await
 }
 
-async fn route(context: &Context, method: &Method, path: &str) -> Answer {
+async fn route(context: &Context, method: &Method, path: &str, query: Option<&str>) -> Answer {
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
     let daemon = &context.daemon;
     match segments.as_slice() {
         ["metrics"] => only(method, Method::GET, || metrics_answer(context)),
         ["healthz"] => only(method, Method::GET, || text(StatusCode::OK, "ok\n".into())),
-        ["readyz"] => only(method, Method::GET, || match daemon.readiness() {
-            Ok(()) => text(StatusCode::OK, "ready\n".into()),
-            Err(reason) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {reason}\n"),
-            ),
+        ["readyz"] => only(method, Method::GET, || {
+            // `?frontend=NAME`: that frontend alone (keepalived's check of the
+            // apiserver frontend); without it, every frontend.
+            let readiness = match query_value(query, "frontend") {
+                None => daemon.readiness(),
+                Some(name) => match name.as_deref().and_then(|n| daemon.frontend_readiness(n)) {
+                    Some(readiness) => readiness,
+                    None => {
+                        return error(
+                            StatusCode::NOT_FOUND,
+                            &format!(
+                                "no frontend {:?}: see `lbctl status` for the names",
+                                name.unwrap_or_default()
+                            ),
+                        );
+                    }
+                },
+            };
+            match readiness {
+                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                Err(reason) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {reason}\n"),
+                ),
+            }
         }),
         ["api", "v1", "status"] => only(method, Method::GET, || {
             json_answer(StatusCode::OK, &Status::collect(daemon))
@@ -81,7 +99,10 @@ async fn route(context: &Context, method: &Method, path: &str) -> Answer {
                     &json!({ "ok": true, "changes": report.changes, "warnings": report.warnings }),
                 ),
                 Err(err) => json_answer(
-                    StatusCode::UNPROCESSABLE_ENTITY,
+                    match err {
+                        ReloadError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                        _ => StatusCode::UNPROCESSABLE_ENTITY,
+                    },
                     &json!({ "ok": false, "error": err.summary(), "detail": err.to_string() }),
                 ),
             }
@@ -103,7 +124,7 @@ async fn route(context: &Context, method: &Method, path: &str) -> Answer {
                     "backend and server names must be valid percent-encoded UTF-8",
                 );
             };
-            match daemon.set_admin(&backend, &server, admin) {
+            match daemon.set_admin(&backend, &server, admin).await {
                 Ok(changes) => {
                     let servers: Vec<serde_json::Value> = changes
                         .iter()
@@ -196,11 +217,27 @@ fn not_allowed(allowed: Method) -> Answer {
     answer
 }
 
-fn too_large() -> Answer {
-    error(
+fn body_refused() -> Answer {
+    let mut answer = error(
         StatusCode::PAYLOAD_TOO_LARGE,
-        &format!("request body over {MAX_BODY_BYTES} bytes"),
-    )
+        "the admin API takes no request body",
+    );
+    // The unread body is still on the wire: this connection cannot carry
+    // another request.
+    answer.headers_mut().insert(
+        header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    answer
+}
+
+/// The value of `key` in a URL query (`a=1&frontend=x`): `None` when the key
+/// is absent, `Some(None)` when its value is not valid percent-encoding.
+fn query_value(query: Option<&str>, key: &str) -> Option<Option<String>> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| percent_decode(&v.replace('+', " ")))
+    })
 }
 
 /// Decodes `%XX` escapes in a path segment; `None` on a bad escape or bad UTF-8.
@@ -232,5 +269,18 @@ mod tests {
         assert_eq!(percent_decode("bad%4"), None);
         assert_eq!(percent_decode("bad%zz"), None);
         assert_eq!(percent_decode("%ff"), None);
+    }
+
+    #[test]
+    fn reads_query_values() {
+        let value = |q| query_value(q, "frontend");
+        assert_eq!(value(None), None);
+        assert_eq!(value(Some("other=1")), None);
+        assert_eq!(value(Some("frontend=api")), Some(Some("api".into())));
+        assert_eq!(
+            value(Some("x=1&frontend=kube%2Dapi")),
+            Some(Some("kube-api".into()))
+        );
+        assert_eq!(value(Some("frontend=%zz")), Some(None));
     }
 }

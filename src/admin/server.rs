@@ -1,10 +1,10 @@
 //! Binding the admin API, accepting connections, and serving HTTP/1.1 on
-//! them with hyper. Every request passes through [`authorize`] first.
+//! them with hyper. Every request passes the [`Policy`] first.
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,20 +15,22 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::auth::{Policy, TokenFileError};
 use super::routes::{self, Context};
 use crate::config::AdminListen;
 use crate::daemon::Daemon;
 
-/// Admin connections served at once; more are closed at accept.
-const MAX_CONNECTIONS: usize = 64;
-/// A client has this long to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections served at once; more get a plain 503 at accept.
+const MAX_CONNECTIONS: usize = 256;
+/// A client has this long to send its request headers (and an idle
+/// keep-alive connection this long to start its next request).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Mode of the unix socket: owner and group may talk to lbd.
 const SOCKET_MODE: u32 = 0o660;
 
@@ -45,6 +47,9 @@ pub enum AdminError {
         /// The OS error.
         source: io::Error,
     },
+    /// The bearer token file cannot serve (unreadable, weak, exposed).
+    #[error("{0}")]
+    Token(#[from] TokenFileError),
     /// The unix socket could not be created.
     #[error("admin API: cannot create the unix socket {}: {source} (does the directory exist and may lbd write there?)", path.display())]
     Unix {
@@ -64,7 +69,7 @@ pub enum AdminListener {
     Unix(UnixListener, PathBuf),
 }
 
-/// Who is asking: what [`authorize`] decides on.
+/// Who is asking, for the log of refused requests.
 #[derive(Debug, Clone)]
 pub enum Peer {
     /// A TCP client.
@@ -77,17 +82,28 @@ pub enum Peer {
 #[derive(Debug)]
 pub struct AdminServer {
     stop: CancellationToken,
-    unix_path: Option<PathBuf>,
+    /// The unix socket's path and the (device, inode) it had when bound.
+    unix_socket: Option<(PathBuf, Option<(u64, u64)>)>,
 }
 
 impl AdminServer {
-    /// Stops accepting and removes the unix socket file, if any.
+    /// Stops accepting and removes the unix socket file, if it is still
+    /// ours: a successor lbd may already have bound a new one at the path.
     pub fn stop(self) {
         self.stop.cancel();
-        if let Some(path) = &self.unix_path {
+        if let Some((path, Some(ours))) = &self.unix_socket
+            && file_identity(path) == Some(*ours)
+        {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// Binds the admin API's socket.
@@ -109,6 +125,11 @@ pub async fn bind(listen: &AdminListen) -> Result<AdminListener, AdminError> {
     }
 }
 
+/// Binds the unix socket so that it is never reachable with looser
+/// permissions than 0660: it is bound inside a fresh 0700 directory beside
+/// its final path, given its mode, and only then renamed into place
+/// (rename is atomic). Binding in place and chmod-ing after would leave a
+/// moment where the umask decides who may connect.
 fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -126,15 +147,28 @@ fn bind_unix(path: &Path) -> io::Result<UnixListener> {
         }
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))?;
-    Ok(listener)
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let private = parent.join(format!(".lbd-admin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("admin.sock");
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(SOCKET_MODE))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 /// Serves the admin API on `listener` until the returned handle is stopped.
 pub fn serve(listener: AdminListener, daemon: Daemon) -> AdminServer {
     let stop = CancellationToken::new();
-    let context = Arc::new(Context::new(daemon));
+    let policy = Policy::new(&daemon.snapshot().config.admin);
+    let context = Arc::new(Shared::new(daemon, policy));
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let unix_path = match listener {
         AdminListener::Tcp(listener) => {
@@ -148,15 +182,19 @@ pub fn serve(listener: AdminListener, daemon: Daemon) -> AdminServer {
         AdminListener::Unix(listener, path) => {
             info!(address = %format!("unix:{}", path.display()), "admin API listening");
             tokio::spawn(accept_unix(listener, context, limit, stop.clone()));
-            Some(path)
+            let identity = file_identity(&path);
+            Some((path, identity))
         }
     };
-    AdminServer { stop, unix_path }
+    AdminServer {
+        stop,
+        unix_socket: unix_path,
+    }
 }
 
 async fn accept_tcp(
     listener: TcpListener,
-    context: Arc<Context>,
+    context: Arc<Shared>,
     limit: Arc<Semaphore>,
     stop: CancellationToken,
 ) {
@@ -177,7 +215,7 @@ async fn accept_tcp(
 
 async fn accept_unix(
     listener: UnixListener,
-    context: Arc<Context>,
+    context: Arc<Shared>,
     limit: Arc<Semaphore>,
     stop: CancellationToken,
 ) {
@@ -202,62 +240,93 @@ async fn accept_failed(error: &io::Error, stop: &CancellationToken) {
     }
 }
 
-fn spawn_connection<S>(stream: S, peer: Peer, context: &Arc<Context>, limit: &Arc<Semaphore>)
+fn spawn_connection<S>(stream: S, peer: Peer, shared: &Arc<Shared>, limit: &Arc<Semaphore>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Ok(permit) = Arc::clone(limit).try_acquire_owned() else {
-        debug!(?peer, "admin API: too many connections; closing this one");
+        debug!(?peer, "admin API: too many connections; answering 503");
+        tokio::spawn(refuse_busy(stream));
         return;
     };
-    let context = Arc::clone(context);
+    let shared = Arc::clone(shared);
     tokio::spawn(async move {
-        let service = service_fn(move |request| {
-            let context = Arc::clone(&context);
-            let peer = peer.clone();
-            async move { Ok::<_, Infallible>(handle(&context, &peer, request).await) }
-        });
-        let served = http1::Builder::new()
-            // `printf 'GET …' | nc` closes its write side after the request.
-            .half_close(true)
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .max_buf_size(routes::MAX_HEAD_BYTES)
-            .serve_connection(TokioIo::new(stream), service)
-            .await;
-        if let Err(error) = served {
-            debug!(%error, "admin API connection ended with an error");
-        }
+        serve_connection(stream, peer, shared).await;
         drop(permit);
     });
 }
 
+/// Tells a client over the connection limit why it is turned away (a
+/// keepalived check should log "busy", not "broken answer"), without
+/// reading its request.
+async fn refuse_busy<S: AsyncWrite + Unpin>(mut stream: S) {
+    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+content-length: 42\r\nconnection: close\r\nretry-after: 1\r\n\r\nadmin API busy: too many open connections\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
+}
+
+/// What every admin connection shares: the routes' context and the policy.
+#[derive(Debug)]
+pub struct Shared {
+    context: Context,
+    policy: Policy,
+}
+
+impl Shared {
+    /// The admin API of `daemon` under `policy`.
+    pub fn new(daemon: Daemon, policy: Policy) -> Shared {
+        Shared {
+            context: Context::new(daemon),
+            policy,
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on one accepted stream until the client is done. Public
+/// so the fuzz target can drive it with arbitrary bytes.
+pub async fn serve_connection<S>(stream: S, peer: Peer, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let shared = Arc::clone(&shared);
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(handle(&shared.context, &shared.policy, &peer, request).await) }
+    });
+    let served = http1::Builder::new()
+        // `printf 'GET …' | nc` closes its write side after the request.
+        .half_close(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(routes::MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(error) = served {
+        debug!(%error, "admin API connection ended with an error");
+    }
+}
+
+/// The one place a request is authorized, before any route sees it.
 async fn handle(
     context: &Context,
+    policy: &Policy,
     peer: &Peer,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    if let Err(refusal) = authorize(peer, &request) {
-        return routes::error(refusal.status, &refusal.reason);
+    if let Err(refusal) =
+        policy.authorize(request.method(), request.uri().path(), request.headers())
+    {
+        debug!(?peer, method = %request.method(), path = request.uri().path(), status = refusal.status.as_u16(), "admin API: request refused");
+        let mut answer = routes::error(refusal.status, &refusal.reason);
+        if refusal.status == hyper::StatusCode::UNAUTHORIZED {
+            answer.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer realm=\"lbd\""),
+            );
+        }
+        return answer;
     }
     routes::handle(context, request).await
-}
-
-/// The one place a request is authorized. Every request is allowed today:
-/// the default listener is loopback-only and the unix socket is mode 0660.
-/// Bearer tokens (for non-loopback listeners) plug in here.
-pub fn authorize(peer: &Peer, request: &Request<Incoming>) -> Result<(), Refusal> {
-    let _ = (peer, request);
-    Ok(())
-}
-
-/// Why [`authorize`] turned a request away: 401 or 403 and a reason.
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    /// The HTTP status to answer with.
-    pub status: hyper::StatusCode,
-    /// What the client should do about it.
-    pub reason: String,
 }
 
 #[cfg(test)]

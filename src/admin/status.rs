@@ -95,8 +95,13 @@ pub struct ServerStatus {
 /// The outcome of a server's latest health check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckStatus {
-    /// `ok`, or why it failed (`refused`, `timeout`, `tls_error`…).
+    /// `ok`, or why it failed (`refused`, `timeout`, `tls_error`…), or
+    /// `check_error` when the checker could not run it.
     pub result: String,
+    /// The kind of check: `tcp`, `tls`, `https`, or `passive` (a failed
+    /// dial on client traffic).
+    #[serde(default)]
+    pub check: String,
     /// How long the check took, in milliseconds.
     pub elapsed_ms: f64,
     /// When it finished, RFC 3339 UTC.
@@ -163,6 +168,7 @@ impl ServerStatus {
             connections_total: server.stats.total.load(Relaxed),
             last_check: server.last_check().map(|check| CheckStatus {
                 result: check.result,
+                check: check.check.to_owned(),
                 elapsed_ms: (check.elapsed.as_secs_f64() * 1e6).round() / 1e3,
                 at: clock::rfc3339(check.at),
                 detail: check.detail,

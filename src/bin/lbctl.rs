@@ -23,6 +23,11 @@ struct Cli {
     )]
     admin: AdminAddr,
 
+    /// A file holding the admin API's bearer token (the daemon's
+    /// `[admin] token_file`), sent with every request.
+    #[arg(long, global = true, env = "LBD_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -82,6 +87,10 @@ enum Command {
     /// Exit 0 if the daemon is ready to serve (GET /readyz), else print why
     /// and exit 1: keepalived's vrrp_script.
     Ready {
+        /// Only this frontend must be able to serve (keepalived: the
+        /// apiserver's frontend), not every frontend.
+        #[arg(long, value_name = "NAME")]
+        frontend: Option<String>,
         /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
@@ -100,11 +109,22 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let client = || AdminClient::new(cli.admin.clone(), commands::REQUEST_TIMEOUT);
+    let token = match cli.token_file.as_deref().map(lbd::ctl::read_token_file) {
+        None => None,
+        Some(Ok(token)) => Some(token),
+        Some(Err(err)) => {
+            eprintln!("lbctl: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let client =
+        || AdminClient::new(cli.admin.clone(), commands::REQUEST_TIMEOUT).with_token(token.clone());
     let code = match cli.command {
         Command::CheckConfig { path, json } => commands::check_config(&path, json),
         Command::Status { json } => block_on(commands::status(&client(), json)),
-        Command::Ready { json } => block_on(commands::ready(&client(), json)),
+        Command::Ready { frontend, json } => {
+            block_on(commands::ready(&client(), frontend.as_deref(), json))
+        }
         Command::Reload { json } => block_on(commands::reload(&client(), json)),
         Command::Drain {
             target,

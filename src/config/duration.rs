@@ -29,12 +29,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .map_err(|_| format!("duration {text:?} is too large"))?;
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(1),
-            "s" => Duration::from_secs(1),
-            "m" => Duration::from_secs(60),
-            "h" => Duration::from_secs(3600),
-            "d" => Duration::from_secs(86400),
+        let seconds_per_unit = match &rest[..unit_len] {
+            "ms" => None,
+            "s" => Some(1),
+            "m" => Some(60),
+            "h" => Some(3600),
+            "d" => Some(86400),
             "" => return Err(format!("duration {text:?} lacks a unit, {expected}")),
             other => {
                 return Err(format!(
@@ -43,10 +43,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             }
         };
         rest = &rest[unit_len..];
-        let part = u32::try_from(value)
-            .ok()
-            .and_then(|v| unit.checked_mul(v))
-            .ok_or_else(|| format!("duration {text:?} is too large"))?;
+        let part = match seconds_per_unit {
+            None => Some(Duration::from_millis(value)),
+            Some(size) => value.checked_mul(size).map(Duration::from_secs),
+        }
+        .ok_or_else(|| format!("duration {text:?} is too large"))?;
         total = total
             .checked_add(part)
             .ok_or_else(|| format!("duration {text:?} is too large"))?;
@@ -54,22 +55,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// Renders a duration the way a config would write it (`1m30s`, `500ms`).
+/// Renders a duration the way a config would write it (`1m30s`, `500ms`,
+/// `1s500ms`), to whole milliseconds; the text parses back to the same value.
 pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
+    let mut secs = d.as_secs();
+    let millis = d.subsec_millis();
+    if secs == 0 && millis == 0 {
         return "0s".into();
     }
-    if !ms.is_multiple_of(1000) {
-        return format!("{ms}ms");
-    }
-    let mut secs = d.as_secs();
     let mut out = String::new();
     for (unit, size) in [("h", 3600), ("m", 60), ("s", 1)] {
         if secs >= size {
             out.push_str(&format!("{}{unit}", secs / size));
             secs %= size;
         }
+    }
+    if millis > 0 {
+        out.push_str(&format!("{millis}ms"));
     }
     out
 }
@@ -112,8 +114,27 @@ mod tests {
 
     #[test]
     fn formats_round_trip() {
-        for text in ["500ms", "2s", "1m30s", "1h", "0s"] {
+        for text in [
+            "500ms",
+            "2s",
+            "1m30s",
+            "1h",
+            "0s",
+            "1s500ms",
+            "103079215080h",
+        ] {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
         }
+    }
+
+    #[test]
+    fn large_values_are_fine_until_a_duration_overflows() {
+        let days = parse_duration("4294967295d").unwrap();
+        assert_eq!(days.as_secs(), 4_294_967_295 * 86_400);
+        let max = format!("{}s999ms", u64::MAX);
+        let parsed = parse_duration(&max).unwrap();
+        assert_eq!(parse_duration(&format_duration(parsed)), Ok(parsed));
+        assert!(parse_duration(&format!("{max}1ms")).is_err());
+        assert!(parse_duration("213503982334602d").is_err());
     }
 }

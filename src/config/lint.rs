@@ -34,7 +34,7 @@ pub(super) fn lint(path: &Path, text: &str, raw: &RawConfig, config: &Config) ->
         warnings.push(Problem::at(path, text, span, message));
     };
 
-    for (frontend, raw) in config.frontends.iter().zip(&raw.frontends) {
+    for (frontend, raw) in config.frontends.iter().zip(&raw.frontends.0) {
         if frontend.idle_timeout < MIN_IDLE_TIMEOUT {
             warn(
                 span_or(&raw.idle_timeout, &raw.name),
@@ -48,7 +48,7 @@ pub(super) fn lint(path: &Path, text: &str, raw: &RawConfig, config: &Config) ->
         }
     }
 
-    for (backend, raw) in config.backends.iter().zip(&raw.backends) {
+    for (backend, raw) in config.backends.iter().zip(&raw.backends.0) {
         let health = &backend.health;
         let detection = health.interval * (health.fall + 1);
         if detection > APISERVER_SHUTDOWN_WINDOW {
@@ -94,7 +94,7 @@ fn health_span(
     key: impl Fn(&super::raw::RawHealth) -> &Located<super::HumanDuration>,
 ) -> Option<std::ops::Range<usize>> {
     let span = match &raw.health {
-        Some(health) => key(health.get_ref())
+        Some(health) => key(&health.get_ref().0)
             .as_ref()
             .map_or(health.span(), Spanned::span),
         None => raw.name.span(),

@@ -3,12 +3,15 @@
 //! `load`/`parse` read a file into [`raw`] structs (strict serde, unknown keys
 //! rejected), then `validate` turns them into a [`Config`] with every default
 //! applied, or into a [`ConfigError`] listing each problem with its line and
-//! column. Nothing else in lbd sees an unvalidated value.
+//! column. Validation also reads the TLS files a health check names
+//! ([`TlsFiles`]), so the start, a reload and `--check-config` all refuse a
+//! file the checks could not use. Nothing else in lbd sees an unvalidated value.
 
 mod duration;
 mod error;
 mod lint;
 mod raw;
+mod tls_files;
 mod validate;
 
 use std::net::SocketAddr;
@@ -20,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use error::{ConfigError, Problem};
 pub use lint::{APISERVER_SHUTDOWN_WINDOW, MIN_IDLE_TIMEOUT};
+pub use tls_files::{TlsFileError, TlsFiles};
 
 /// The largest `retries` a backend may ask for; also sizes the per-connection
 /// record of servers already tried.
@@ -27,6 +31,11 @@ pub const MAX_RETRIES: u32 = 16;
 
 /// Where `lbd` looks for its config when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/lbd/lbd.toml";
+
+/// Largest config file lbd reads. Real configs are kilobytes; anything near
+/// this is a wrong path (a log, a disk image, `/dev/zero`), and reading it
+/// whole would only exhaust memory before saying so.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// A validated lbd configuration: every default filled in.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +57,9 @@ pub struct Global {
     pub drain_timeout: Duration,
     /// How often DNS-named servers are resolved again.
     pub resolve_interval: Duration,
+    /// Connections served at once over all frontends; more wait in the
+    /// kernel backlog. Unset: as many as RLIMIT_NOFILE allows.
+    pub max_connections: Option<usize>,
 }
 
 /// The admin API's settings (`[admin]`).
@@ -55,6 +67,23 @@ pub struct Global {
 pub struct Admin {
     /// TCP address or unix socket path of the admin API.
     pub listen: AdminListen,
+    /// A file holding the bearer token every request must carry. Required
+    /// when `listen` is reachable from other hosts; read on each request,
+    /// so replacing the file rotates the token.
+    pub token_file: Option<PathBuf>,
+    /// `/metrics`, `/healthz` and `/readyz` answer without the token (for
+    /// Prometheus and health probes); everything else still needs it.
+    pub anonymous_read_only: bool,
+}
+
+impl AdminListen {
+    /// Whether only this host can connect: a loopback address or a unix socket.
+    pub fn is_local(&self) -> bool {
+        match self {
+            AdminListen::Tcp(addr) => addr.ip().is_loopback(),
+            AdminListen::Unix(_) => true,
+        }
+    }
 }
 
 /// Where the admin API listens.
@@ -77,6 +106,9 @@ pub struct Frontend {
     pub backend: String,
     /// Connections served at once; more wait in the kernel backlog.
     pub max_connections: usize,
+    /// Connections one client address (IPv6: one /64) may hold at once;
+    /// more are refused with a reset. Unset: no limit.
+    pub max_connections_per_source: Option<u32>,
     /// Kernel accept queue length for each listening socket.
     pub backlog: u32,
     /// A connection that carries no byte in either direction for this long is closed.
@@ -119,6 +151,9 @@ pub enum OnNoServer {
 }
 
 impl OnNoServer {
+    /// Every choice.
+    pub const ALL: [OnNoServer; 2] = [OnNoServer::Refuse, OnNoServer::Panic];
+
     /// The name used in the config file.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -186,6 +221,15 @@ pub enum Balance {
 }
 
 impl Balance {
+    /// Every algorithm, in the order the docs list them.
+    pub const ALL: [Balance; 5] = [
+        Balance::RoundRobin,
+        Balance::LeastConnections,
+        Balance::RandomTwo,
+        Balance::SourceHash,
+        Balance::First,
+    ];
+
     /// The name used in the config file.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -212,6 +256,9 @@ pub enum CheckKind {
 }
 
 impl CheckKind {
+    /// Every kind of check.
+    pub const ALL: [CheckKind; 3] = [CheckKind::Tcp, CheckKind::Tls, CheckKind::Https];
+
     /// The name used in the config file.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -286,10 +333,22 @@ impl Default for Health {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let bytes = std::fs::read(path).map_err(|e| ConfigError::Read {
+        use std::io::Read;
+        let read_error = |reason: String| ConfigError::Read {
             path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let file = std::fs::File::open(path).map_err(|e| read_error(e.to_string()))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| read_error(e.to_string()))?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(read_error(format!(
+                "the file is larger than {} MiB; is this the right file?",
+                MAX_FILE_BYTES >> 20
+            )));
+        }
         Config::parse_bytes(path, &bytes)
     }
 
@@ -297,21 +356,28 @@ impl Config {
     pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
         match std::str::from_utf8(bytes) {
             Ok(text) => Config::parse(path, text),
-            Err(e) => Err(ConfigError::Invalid {
-                problems: vec![Problem::at(
-                    path,
-                    &String::from_utf8_lossy(&bytes[..e.valid_up_to()]),
-                    Some(e.valid_up_to()..e.valid_up_to()),
-                    "the file is not valid UTF-8".into(),
-                )],
-            }),
+            Err(e) => {
+                let hint = if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+                    " (it looks like UTF-16: save it as UTF-8)"
+                } else {
+                    ": save it as UTF-8"
+                };
+                Err(ConfigError::Invalid {
+                    problems: vec![Problem::at(
+                        path,
+                        &String::from_utf8_lossy(&bytes[..e.valid_up_to()]),
+                        Some(e.valid_up_to()..e.valid_up_to()),
+                        format!("the file is not valid UTF-8{hint}"),
+                    )],
+                })
+            }
         }
     }
 
     /// Validates config text; `path` only labels the errors.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
-            problems: vec![Problem::at(path, text, e.span(), e.message().to_owned())],
+            problems: vec![syntax_problem(path, text, &e)],
         })?;
         validate::validate(path, text, raw)
     }
@@ -369,6 +435,39 @@ impl Config {
             plural(servers),
         )
     }
+}
+
+/// The parser's error as a located problem. The parser gives no place for a
+/// key path nested past its limit, so that one is found here.
+fn syntax_problem(path: &Path, text: &str, error: &toml::de::Error) -> Problem {
+    let message = error.message().trim_end().to_owned();
+    match error.span() {
+        Some(span) => Problem::at(path, text, Some(span), message),
+        None if message == "recursion limit" => Problem::at(
+            path,
+            text,
+            deepest_key(text),
+            "keys or tables nest too deeply: use fewer `.`-separated levels".into(),
+        ),
+        None => Problem::at(path, text, None, message),
+    }
+}
+
+/// The start of the first key (`a.b.c = …` or `[a.b.c]`) with the most dots,
+/// a best guess at what tripped the parser's recursion limit.
+fn deepest_key(text: &str) -> Option<std::ops::Range<usize>> {
+    let mut best: Option<(usize, usize)> = None;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let key = trimmed.split(['=', ']', '#']).next().unwrap_or("");
+        let dots = key.matches('.').count();
+        if dots > 0 && best.is_none_or(|(most, _)| dots > most) {
+            best = Some((dots, offset + line.len() - trimmed.len()));
+        }
+        offset += line.len();
+    }
+    best.map(|(_, at)| at..at)
 }
 
 /// A valid config and the timing lint's warnings about it.

@@ -2,27 +2,116 @@
 //! place in the file so validation can point at it.
 //!
 //! Optional fields stay `Option` here; defaults are applied by validation, so
-//! the file's text and lbd's defaults never blur together.
+//! the file's text and lbd's defaults never blur together. The wrappers
+//! below exist for the messages: a wrong type is named as the user wrote it
+//! (a table, `[[double brackets]]`, a whole number), never as a Rust type.
+
+use std::fmt;
+use std::marker::PhantomData;
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 
 use super::duration::HumanDuration;
-use super::{Balance, CheckKind, OnNoServer};
 
 pub(super) type Located<T> = Option<Spanned<T>>;
+
+/// A whole number as TOML writes it. Kept signed and wide so `retries = -1` reaches
+/// validation (which names the allowed range) as written; the type error for `"100"`
+/// or `1.5` says what to write instead of naming a Rust type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Count(pub i128);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CountVisitor;
+        impl Visitor<'_> for CountVisitor {
+            type Value = Count;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a whole number written without quotes, such as 3")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Count, E> {
+                Ok(Count(v.into()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
+                Ok(Count(v.into()))
+            }
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<Count, E> {
+                Ok(Count(v))
+            }
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Count, E> {
+                Ok(Count(i128::try_from(v).unwrap_or(i128::MAX)))
+            }
+        }
+        deserializer.deserialize_i64(CountVisitor)
+    }
+}
+
+/// A `[section]`: only a table is accepted. serde's derived structs also
+/// take a sequence, so `[[global]]` used to be read field by field and
+/// blamed on `drain_timeout`; here it is "expected a table".
+#[derive(Debug, Default)]
+pub(super) struct Table<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Table<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TableVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for TableVisitor<T> {
+            type Value = Table<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a table: [name] on its own line, or { key = value } inline")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Table<T>, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Table)
+            }
+        }
+        deserializer.deserialize_map(TableVisitor(PhantomData))
+    }
+}
+
+/// A `[[section]]`: an array of tables, so `[frontend]` (one table) says
+/// which brackets were meant.
+#[derive(Debug)]
+pub(super) struct Tables<T>(pub Vec<T>);
+
+impl<T> Default for Tables<T> {
+    fn default() -> Self {
+        Tables(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Tables<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TablesVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for TablesVisitor<T> {
+            type Value = Tables<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of tables, written [[name]] with double brackets")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Tables<T>, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Tables(items))
+            }
+        }
+        deserializer.deserialize_seq(TablesVisitor(PhantomData))
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
     #[serde(default)]
-    pub global: RawGlobal,
+    pub global: Table<RawGlobal>,
     #[serde(default)]
-    pub admin: RawAdmin,
+    pub admin: Table<RawAdmin>,
     #[serde(default, rename = "frontend")]
-    pub frontends: Vec<RawFrontend>,
+    pub frontends: Tables<RawFrontend>,
     #[serde(default, rename = "backend")]
-    pub backends: Vec<RawBackend>,
+    pub backends: Tables<RawBackend>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -30,12 +119,15 @@ pub(super) struct RawConfig {
 pub(super) struct RawGlobal {
     pub drain_timeout: Located<HumanDuration>,
     pub resolve_interval: Located<HumanDuration>,
+    pub max_connections: Located<Count>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub listen: Located<String>,
+    pub token_file: Located<String>,
+    pub anonymous_read_only: Located<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,8 +136,9 @@ pub(super) struct RawFrontend {
     pub name: Spanned<String>,
     pub listen: Spanned<Vec<Spanned<String>>>,
     pub backend: Spanned<String>,
-    pub max_connections: Located<u64>,
-    pub backlog: Located<u64>,
+    pub max_connections: Located<Count>,
+    pub max_connections_per_source: Located<Count>,
+    pub backlog: Located<Count>,
     pub idle_timeout: Located<HumanDuration>,
     pub fin_timeout: Located<HumanDuration>,
 }
@@ -54,12 +147,12 @@ pub(super) struct RawFrontend {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBackend {
     pub name: Spanned<String>,
-    pub balance: Option<Balance>,
+    pub balance: Located<String>,
     pub connect_timeout: Located<HumanDuration>,
-    pub retries: Located<u64>,
-    pub on_no_server: Option<OnNoServer>,
-    pub servers: Spanned<Vec<RawServer>>,
-    pub health: Option<Spanned<RawHealth>>,
+    pub retries: Located<Count>,
+    pub on_no_server: Located<String>,
+    pub servers: Spanned<Vec<Table<RawServer>>>,
+    pub health: Option<Spanned<Table<RawHealth>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,19 +160,19 @@ pub(super) struct RawBackend {
 pub(super) struct RawServer {
     pub name: Located<String>,
     pub address: Spanned<String>,
-    pub weight: Located<u64>,
+    pub weight: Located<Count>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHealth {
-    pub check: Option<CheckKind>,
+    pub check: Located<String>,
     pub interval: Located<HumanDuration>,
     pub fast_interval: Located<HumanDuration>,
     pub timeout: Located<HumanDuration>,
-    pub rise: Located<u64>,
-    pub fall: Located<u64>,
-    pub port: Located<u64>,
+    pub rise: Located<Count>,
+    pub fall: Located<Count>,
+    pub port: Located<Count>,
     pub path: Located<String>,
     pub sni: Located<String>,
     pub ca_file: Located<String>,

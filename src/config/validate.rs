@@ -1,7 +1,7 @@
 //! Turns the raw file into a [`Config`]: applies defaults, checks ranges and
 //! references, and collects every problem with its place in the file.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
@@ -9,52 +9,93 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{Located, RawBackend, RawConfig, RawFrontend, RawHealth, RawServer};
+use super::error::{LineIndex, quoted};
+use super::raw::{
+    Count, Located, RawAdmin, RawBackend, RawConfig, RawFrontend, RawHealth, RawServer, Table,
+};
+use super::tls_files;
 use super::{
-    Admin, AdminListen, Backend, CheckKind, Config, ConfigError, Frontend, Global, Health, Problem,
-    ServerAddress, ServerSpec, format_duration,
+    Admin, AdminListen, Backend, Balance, CheckKind, Config, ConfigError, Frontend, Global, Health,
+    OnNoServer, Problem, ServerAddress, ServerSpec, format_duration,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86400);
 
+/// Problems kept from one file. A generated file gone wrong can hold
+/// thousands; the first ones and a count serve better than a flood, and
+/// locating each costs a scan of its line.
+const MAX_PROBLEMS: usize = 50;
+
+/// Largest connection limit: far above what one host can hold, low enough
+/// that a typo (an extra zero or five) is caught.
+const MAX_CONNECTIONS: u64 = 10_000_000;
+
+/// Longest unix socket path: `sun_path` holds 108 bytes with the final NUL.
+const MAX_UNIX_PATH: usize = 107;
+
 pub(super) fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigError> {
     let mut checker = Checker {
         path,
-        text,
+        lines: LineIndex::new(text),
         problems: Vec::new(),
+        not_kept: 0,
     };
     let config = checker.config(raw);
     if checker.problems.is_empty() {
-        Ok(config)
-    } else {
-        checker.problems.sort_by_key(|p| (p.line, p.column));
-        Err(ConfigError::Invalid {
-            problems: checker.problems,
-        })
+        return Ok(config);
     }
+    checker.problems.sort_by_key(|p| (p.line, p.column));
+    if checker.not_kept > 0 {
+        checker.problems.push(Problem::whole_file(
+            path,
+            format!(
+                "{} more problems not listed: fix the ones above first",
+                checker.not_kept
+            ),
+        ));
+    }
+    Err(ConfigError::Invalid {
+        problems: checker.problems,
+    })
 }
 
 struct Checker<'a> {
     path: &'a Path,
-    text: &'a str,
+    lines: LineIndex<'a>,
     problems: Vec<Problem>,
+    not_kept: usize,
 }
 
 impl Checker<'_> {
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
-        self.problems.push(Problem::at(
-            self.path,
-            self.text,
-            Some(span),
-            message.into(),
-        ));
+        self.push(Some(span), message.into());
     }
 
     fn error_without_place(&mut self, message: impl Into<String>) {
-        self.problems
-            .push(Problem::at(self.path, self.text, None, message.into()));
+        self.push(None, message.into());
+    }
+
+    fn push(&mut self, span: Option<Range<usize>>, message: String) {
+        if self.problems.len() < MAX_PROBLEMS {
+            let problem = self.lines.problem(self.path, span, message);
+            self.problems.push(problem);
+        } else {
+            self.not_kept += 1;
+        }
+    }
+
+    /// A path read or created at run time: a NUL byte (`\u0000` is valid
+    /// TOML) would only fail later, far from the file.
+    fn file_path(&mut self, value: &Located<String>, key: &str) -> Option<PathBuf> {
+        let value = value.as_ref()?;
+        if value.get_ref().contains('\0') {
+            self.error(value.span(), format!("`{key}` contains a NUL byte"));
+        } else if value.get_ref().is_empty() {
+            self.error(value.span(), format!("`{key}` is empty: give a file path"));
+        }
+        Some(PathBuf::from(value.get_ref()))
     }
 
     fn duration(
@@ -82,25 +123,53 @@ impl Checker<'_> {
 
     fn integer(
         &mut self,
-        value: &Located<u64>,
+        value: &Located<Count>,
         key: &str,
         default: u64,
         allowed: RangeInclusive<u64>,
     ) -> u64 {
         let Some(value) = value else { return default };
-        let n = *value.get_ref();
-        if !allowed.contains(&n) {
-            self.error(
-                value.span(),
-                format!(
-                    "`{key}` = {n} is out of range: expected between {} and {}",
-                    allowed.start(),
-                    allowed.end()
-                ),
-            );
-            return default;
+        let n = value.get_ref().0;
+        match u64::try_from(n) {
+            Ok(n) if allowed.contains(&n) => n,
+            _ => {
+                self.error(
+                    value.span(),
+                    format!(
+                        "`{key}` = {n} is out of range: expected between {} and {}",
+                        allowed.start(),
+                        allowed.end()
+                    ),
+                );
+                default
+            }
         }
-        n
+    }
+
+    /// One of a fixed set of names (`balance`, `check`); the default when absent.
+    fn choice<T: Copy + Default>(
+        &mut self,
+        value: &Located<String>,
+        key: &str,
+        all: &[T],
+        name: fn(T) -> &'static str,
+    ) -> T {
+        let Some(value) = value else {
+            return T::default();
+        };
+        if let Some(&found) = all.iter().find(|&&c| name(c) == value.get_ref()) {
+            return found;
+        }
+        let names: Vec<String> = all.iter().map(|&c| format!("\"{}\"", name(c))).collect();
+        self.error(
+            value.span(),
+            format!(
+                "`{key}` = {} is not known: expected one of {}",
+                quoted(value.get_ref()),
+                names.join(", ")
+            ),
+        );
+        T::default()
     }
 
     /// Names appear in metric labels and admin URLs: keep them printable and slash-free.
@@ -113,11 +182,16 @@ impl Checker<'_> {
             );
         } else if let Some(bad) = text
             .chars()
-            .find(|c| c.is_whitespace() || c.is_control() || *c == '/')
+            .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')))
         {
+            // Names go into admin URLs, metric labels and `name@ip` server
+            // names of DNS addresses: `/`, `?`, `#`, `%` or `@` would break one of them.
             self.error(
                 name.span(),
-                format!("{what} name {text:?} contains {bad:?}: use letters, digits, `.`, `-`, `_` or `:`"),
+                format!(
+                    "{what} name {} contains {bad:?}: use letters, digits, `.`, `-`, `_` or `:`",
+                    quoted(text)
+                ),
             );
         }
         text.clone()
@@ -128,8 +202,8 @@ impl Checker<'_> {
             self.error(
                 name.span(),
                 format!(
-                    "duplicate {what} name {:?}: names must be unique",
-                    name.get_ref()
+                    "duplicate {what} name {}: names must be unique",
+                    quoted(name.get_ref())
                 ),
             );
         }
@@ -138,38 +212,41 @@ impl Checker<'_> {
     fn config(&mut self, raw: RawConfig) -> Config {
         let global = Global {
             drain_timeout: self.duration(
-                &raw.global.drain_timeout,
+                &raw.global.0.drain_timeout,
                 "drain_timeout",
                 30 * SECOND,
                 Duration::ZERO..=DAY,
             ),
             resolve_interval: self.duration(
-                &raw.global.resolve_interval,
+                &raw.global.0.resolve_interval,
                 "resolve_interval",
                 30 * SECOND,
                 SECOND..=DAY,
             ),
+            max_connections: raw.global.0.max_connections.as_ref().map(|_| {
+                self.integer(
+                    &raw.global.0.max_connections,
+                    "max_connections",
+                    1,
+                    1..=MAX_CONNECTIONS,
+                ) as usize
+            }),
         };
-        let admin = Admin {
-            listen: match &raw.admin.listen {
-                None => AdminListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 8404))),
-                Some(listen) => self.admin_listen(listen),
-            },
-        };
+        let admin = self.admin(&raw.admin.0);
 
-        if raw.frontends.is_empty() {
+        if raw.frontends.0.is_empty() {
             self.error_without_place(
                 "no [[frontend]] defined: lbd needs at least one address to listen on",
             );
         }
         let mut names = HashSet::new();
-        for b in &raw.backends {
+        for b in &raw.backends.0 {
             self.unique(&mut names, &b.name, "backend");
         }
         let backend_names = names;
         let mut names = HashSet::new();
-        let mut listen_seen: Vec<SocketAddr> = Vec::new();
-        for f in &raw.frontends {
+        let mut listen_seen = Binds::default();
+        for f in &raw.frontends.0 {
             self.unique(&mut names, &f.name, "frontend");
             if !backend_names.contains(f.backend.get_ref().as_str()) {
                 let known = if backend_names.is_empty() {
@@ -182,9 +259,9 @@ impl Checker<'_> {
                 self.error(
                     f.backend.span(),
                     format!(
-                        "frontend {:?} names backend {:?}, which does not exist: {known}",
-                        f.name.get_ref(),
-                        f.backend.get_ref()
+                        "frontend {} names backend {}, which does not exist: {known}",
+                        quoted(f.name.get_ref()),
+                        quoted(f.backend.get_ref())
                     ),
                 );
             }
@@ -196,27 +273,22 @@ impl Checker<'_> {
                     continue;
                 }
                 let admin_addr = match &admin.listen {
-                    AdminListen::Tcp(a) => Some(*a),
+                    AdminListen::Tcp(a) => Some(*a).filter(|&a| binds_clash(addr, a)),
                     AdminListen::Unix(_) => None,
                 };
-                if let Some(other) = listen_seen
-                    .iter()
-                    .chain(&admin_addr)
-                    .find(|&&other| binds_clash(addr, other))
-                {
-                    let other = if Some(*other) == admin_addr {
-                        format!("the admin API's {other}")
-                    } else {
-                        other.to_string()
-                    };
+                let other = match admin_addr {
+                    Some(admin) => Some(format!("the admin API's {admin}")),
+                    None => listen_seen.clash(addr).map(|other| other.to_string()),
+                };
+                if let Some(other) = other {
                     self.error(l.span(), format!("listen address {addr} clashes with {other}: both cannot be bound at once"));
                 }
-                listen_seen.push(addr);
+                listen_seen.insert(addr);
             }
         }
 
-        let frontends = raw.frontends.iter().map(|f| self.frontend(f)).collect();
-        let backends = raw.backends.iter().map(|b| self.backend(b)).collect();
+        let frontends = raw.frontends.0.iter().map(|f| self.frontend(f)).collect();
+        let backends = raw.backends.0.iter().map(|b| self.backend(b)).collect();
         Config {
             global,
             admin,
@@ -225,18 +297,65 @@ impl Checker<'_> {
         }
     }
 
+    /// `[admin]`: an address reachable from other hosts needs a token, since
+    /// the API can drain every server and reload the config.
+    fn admin(&mut self, raw: &RawAdmin) -> Admin {
+        let listen = match &raw.listen {
+            None => AdminListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 8404))),
+            Some(listen) => self.admin_listen(listen),
+        };
+        let token_file = self.file_path(&raw.token_file, "token_file");
+        if let (Some(spanned), AdminListen::Tcp(addr), None) = (&raw.listen, &listen, &token_file)
+            && !addr.ip().is_loopback()
+        {
+            self.error(
+                spanned.span(),
+                format!(
+                    "admin listen {addr} is reachable from other hosts, and the admin API can drain servers and reload: \
+                     set `token_file` (a bearer token lbctl sends with --token-file), or listen on 127.0.0.1 or a unix socket"
+                ),
+            );
+        }
+        let anonymous_read_only = match &raw.anonymous_read_only {
+            Some(flag) if token_file.is_none() && *flag.get_ref() => {
+                self.error(
+                    flag.span(),
+                    "`anonymous_read_only` only makes sense with `token_file`: without a token every route is open already",
+                );
+                false
+            }
+            Some(flag) => *flag.get_ref(),
+            None => false,
+        };
+        Admin {
+            listen,
+            token_file,
+            anonymous_read_only,
+        }
+    }
+
     fn admin_listen(&mut self, listen: &Spanned<String>) -> AdminListen {
         let text = listen.get_ref();
         if let Some(path) = text.strip_prefix("unix:") {
             if !path.starts_with('/') {
-                self.error(listen.span(), format!("admin socket path {path:?} must be absolute, e.g. \"unix:/run/lbd/admin.sock\""));
+                self.error(
+                    listen.span(),
+                    format!(
+                        "admin socket path {} must be absolute, e.g. \"unix:/run/lbd/admin.sock\"",
+                        quoted(path)
+                    ),
+                );
+            } else if path.contains('\0') {
+                self.error(listen.span(), "admin socket path contains a NUL byte");
+            } else if path.len() > MAX_UNIX_PATH {
+                self.error(listen.span(), format!("admin socket path is {} bytes long; unix sockets allow at most {MAX_UNIX_PATH}: pick a shorter path such as \"unix:/run/lbd/admin.sock\"", path.len()));
             }
             return AdminListen::Unix(PathBuf::from(path));
         }
         match text.parse() {
             Ok(addr) => AdminListen::Tcp(addr),
             Err(_) => {
-                self.error(listen.span(), format!("admin listen {text:?} is not an address: expected \"IP:PORT\" such as \"127.0.0.1:8404\" or \"unix:/run/lbd/admin.sock\""));
+                self.error(listen.span(), format!("admin listen {} is not an address: expected \"IP:PORT\" such as \"127.0.0.1:8404\" or \"unix:/run/lbd/admin.sock\"", quoted(text)));
                 AdminListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 8404)))
             }
         }
@@ -248,7 +367,8 @@ impl Checker<'_> {
             self.error(
                 raw.listen.span(),
                 format!(
-                    "frontend {name:?} has an empty `listen` list: give at least one \"IP:PORT\""
+                    "frontend {} has an empty `listen` list: give at least one \"IP:PORT\"",
+                    quoted(&name)
                 ),
             );
         }
@@ -260,8 +380,8 @@ impl Checker<'_> {
                 Ok(addr) => Some(addr),
                 Err(_) => {
                     self.error(l.span(), format!(
-                        "listen address {:?} is not IP:PORT: expected e.g. \"0.0.0.0:6443\" or \"[::]:6443\"",
-                        l.get_ref()
+                        "listen address {} is not IP:PORT: expected e.g. \"0.0.0.0:6443\" or \"[::]:6443\"",
+                        quoted(l.get_ref())
                     ));
                     None
                 }
@@ -275,8 +395,16 @@ impl Checker<'_> {
                 &raw.max_connections,
                 "max_connections",
                 20_000,
-                1..=10_000_000,
+                1..=MAX_CONNECTIONS,
             ) as usize,
+            max_connections_per_source: raw.max_connections_per_source.as_ref().map(|_| {
+                self.integer(
+                    &raw.max_connections_per_source,
+                    "max_connections_per_source",
+                    1,
+                    1..=MAX_CONNECTIONS,
+                ) as u32
+            }),
             backlog: self.integer(&raw.backlog, "backlog", 4096, 1..=65_535) as u32,
             idle_timeout: self.duration(&raw.idle_timeout, "idle_timeout", HOUR, SECOND..=7 * DAY),
             fin_timeout: self.duration(&raw.fin_timeout, "fin_timeout", 60 * SECOND, SECOND..=DAY),
@@ -289,7 +417,8 @@ impl Checker<'_> {
             self.error(
                 raw.servers.span(),
                 format!(
-                    "backend {name:?} has no servers: add at least one {{ address = \"IP:PORT\" }}"
+                    "backend {} has no servers: add at least one {{ address = \"IP:PORT\" }}",
+                    quoted(&name)
                 ),
             );
         }
@@ -298,15 +427,16 @@ impl Checker<'_> {
             .servers
             .get_ref()
             .iter()
-            .map(|s| {
+            .map(|Table(s)| {
                 let spec = self.server(s);
                 if !seen.insert(spec.name.clone()) {
                     let span = s.name.as_ref().map_or(s.address.span(), Spanned::span);
                     self.error(
                         span,
                         format!(
-                            "duplicate server name {:?} in backend {name:?}: names must be unique",
-                            spec.name
+                            "duplicate server name {} in backend {}: names must be unique",
+                            quoted(&spec.name),
+                            quoted(&name)
                         ),
                     );
                 }
@@ -319,7 +449,7 @@ impl Checker<'_> {
         };
         Backend {
             name,
-            balance: raw.balance.unwrap_or_default(),
+            balance: self.choice(&raw.balance, "balance", &Balance::ALL, Balance::as_str),
             connect_timeout: self.duration(
                 &raw.connect_timeout,
                 "connect_timeout",
@@ -332,7 +462,12 @@ impl Checker<'_> {
                 2,
                 0..=u64::from(super::MAX_RETRIES),
             ) as u32,
-            on_no_server: raw.on_no_server.unwrap_or_default(),
+            on_no_server: self.choice(
+                &raw.on_no_server,
+                "on_no_server",
+                &OnNoServer::ALL,
+                OnNoServer::as_str,
+            ),
             servers,
             health,
         }
@@ -353,12 +488,17 @@ impl Checker<'_> {
 
     fn server_address(&mut self, raw: &Spanned<String>) -> ServerAddress {
         let text = raw.get_ref();
+        let shown = quoted(text);
         let expected = "expected \"IP:PORT\", \"[IPv6]:PORT\" or \"HOSTNAME:PORT\"";
+        let unusable = |text: &str| ServerAddress {
+            host: text.to_owned(),
+            port: 0,
+        };
         if let Ok(addr) = text.parse::<SocketAddr>() {
             if addr.port() == 0 {
                 self.error(
                     raw.span(),
-                    format!("server address {text:?} has port 0: {expected}"),
+                    format!("server address {shown} has port 0: {expected}"),
                 );
             }
             return ServerAddress {
@@ -366,26 +506,49 @@ impl Checker<'_> {
                 port: addr.port(),
             };
         }
-        let Some((host, port)) = text.rsplit_once(':') else {
+        let bare_ip = text.parse::<std::net::IpAddr>().is_ok()
+            || text
+                .strip_prefix('[')
+                .and_then(|t| t.strip_suffix(']'))
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        let Some((host, port)) = text.rsplit_once(':').filter(|_| !bare_ip) else {
+            let hint = if text.parse::<std::net::Ipv6Addr>().is_ok() {
+                "it reads as an IPv6 address: write \"[IPv6]:PORT\", e.g. \"[fd00::11]:6443\""
+            } else {
+                expected
+            };
             self.error(
                 raw.span(),
-                format!("server address {text:?} has no port: {expected}"),
+                format!("server address {shown} has no port: {hint}"),
             );
-            return ServerAddress {
-                host: text.clone(),
-                port: 0,
-            };
+            return unusable(text);
         };
-        let port = match port.parse::<u16>() {
-            Ok(p) if p != 0 => p,
-            _ => {
-                self.error(raw.span(), format!("server address {text:?} has port {port:?}: expected a number from 1 to 65535"));
-                0
-            }
+        if host.contains(':') {
+            self.error(
+                raw.span(),
+                format!("server address {shown}: an IPv6 address needs brackets, as in \"[fd00::11]:6443\""),
+            );
+            return unusable(host);
+        }
+        let Some(port) = port.parse::<u16>().ok().filter(|&p| p != 0) else {
+            self.error(
+                raw.span(),
+                format!(
+                    "server address {shown} has port {}: expected a number from 1 to 65535",
+                    quoted(port)
+                ),
+            );
+            return unusable(host);
         };
-        let valid_host = !host.is_empty()
-            && host.len() <= 253
-            && host.split('.').all(|label| {
+        // One trailing dot (a fully qualified name) is fine; a host made of
+        // numbers only (`999.1.1.1`) is a mistyped IP, not a name.
+        let name = host.strip_suffix('.').unwrap_or(host);
+        let valid_host = !name.is_empty()
+            && name.len() <= 253
+            && !name
+                .split('.')
+                .all(|label| label.chars().all(|c| c.is_ascii_digit()))
+            && name.split('.').all(|label| {
                 !label.is_empty()
                     && label.len() <= 63
                     && label
@@ -395,7 +558,10 @@ impl Checker<'_> {
         if !valid_host {
             self.error(
                 raw.span(),
-                format!("server address {text:?} has an invalid host {host:?}: {expected}"),
+                format!(
+                    "server address {shown} has an invalid host {}: {expected}",
+                    quoted(host)
+                ),
             );
         }
         ServerAddress {
@@ -404,10 +570,10 @@ impl Checker<'_> {
         }
     }
 
-    fn health(&mut self, raw: &Spanned<RawHealth>) -> Health {
+    fn health(&mut self, raw: &Spanned<Table<RawHealth>>) -> Health {
         let defaults = Health::default();
-        let h = raw.get_ref();
-        let check = h.check.unwrap_or_default();
+        let h = &raw.get_ref().0;
+        let check = self.choice(&h.check, "check", &CheckKind::ALL, CheckKind::as_str);
         let tls = matches!(check, CheckKind::Tls | CheckKind::Https);
         let only_for =
             |checker: &mut Self, field: &Located<String>, key: &str, allowed: bool, kinds: &str| {
@@ -456,8 +622,8 @@ impl Checker<'_> {
             self.error(
                 path.span(),
                 format!(
-                    "health `path` {:?} must start with '/', e.g. \"/readyz\"",
-                    path.get_ref()
+                    "health `path` {} must start with '/', e.g. \"/readyz\"",
+                    quoted(path.get_ref())
                 ),
             );
         }
@@ -499,6 +665,9 @@ impl Checker<'_> {
             defaults.timeout,
             Duration::from_millis(10)..=Duration::from_secs(300),
         );
+        if tls {
+            self.tls_settings(h, check);
+        }
         Health {
             check,
             interval,
@@ -515,11 +684,90 @@ impl Checker<'_> {
                 .as_ref()
                 .map_or(defaults.path, |p| p.get_ref().clone()),
             sni: h.sni.as_ref().map(|s| s.get_ref().clone()),
-            ca_file: h.ca_file.as_ref().map(|p| PathBuf::from(p.get_ref())),
-            cert_file: h.cert_file.as_ref().map(|p| PathBuf::from(p.get_ref())),
-            key_file: h.key_file.as_ref().map(|p| PathBuf::from(p.get_ref())),
+            ca_file: self.file_path(&h.ca_file, "ca_file"),
+            cert_file: self.file_path(&h.cert_file, "cert_file"),
+            key_file: self.file_path(&h.key_file, "key_file"),
             passive: h.passive.unwrap_or(defaults.passive),
             close_on_down,
+        }
+    }
+}
+
+/// Listen addresses seen so far, indexed so that each new one is checked
+/// against them in constant time (a generated file may list thousands).
+#[derive(Default)]
+struct Binds {
+    /// Every specific address, and per (port, family) the first wildcard
+    /// and the first address of any kind.
+    exact: HashSet<SocketAddr>,
+    wildcard: HashMap<(u16, bool), SocketAddr>,
+    any: HashMap<(u16, bool), SocketAddr>,
+}
+
+impl Binds {
+    /// An address already seen that `addr` cannot be bound beside, per [`binds_clash`].
+    fn clash(&self, addr: SocketAddr) -> Option<SocketAddr> {
+        let key = (addr.port(), addr.is_ipv4());
+        if self.exact.contains(&addr) {
+            return Some(addr);
+        }
+        if let Some(&wildcard) = self.wildcard.get(&key) {
+            return Some(wildcard);
+        }
+        if addr.ip().is_unspecified() {
+            return self.any.get(&key).copied();
+        }
+        None
+    }
+
+    fn insert(&mut self, addr: SocketAddr) {
+        let key = (addr.port(), addr.is_ipv4());
+        self.exact.insert(addr);
+        self.any.entry(key).or_insert(addr);
+        if addr.ip().is_unspecified() {
+            self.wildcard.entry(key).or_insert(addr);
+        }
+    }
+}
+
+impl Checker<'_> {
+    /// The TLS files must be readable and hold what their key says (the
+    /// checks would fail on every server otherwise), and `sni` must be a
+    /// name TLS can send.
+    fn tls_settings(&mut self, h: &RawHealth, check: CheckKind) {
+        if let Some(ca) = &h.ca_file
+            && let Err(e) = tls_files::load_roots(Path::new(ca.get_ref()))
+        {
+            self.error(ca.span(), e.to_string());
+        }
+        if check == CheckKind::Https
+            && let (Some(cert), Some(key)) = (&h.cert_file, &h.key_file)
+        {
+            let provider = rustls::crypto::ring::default_provider();
+            let loaded = tls_files::load_client(
+                Path::new(cert.get_ref()),
+                Path::new(key.get_ref()),
+                &provider,
+            );
+            if let Err(e) = loaded {
+                let span = if e.key == "cert_file" {
+                    cert.span()
+                } else {
+                    key.span()
+                };
+                self.error(span, e.to_string());
+            }
+        }
+        if let Some(sni) = &h.sni
+            && rustls::pki_types::ServerName::try_from(sni.get_ref().as_str()).is_err()
+        {
+            self.error(
+                sni.span(),
+                format!(
+                    "`sni` = {:?} is not a DNS name or an IP address, e.g. \"kubernetes\"",
+                    sni.get_ref()
+                ),
+            );
         }
     }
 }
@@ -648,6 +896,35 @@ servers = [{ address = "10.0.0.1" }, { address = "10.0.0.2:1", weight = 0 }]
             ("127.0.0.1:0", "127.0.0.1:0"),
         ] {
             assert!(parse(&two(a, b)).is_ok(), "{a} {b}");
+        }
+    }
+
+    #[test]
+    fn names_and_hosts_that_would_break_urls_or_dns_are_refused() {
+        let with = |server: &str| {
+            format!(
+                "[[frontend]]\nname = \"a\"\nlisten = [\"127.0.0.1:1\"]\nbackend = \"b\"\n\
+                 [[backend]]\nname = \"b\"\nservers = [{server}]\n"
+            )
+        };
+        for bad in [
+            r#"{ name = "cp?1", address = "10.0.0.1:6443" }"#,
+            r#"{ name = "cp@x", address = "10.0.0.1:6443" }"#,
+            r#"{ name = "50%", address = "10.0.0.1:6443" }"#,
+            r#"{ address = "999.1.1.1:6443" }"#,
+        ] {
+            assert!(parse(&with(bad)).is_err(), "{bad} was accepted");
+        }
+        for good in [
+            r#"{ name = "cp-1.lab_a:x", address = "10.0.0.1:6443" }"#,
+            r#"{ address = "cp1.lab.:6443" }"#,
+            r#"{ address = "3com.example:6443" }"#,
+        ] {
+            assert!(
+                parse(&with(good)).is_ok(),
+                "{good} was refused: {:?}",
+                parse(&with(good))
+            );
         }
     }
 

@@ -7,12 +7,13 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
+
+use crate::http_client::{self, BodyEnd};
 
 /// The largest answer accepted from the daemon (a status of thousands of servers fits).
 const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
@@ -115,12 +116,34 @@ impl Answer {
 pub struct AdminClient {
     addr: AdminAddr,
     timeout: Duration,
+    token: Option<String>,
+}
+
+/// Reads a bearer token file (`lbctl --token-file`): its content, trimmed.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the admin token file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("the admin token file {} is empty", path.display()));
+    }
+    Ok(token.to_owned())
 }
 
 impl AdminClient {
     /// A client for `addr`; every request must complete within `timeout`.
     pub fn new(addr: AdminAddr, timeout: Duration) -> AdminClient {
-        AdminClient { addr, timeout }
+        AdminClient {
+            addr,
+            timeout,
+            token: None,
+        }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> AdminClient {
+        self.token = token;
+        self
     }
 
     /// The address this client talks to.
@@ -175,19 +198,17 @@ impl AdminClient {
         path: &str,
     ) -> Result<Answer, ClientError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         let broken = |detail: String| ClientError::Protocol {
             addr: self.addr.clone(),
             detail,
         };
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| broken(e.to_string()))?;
-        let connection = tokio::spawn(connection);
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = &self.token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
             .header(hyper::header::HOST, host)
             .header(
                 hyper::header::USER_AGENT,
@@ -195,18 +216,17 @@ impl AdminClient {
             )
             .body(Empty::<Bytes>::new())
             .map_err(|e| broken(e.to_string()))?;
-        let response = sender
-            .send_request(request)
+        let answer = http_client::exchange(stream, request, MAX_ANSWER_BYTES)
             .await
             .map_err(|e| broken(e.to_string()))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| broken(format!("reading the body: {e}")))?
-            .to_bytes();
-        connection.abort();
-        Ok(Answer { status, body })
+        match answer.ended {
+            BodyEnd::Whole => Ok(Answer {
+                status: answer.status,
+                body: answer.body,
+            }),
+            BodyEnd::TooLong => Err(broken("reading the body: length limit exceeded".into())),
+            BodyEnd::Broken(e) => Err(broken(format!("reading the body: {e}"))),
+        }
     }
 }
 

@@ -4,4 +4,4 @@
 pub mod client;
 pub mod commands;
 
-pub use client::{AdminAddr, AdminClient, ClientError};
+pub use client::{AdminAddr, AdminClient, ClientError, read_token_file};

@@ -1,14 +1,21 @@
 //! Changing the running daemon: reloading the config file, following DNS
-//! changes, and the operator's per-server admin state. Reloads and DNS
-//! refreshes take turns (one lock); each builds a new snapshot and swaps it
-//! in, so the connection path never waits.
+//! changes, and the operator's per-server admin state. Each builds a new
+//! snapshot and swaps it in, so the connection path never waits.
+//!
+//! Locking: DNS lookups, which can take seconds, happen before any lock.
+//! The reload lock is held only to compare and swap: build the new pools
+//! from the current snapshot and the lookups' answers, bind new listeners,
+//! store. Admin changes take it too, so none lands on a server a reload is
+//! replacing, and shutdown takes it to mark the daemon stopping, after which
+//! nothing is swapped in. Reloads also take turns among themselves (one file
+//! read and applied at a time), without holding the reload lock meanwhile.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::SystemTime;
 
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::Daemon;
 use crate::config::{Config, ConfigError};
@@ -68,6 +75,11 @@ pub enum ReloadError {
     /// A new listen address could not be bound.
     #[error("{0}")]
     Bind(#[from] BindError),
+    /// Shutdown has begun: nothing changes any more while connections drain.
+    #[error(
+        "lbd is shutting down (draining connections): the reload was not applied; the next lbd reads the file when it starts"
+    )]
+    ShuttingDown,
 }
 
 impl ReloadError {
@@ -76,6 +88,7 @@ impl ReloadError {
         match self {
             ReloadError::Config(err) => err.summary(),
             ReloadError::Bind(err) => err.to_string(),
+            ReloadError::ShuttingDown => self.to_string(),
         }
     }
 }
@@ -101,13 +114,23 @@ pub struct AdminChange {
 
 impl Daemon {
     /// Reads the config file again and applies it; on any error the running
-    /// config is left untouched. Reloads run one at a time.
+    /// config is left untouched. Reloads run one at a time; once shutdown
+    /// has begun they are refused ([`ReloadError::ShuttingDown`]).
     pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
-        let mut state = self.shared.reload_lock.lock().await;
+        let _turn = self.shared.reload_turn.lock().await;
+        if self.is_shutting_down() {
+            warn!("reload refused: lbd is shutting down");
+            return Err(ReloadError::ShuttingDown);
+        }
         // systemd shows the unit reloading until the guard says READY=1 again.
         let _reloading = systemd::notifier().reloading();
         info!(path = %self.shared.config_path.display(), "reloading the config");
-        let result = self.reload_locked(&mut state).await;
+        let result = self.reload_in_turn().await;
+        if let Err(ReloadError::ShuttingDown) = result {
+            // Not the file's fault: last_reload and the counters stay.
+            warn!("reload refused: lbd is shutting down");
+            return result;
+        }
         let mut last = self.shared.last_reload.lock().expect("last reload lock");
         match &result {
             Ok(report) => {
@@ -133,16 +156,24 @@ impl Daemon {
         result
     }
 
-    async fn reload_locked(&self, state: &mut ReloadState) -> Result<ReloadReport, ReloadError> {
+    async fn reload_in_turn(&self) -> Result<ReloadReport, ReloadError> {
         let checked = Config::load_with_warnings(&self.shared.config_path)?;
         let warnings: Vec<String> = checked.warnings.iter().map(|w| w.one_line()).collect();
         for warning in &warnings {
             warn!("{warning}");
         }
-        let old = self.snapshot();
-        let diff = reload::diff(&old.config, &checked.config);
         let config = Arc::new(checked.config);
-        let resolved = reload::resolve_pools(&config, Some(&old)).await;
+        let lookups = reload::resolve_names(&config, &self.shared.resolver).await;
+
+        let mut state = self.shared.reload_lock.lock().await;
+        if self.is_shutting_down() {
+            return Err(ReloadError::ShuttingDown);
+        }
+        // Read under the lock: a DNS refresh or admin change made while the
+        // names resolved is built upon, not undone.
+        let old = self.snapshot();
+        let diff = reload::diff(&old.config, &config);
+        let resolved = reload::assemble_pools(&config, Some(&old), &lookups);
 
         // Everything that can fail happens before the first change.
         let plan = self.plan_listeners(&diff, |name| {
@@ -155,12 +186,7 @@ impl Daemon {
 
         let mut frontends = Vec::with_capacity(config.frontends.len());
         for spec in &config.frontends {
-            let pool = resolved
-                .pools
-                .iter()
-                .find(|p| p.spec.name == spec.backend)
-                .cloned()
-                .expect("validation guarantees the backend exists");
+            let pool = resolved.pool_of(spec);
             let frontend = match old.frontends.iter().find(|f| f.name == spec.name) {
                 Some(kept) => {
                     kept.update(spec, pool);
@@ -176,8 +202,9 @@ impl Daemon {
             frontends,
         });
         self.install_snapshot(Arc::clone(&snapshot));
+        self.resize_global_limit(&snapshot.config);
         self.apply_listeners(plan, &snapshot.frontends);
-        self.note_dns_failures(state, &resolved.dns_failures, &resolved.dns_resolved);
+        self.note_dns_failures(&mut state, &resolved.dns_failures, &resolved.dns_resolved);
         self.log_new_and_gone_servers(&old, &snapshot);
         Ok(ReloadReport {
             changes: diff.describe(),
@@ -193,19 +220,34 @@ impl Daemon {
                 () = self.shared.stop_accepting.cancelled() => return,
                 () = tokio::time::sleep(interval) => {}
             }
-            self.refresh_dns().await;
+            if let Err(ReloadError::ShuttingDown) = self.refresh_dns().await {
+                return;
+            }
         }
     }
 
     /// Resolves DNS-named servers again and swaps a new snapshot in if any
-    /// address came or went. A name that fails keeps its last addresses.
-    pub async fn refresh_dns(&self) {
-        let mut state = self.shared.reload_lock.lock().await;
-        let old = self.snapshot();
-        if !reload::has_dns_names(&old.config) {
-            return;
+    /// address came or went; returns whether it did. A name that fails keeps
+    /// its last addresses. The lookups run before the reload lock is taken;
+    /// if a reload swapped another config in meanwhile, its own lookups
+    /// stand and this refresh changes nothing.
+    pub async fn refresh_dns(&self) -> Result<bool, ReloadError> {
+        let resolved_for = self.snapshot().config.clone();
+        if !reload::has_dns_names(&resolved_for) {
+            return Ok(false);
         }
-        let resolved = reload::resolve_pools(&old.config, Some(&old)).await;
+        let lookups = reload::resolve_names(&resolved_for, &self.shared.resolver).await;
+
+        let mut state = self.shared.reload_lock.lock().await;
+        if self.is_shutting_down() {
+            return Err(ReloadError::ShuttingDown);
+        }
+        let old = self.snapshot();
+        if !Arc::ptr_eq(&old.config, &resolved_for) {
+            debug!("DNS refresh dropped: a reload applied another config meanwhile");
+            return Ok(false);
+        }
+        let resolved = reload::assemble_pools(&old.config, Some(&old), &lookups);
         self.note_dns_failures(&mut state, &resolved.dns_failures, &resolved.dns_resolved);
         let changed = old.pools.len() != resolved.pools.len()
             || old
@@ -214,7 +256,7 @@ impl Daemon {
                 .zip(&resolved.pools)
                 .any(|(a, b)| !Arc::ptr_eq(a, b));
         if !changed {
-            return;
+            return Ok(false);
         }
         for frontend in &old.frontends {
             let spec = old
@@ -222,7 +264,7 @@ impl Daemon {
                 .frontends
                 .iter()
                 .find(|f| f.name == frontend.name);
-            let pool = spec.and_then(|s| resolved.pools.iter().find(|p| p.spec.name == s.backend));
+            let pool = spec.and_then(|s| resolved.pool(&s.backend));
             if let (Some(spec), Some(pool)) = (spec, pool) {
                 frontend.update(spec, Arc::clone(pool));
             }
@@ -234,6 +276,7 @@ impl Daemon {
         });
         self.install_snapshot(Arc::clone(&snapshot));
         self.log_new_and_gone_servers(&old, &snapshot);
+        Ok(true)
     }
 
     pub(super) async fn note_dns_results(
@@ -294,28 +337,28 @@ impl Daemon {
 
     /// Sets the admin state of a server, or of every address of a DNS-named
     /// server when `server` is its configured name.
-    pub fn set_admin(
+    ///
+    /// Holds the reload lock: a reload or DNS refresh never swaps a server
+    /// out from under the change (the change lands before the swap, and the
+    /// new snapshot carries it over, or after it, on the new servers).
+    pub async fn set_admin(
         &self,
         backend: &str,
         server: &str,
         admin: AdminState,
     ) -> Result<Vec<AdminChange>, UnknownServer> {
+        let _swap = self.shared.reload_lock.lock().await;
         let snapshot = self.snapshot();
         let unknown = || UnknownServer {
             backend: backend.to_owned(),
             server: server.to_owned(),
         };
         let pool = snapshot.pool(backend).ok_or_else(unknown)?;
-        let prefix = format!("{server}@");
-        let mut targets: Vec<&Arc<Server>> =
-            pool.servers.iter().filter(|s| s.name == server).collect();
-        if targets.is_empty() {
-            targets = pool
-                .servers
-                .iter()
-                .filter(|s| s.name.starts_with(&prefix))
-                .collect();
-        }
+        let targets: Vec<&Arc<Server>> = pool
+            .servers
+            .iter()
+            .filter(|s| reload::is_address_of(&s.name, server))
+            .collect();
         if targets.is_empty() {
             return Err(unknown());
         }
@@ -363,6 +406,23 @@ impl Daemon {
         } else {
             Err(reasons.join("; "))
         }
+    }
+
+    /// Like [`Daemon::readiness`] for one frontend: whether it can give a new
+    /// connection a server. `None` when no frontend has that name.
+    pub fn frontend_readiness(&self, frontend: &str) -> Option<Result<(), String>> {
+        let snapshot = self.snapshot();
+        let found = snapshot.frontends.iter().find(|f| f.name == frontend)?;
+        if self.is_shutting_down() {
+            return Some(Err(
+                "lbd is shutting down: no new connections are accepted".into()
+            ));
+        }
+        Some(
+            found
+                .readiness()
+                .map_err(|why| format!("frontend {frontend}: {why}")),
+        )
     }
 
     /// The outcome of the latest load of the config file.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use socket2::SockRef;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -46,6 +47,8 @@ struct BoundListener {
     stop: CancellationToken,
     /// The daemon's descriptor of the socket (the accept loop has another).
     socket: std::net::TcpListener,
+    /// The accept loop; finished while `stop` is not cancelled means it died.
+    task: JoinHandle<()>,
 }
 
 /// Every listening socket of the daemon.
@@ -61,6 +64,24 @@ impl Listeners {
             .filter(|l| l.frontend == frontend)
             .map(|l| l.local)
             .collect()
+    }
+
+    /// (frontend, address) of every accept loop that ended without being
+    /// told to: a listener nobody serves any more.
+    pub(super) fn dead_accept_loops(&self) -> Vec<(String, SocketAddr)> {
+        self.bound
+            .iter()
+            .filter(|l| l.task.is_finished() && !l.stop.is_cancelled())
+            .map(|l| (l.frontend.clone(), l.local))
+            .collect()
+    }
+
+    /// Ends every accept loop abruptly, as a bug would (tests only).
+    #[cfg(test)]
+    pub(super) fn abort_accept_loops(&self) {
+        for bound in &self.bound {
+            bound.task.abort();
+        }
     }
 
     /// Stops every accept loop; each socket closes as its loop ends.
@@ -135,24 +156,14 @@ impl Daemon {
                 .expect("the plan only names frontends of the new config")
         };
         for (frontend, addr) in plan.close {
-            let taken = self
-                .shared
-                .listeners
-                .lock()
-                .expect("listener list lock")
-                .take(&frontend, addr);
+            let taken = self.listeners().take(&frontend, addr);
             if let Some(bound) = taken {
                 bound.stop.cancel();
                 info!(frontend = %frontend, address = %bound.local, "stopped listening; live connections go on");
             }
         }
         for (from, to, addr, backlog) in plan.hand_over {
-            let taken = self
-                .shared
-                .listeners
-                .lock()
-                .expect("listener list lock")
-                .take(&from, addr);
+            let taken = self.listeners().take(&from, addr);
             let Some(bound) = taken else { continue };
             bound.stop.cancel();
             // listen() again: harmless on a listening socket, and it wakes
@@ -185,7 +196,14 @@ impl Daemon {
         let local = listener
             .local_addr()
             .expect("a bound socket has a local address");
-        info!(frontend = %frontend.name, address = %local, "listening");
+        let mut listeners = self.listeners();
+        // Shutdown closes every listener under this lock: one arriving after
+        // it (callers check first; this is the backstop) would listen,
+        // unserved, until the process exits.
+        if self.shared.stop_accepting.is_cancelled() {
+            info!(frontend = %frontend.name, address = %local, "not listening: lbd is shutting down");
+            return;
+        }
         let socket = match duplicate(&listener) {
             Ok(socket) => socket,
             Err(err) => {
@@ -193,27 +211,25 @@ impl Daemon {
                 return;
             }
         };
+        info!(frontend = %frontend.name, address = %local, "listening");
         let stop = self.shared.stop_accepting.child_token();
         let name = frontend.name.clone();
-        tokio::spawn(listener::accept_loop(
+        let task = tokio::spawn(listener::accept_loop(
             listener,
             frontend,
+            Arc::clone(&self.shared.global_limit),
             stop.clone(),
             self.shared.connections.clone(),
             self.shared.close_connections.clone(),
         ));
-        self.shared
-            .listeners
-            .lock()
-            .expect("listener list lock")
-            .bound
-            .push(BoundListener {
-                frontend: name,
-                configured,
-                local,
-                stop,
-                socket,
-            });
+        listeners.bound.push(BoundListener {
+            frontend: name,
+            configured,
+            local,
+            stop,
+            socket,
+            task,
+        });
     }
 }
 

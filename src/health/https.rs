@@ -10,15 +10,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode, header};
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::tls::{TlsProbe, TlsSetupError};
+use super::tls::{TlsClient, TlsProbe, TlsSetupError};
 use super::{Alive, CheckError};
 use crate::config;
+use crate::http_client::{self, BodyEnd};
 
 /// How much of a failing answer's body is kept for the check's detail:
 /// enough for kube-apiserver's `[-]etcd failed: reason withheld` lines.
@@ -33,10 +33,18 @@ pub struct HttpsProbe {
 }
 
 impl HttpsProbe {
-    /// Builds the TLS client (offering `http/1.1`) and the request's target.
-    pub fn new(spec: &config::Health, host: &str) -> Result<HttpsProbe, TlsSetupError> {
+    /// What the TLS client of an HTTPS check offers: HTTP/1.1 (hyper's
+    /// client here speaks nothing else).
+    pub const ALPN: &[&[u8]] = &[b"http/1.1"];
+
+    /// The check of one server through `client` (built with [`Self::ALPN`]).
+    pub fn new(
+        client: &TlsClient,
+        spec: &config::Health,
+        host: &str,
+    ) -> Result<HttpsProbe, TlsSetupError> {
         Ok(HttpsProbe {
-            tls: TlsProbe::new(spec, host, &[b"http/1.1"])?,
+            tls: TlsProbe::new(client, spec, host)?,
             path: spec.path.clone(),
             host: spec.sni.clone().unwrap_or_else(|| host.to_owned()),
         })
@@ -60,10 +68,6 @@ impl HttpsProbe {
         &self,
         tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     ) -> Result<Alive, CheckError> {
-        let http_error = |e: hyper::Error| CheckError::Http(format!("GET {}: {e}", self.path));
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(http_error)?;
         let request = Request::get(self.path.as_str())
             .header(header::HOST, &self.host)
             .header(
@@ -73,21 +77,17 @@ impl HttpsProbe {
             .header(header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
             .map_err(|e| CheckError::Http(format!("GET {}: bad request: {e}", self.path)))?;
-        let exchange = async move {
-            let response = sender.send_request(request).await?;
-            let status = response.status();
-            // The body is read (a little of it) so a failure can say why.
-            let body = Limited::new(response.into_body(), BODY_EXCERPT)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            Ok::<_, hyper::Error>((status, body))
-            // `sender` drops here, which lets `connection` finish.
+        let answer = http_client::exchange(tls, request, BODY_EXCERPT)
+            .await
+            .map_err(|e| CheckError::Http(format!("GET {}: {e}", self.path)))?;
+        // The body is read (its first bytes) so a failure can say why: a
+        // long `/readyz?verbose` is quoted from its start; one cut short by
+        // a broken connection is not quoted.
+        let body = match answer.ended {
+            BodyEnd::Whole | BodyEnd::TooLong => answer.body,
+            BodyEnd::Broken(_) => Bytes::new(),
         };
-        let (answer, _) = tokio::join!(exchange, connection);
-        let (status, body) = answer.map_err(http_error)?;
-        self.verdict(status, &body)
+        self.verdict(answer.status, &body)
     }
 
     fn verdict(&self, status: StatusCode, body: &[u8]) -> Result<Alive, CheckError> {
@@ -129,7 +129,9 @@ mod tests {
     use super::*;
 
     fn probe() -> HttpsProbe {
-        HttpsProbe::new(&config::Health::default(), "127.0.0.1").unwrap()
+        let spec = config::Health::default();
+        let client = TlsClient::new(&spec, HttpsProbe::ALPN).unwrap();
+        HttpsProbe::new(&client, &spec, "127.0.0.1").unwrap()
     }
 
     #[test]

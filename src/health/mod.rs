@@ -12,17 +12,23 @@
 //! [`HealthChecks`] owns the tasks: the daemon creates it and calls
 //! [`HealthChecks::sync`] after every snapshot swap (start and reload), so
 //! new servers are checked at once, removed ones stop being checked, and
-//! servers that stay keep their task and state.
+//! servers that stay keep their task and state. The checks of a backend
+//! share one TLS client (`active.rs`), built off the task map's lock.
+//!
+//! A check the checker cannot run at all (its TLS files became unusable
+//! after validation) is recorded as `check_error` and leaves the verdict
+//! alone: a broken checker must not take healthy servers down.
 
+mod active;
+mod first_round;
 mod https;
 mod machine;
 mod task;
 mod tcp;
 mod tls;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,14 +38,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{self, CheckKind};
+use crate::config;
 use crate::dial::DialError;
 use crate::frontend::Frontend;
-use crate::pool::{Availability, Health, Pool, Server, Snapshot};
+use crate::pool::{Availability, Pool, Server, Snapshot};
 
+pub use active::{ActiveCheck, CheckFactory, CheckSetup};
+use first_round::FirstRoundGuard;
 pub use https::HttpsProbe;
 pub use machine::{RiseFall, Transition, format_elapsed};
-pub use tls::{TlsProbe, TlsSetupError};
+pub use tls::{TlsClient, TlsProbe, TlsSetupError};
 
 /// A check that found the server alive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,15 +70,22 @@ pub enum CheckError {
     /// TLS worked but the HTTP answer was missing or not 2xx.
     #[error("{0}")]
     Http(String),
+    /// The checker could not run the check at all (its TLS files became
+    /// unusable): says nothing about the server, so it does not count
+    /// against it.
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl CheckError {
-    /// The result label: a dial error kind, `tls_error` or `http_error`.
+    /// The result label: a dial error kind, `tls_error`, `http_error` or
+    /// `check_error`.
     pub fn result(&self) -> &'static str {
         match self {
             CheckError::Dial(e) => e.kind.as_str(),
             CheckError::Tls(_) => "tls_error",
             CheckError::Http(_) => "http_error",
+            CheckError::Setup(_) => "check_error",
         }
     }
 
@@ -78,7 +93,7 @@ impl CheckError {
     pub fn detail(&self) -> String {
         match self {
             CheckError::Dial(e) => e.detail.clone(),
-            CheckError::Tls(d) | CheckError::Http(d) => d.clone(),
+            CheckError::Tls(d) | CheckError::Http(d) | CheckError::Setup(d) => d.clone(),
         }
     }
 }
@@ -91,71 +106,6 @@ pub trait Check: Send + 'static {
     fn run(&mut self) -> impl Future<Output = Result<Alive, CheckError>> + Send + '_;
 }
 
-/// The configured check of one server: where it goes and how.
-#[derive(Debug)]
-pub struct ActiveCheck {
-    addr: SocketAddr,
-    host: String,
-    spec: config::Health,
-    probe: Probe,
-}
-
-#[derive(Debug)]
-enum Probe {
-    Tcp,
-    Tls(TlsProbe),
-    Https(HttpsProbe),
-    /// The TLS settings could not be loaded; tried again before each check.
-    Unusable(String),
-}
-
-impl ActiveCheck {
-    /// The check `spec` describes for a server at `addr` whose configured
-    /// host is `host` (the TLS name when `sni` is not set).
-    pub fn new(spec: &config::Health, addr: SocketAddr, host: &str) -> ActiveCheck {
-        let addr = SocketAddr::new(addr.ip(), spec.port.unwrap_or(addr.port()));
-        let mut check = ActiveCheck {
-            addr,
-            host: host.to_owned(),
-            spec: spec.clone(),
-            probe: Probe::Tcp,
-        };
-        check.probe = check.build_probe();
-        check
-    }
-
-    fn build_probe(&self) -> Probe {
-        let built = match self.spec.check {
-            CheckKind::Tcp => return Probe::Tcp,
-            CheckKind::Tls => TlsProbe::new(&self.spec, &self.host, &[]).map(Probe::Tls),
-            CheckKind::Https => HttpsProbe::new(&self.spec, &self.host).map(Probe::Https),
-        };
-        built.unwrap_or_else(|e| {
-            warn!(address = %self.addr, error = %e, "health check cannot be set up; the server counts as failing it");
-            Probe::Unusable(e.to_string())
-        })
-    }
-}
-
-impl Check for ActiveCheck {
-    fn kind(&self) -> &'static str {
-        self.spec.check.as_str()
-    }
-
-    async fn run(&mut self) -> Result<Alive, CheckError> {
-        if let Probe::Unusable(_) = self.probe {
-            self.probe = self.build_probe();
-        }
-        let timeout = self.spec.timeout;
-        match &self.probe {
-            Probe::Tcp => tcp::check(self.addr, timeout).await,
-            Probe::Tls(probe) => probe.check(self.addr, timeout).await,
-            Probe::Https(probe) => probe.check(self.addr, timeout).await,
-            Probe::Unusable(why) => Err(CheckError::Tls(why.clone())),
-        }
-    }
-}
-
 /// The health tasks of a daemon: one per server of the current snapshot.
 #[derive(Debug, Clone)]
 pub struct HealthChecks {
@@ -166,14 +116,23 @@ pub struct HealthChecks {
 struct Shared {
     stop: CancellationToken,
     tracker: TaskTracker,
+    /// One `sync` at a time: it reads the task map, builds checks without
+    /// the map's lock, then updates the map.
+    syncing: Mutex<()>,
     /// Keyed by the server's `Arc` address: a server kept across a reload is
     /// the same `Arc`, so it keeps its task.
     tasks: Mutex<HashMap<usize, TaskHandle>>,
     topology: ArcSwap<Topology>,
-    /// Servers of the first sync not checked yet; `None` before that sync.
+    /// Open [`FirstRoundGuard`]s: `None` before the first sync, `Some(0)`
+    /// once every server of the first round has had its first check.
     first_round: watch::Sender<Option<usize>>,
     /// The last availability logged per backend, so changes are logged once.
     pool_states: Mutex<HashMap<String, Availability>>,
+    /// Held while passive evidence decides whether a server falls, so "is
+    /// another server left?" and the fall are one step: two servers failing
+    /// at once cannot both fall, each having seen the other still eligible.
+    /// Taken only on the rare fall decision, never on the data path.
+    passive_fall: Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -206,10 +165,12 @@ impl HealthChecks {
             shared: Arc::new(Shared {
                 stop: CancellationToken::new(),
                 tracker: TaskTracker::new(),
+                syncing: Mutex::new(()),
                 tasks: Mutex::new(HashMap::new()),
                 topology: ArcSwap::from_pointee(Topology::default()),
                 first_round: watch::Sender::new(None),
                 pool_states: Mutex::new(HashMap::new()),
+                passive_fall: Mutex::new(()),
             }),
         }
     }
@@ -219,42 +180,65 @@ impl HealthChecks {
     /// health settings changed, and stops those no longer listed. Call it
     /// after every snapshot swap.
     pub fn sync(&self, snapshot: &Snapshot) {
+        let mut factory = CheckFactory::default();
+        self.sync_with(snapshot, |pool, server| {
+            factory.check_for(pool, server.addr, &host_of(pool, server))
+        });
+    }
+
+    /// [`HealthChecks::sync`] with the checks `check_for` makes; it runs
+    /// without the task map's lock held.
+    fn sync_with<C: Check>(
+        &self,
+        snapshot: &Snapshot,
+        mut check_for: impl FnMut(&Arc<Pool>, &Arc<Server>) -> C,
+    ) {
+        let _one_at_a_time = self.shared.syncing.lock().expect("health sync lock");
+        // Holds the first round open until every task of this sync is
+        // started: a check that ends at once cannot close it early.
+        let first_round = FirstRoundGuard::open(&self.shared);
         self.set_topology(snapshot);
+        let wanted: Vec<(&Arc<Pool>, &Arc<Server>)> = {
+            let tasks = self.shared.tasks.lock().expect("health task map lock");
+            snapshot
+                .pools
+                .iter()
+                .flat_map(|pool| pool.servers.iter().map(move |server| (pool, server)))
+                .filter(|(pool, server)| {
+                    tasks
+                        .get(&key_of(server))
+                        .is_none_or(|task| task.spec != pool.spec.health)
+                })
+                .collect()
+        };
+        let prepared: Vec<_> = wanted
+            .into_iter()
+            .map(|(pool, server)| {
+                let check = check_for(pool, server);
+                self.prepare(Arc::clone(server), &pool.spec.health, check)
+            })
+            .collect();
+        let listed: HashSet<usize> = snapshot
+            .pools
+            .iter()
+            .flat_map(|pool| pool.servers.iter().map(key_of))
+            .collect();
         let mut tasks = self.shared.tasks.lock().expect("health task map lock");
-        let first = self.shared.first_round.borrow().is_none();
-        let mut seen = HashMap::with_capacity(tasks.len());
-        let mut started = 0;
-        for pool in &snapshot.pools {
-            for server in &pool.servers {
-                let key = key_of(server);
-                seen.insert(key, ());
-                if let Some(task) = tasks.get(&key) {
-                    if task.spec == pool.spec.health {
-                        continue;
-                    }
-                    task.stop.cancel();
-                }
-                let check =
-                    ActiveCheck::new(&pool.spec.health, server.addr, &host_of(pool, server));
-                let handle = self.spawn(Arc::clone(server), &pool.spec.health, check, first);
-                tasks.insert(key, handle);
-                started += 1;
+        for (handle, task) in prepared {
+            if let Some(replaced) = tasks.insert(key_of(&handle.server), handle) {
+                replaced.stop.cancel();
             }
+            self.shared.tracker.spawn(task.run());
         }
         tasks.retain(|key, task| {
-            let keep = seen.contains_key(key);
+            let keep = listed.contains(key);
             if !keep {
                 task.stop.cancel();
             }
             keep
         });
         drop(tasks);
-        if first {
-            self.shared.first_round.send_replace(Some(started));
-            if started == 0 {
-                self.shared.first_round_finished();
-            }
-        }
+        drop(first_round);
         for frontend in &self.shared.topology.load().frontends {
             frontend.availability_changed();
         }
@@ -278,7 +262,9 @@ impl HealthChecks {
     }
 
     /// Completes once every server of the first snapshot has had its first
-    /// check (or is disabled): the moment to tell systemd READY.
+    /// check (or is disabled): the moment to tell systemd READY. A task
+    /// started while the round is open (a reload during it) holds it open
+    /// too, until its own first check.
     pub async fn first_round(&self) {
         let mut rx = self.shared.first_round.subscribe();
         let _ = rx.wait_for(|left| *left == Some(0)).await;
@@ -312,13 +298,13 @@ impl HealthChecks {
         }));
     }
 
-    fn spawn(
+    /// A task for `server`, not started yet, and its entry in the task map.
+    fn prepare<C: Check>(
         &self,
         server: Arc<Server>,
         spec: &config::Health,
-        check: impl Check,
-        first_round: bool,
-    ) -> TaskHandle {
+        check: C,
+    ) -> (TaskHandle, task::ServerTask<C>) {
         let stop = self.shared.stop.child_token();
         let wake = Arc::new(Notify::new());
         let task = task::ServerTask {
@@ -328,19 +314,38 @@ impl HealthChecks {
             shared: Arc::clone(&self.shared),
             wake: Arc::clone(&wake),
             stop: stop.clone(),
-            first_round: first_round.then(|| FirstRoundGuard(Arc::clone(&self.shared))),
+            first_round: FirstRoundGuard::join(&self.shared),
+            setup_warned: None,
         };
-        self.shared.tracker.spawn(task.run());
-        TaskHandle {
+        let handle = TaskHandle {
             server,
             spec: spec.clone(),
             stop,
             wake,
-        }
+        };
+        (handle, task)
     }
 }
 
 impl Shared {
+    /// Weighs passive evidence against `server`: when `would_fall`, runs
+    /// `fail` (which may take the server down) only if another server of
+    /// its pool can still take connections, and returns `None` otherwise.
+    /// Decisions of this kind are taken one at a time, so the "last
+    /// eligible server" holds even when every server fails at once.
+    fn passive_failure<T>(
+        &self,
+        server: &Arc<Server>,
+        would_fall: bool,
+        fail: impl FnOnce() -> T,
+    ) -> Option<T> {
+        if !would_fall {
+            return Some(fail());
+        }
+        let _one_fall_at_a_time = self.passive_fall.lock().expect("passive fall lock");
+        self.others_can_serve(server).then(fail)
+    }
+
     /// Whether a server other than `server` in its pool can take new
     /// connections on its health (up or unchecked, and ready).
     fn others_can_serve(&self, server: &Arc<Server>) -> bool {
@@ -389,39 +394,6 @@ impl Shared {
             }
         }
     }
-
-    fn first_round_finished(&self) {
-        let topology = self.topology.load();
-        let servers = topology.pools.iter().flat_map(|p| p.servers.iter());
-        let (mut up, mut down, mut other) = (0, 0, 0);
-        for server in servers {
-            match server.health() {
-                Health::Up => up += 1,
-                Health::Down => down += 1,
-                Health::Unknown => other += 1,
-            }
-        }
-        info!("first health checks done: {up} up, {down} down, {other} not checked");
-    }
-}
-
-/// Held by a task until its server's first check is done.
-#[derive(Debug)]
-struct FirstRoundGuard(Arc<Shared>);
-
-impl Drop for FirstRoundGuard {
-    fn drop(&mut self) {
-        let mut finished = false;
-        self.0.first_round.send_modify(|left| {
-            if let Some(n) = left {
-                *n = n.saturating_sub(1);
-                finished = *n == 0;
-            }
-        });
-        if finished {
-            self.0.first_round_finished();
-        }
-    }
 }
 
 fn key_of(server: &Arc<Server>) -> usize {
@@ -434,13 +406,7 @@ fn host_of(pool: &Pool, server: &Server) -> String {
     pool.spec
         .servers
         .iter()
-        .find(|spec| {
-            spec.name == server.name
-                || server
-                    .name
-                    .strip_prefix(spec.name.as_str())
-                    .is_some_and(|rest| rest.starts_with('@'))
-        })
+        .find(|spec| crate::reload::is_address_of(&server.name, &spec.name))
         .filter(|spec| spec.address.ip().is_none())
         .map_or_else(
             || server.addr.ip().to_string(),

@@ -33,7 +33,12 @@ pub(super) struct ServerTask<C> {
     pub wake: Arc<Notify>,
     pub stop: CancellationToken,
     pub first_round: Option<FirstRoundGuard>,
+    /// When the checker last warned that it cannot run (rate limit).
+    pub setup_warned: Option<Instant>,
 }
+
+/// How often a checker that cannot run says so again.
+const SETUP_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wake {
@@ -54,6 +59,7 @@ impl<C: Check> ServerTask<C> {
         // a burst of refused dials is one observation, not `fall` of them.
         let mut passive_counted = false;
         loop {
+            self.server.health_task_beat();
             let woke = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => return,
@@ -94,9 +100,20 @@ impl<C: Check> ServerTask<C> {
                 result = self.check.run() => result,
             };
             passive_counted = false;
-            self.judge(&mut machine, result, started.elapsed());
+            let judged = match result {
+                Err(CheckError::Setup(why)) => {
+                    self.checker_failed(why, started.elapsed());
+                    false
+                }
+                result => {
+                    self.checker_works_again();
+                    self.judge(&mut machine, result, started.elapsed());
+                    true
+                }
+            };
             self.first_round.take();
-            let delay = if machine.is_changing() {
+            // A checker that cannot run learns nothing by trying faster.
+            let delay = if judged && machine.is_changing() {
                 self.spec.fast_interval
             } else {
                 self.spec.interval
@@ -152,6 +169,47 @@ impl<C: Check> ServerTask<C> {
         }
     }
 
+    /// The check could not run at all (its TLS files became unusable): the
+    /// checker's problem, not the server's. The verdict stays as it was; the
+    /// result is recorded and counted as `check_error` and warned about
+    /// (once a minute at most).
+    fn checker_failed(&mut self, why: String, elapsed: Duration) {
+        let server = &self.server;
+        server.count_check_result("check_error");
+        server.record_check(CheckRecord {
+            result: "check_error".to_owned(),
+            check: self.check.kind(),
+            elapsed,
+            at: SystemTime::now(),
+            detail: why.clone(),
+        });
+        let now = Instant::now();
+        if self
+            .setup_warned
+            .is_none_or(|at| now.duration_since(at) >= SETUP_WARNING_EVERY)
+        {
+            self.setup_warned = Some(now);
+            warn!(
+                backend = %server.backend,
+                server = %server.name,
+                result = "check_error",
+                health = server.health().as_str(),
+                "{}: the {} health check cannot run ({why}); its health stays {} until it can, \
+                 and client traffic still reports failed dials",
+                server.name,
+                self.check.kind(),
+                server.health().as_str(),
+            );
+        }
+    }
+
+    /// A check ran after the checker could not: say so once.
+    fn checker_works_again(&mut self) {
+        if self.setup_warned.take().is_some() {
+            info!(backend = %self.server.backend, server = %self.server.name, "{}: the {} health check runs again", self.server.name, self.check.kind());
+        }
+    }
+
     /// Counts failed dials reported by client traffic. Returns whether an
     /// active check should come soon to confirm them.
     fn observe_passive(&mut self, machine: &mut RiseFall, counted: &mut bool) -> bool {
@@ -164,18 +222,6 @@ impl<C: Check> ServerTask<C> {
         if *counted {
             return true;
         }
-        if machine.would_fall() && !self.shared.others_can_serve(&self.server) {
-            debug!(
-                backend = %self.server.backend,
-                server = %self.server.name,
-                failures,
-                result = kind.as_str(),
-                "failed dials on client traffic, but this is the last server that can take connections: \
-                 leaving the verdict to an active check"
-            );
-            return true;
-        }
-        *counted = true;
         let record = CheckRecord {
             result: kind.as_str().to_owned(),
             check: "passive",
@@ -186,9 +232,24 @@ impl<C: Check> ServerTask<C> {
                 if failures == 1 { "" } else { "s" }
             ),
         };
-        self.server.record_check(record.clone());
-        if let Some(transition) = machine.fail(kind.as_str()) {
-            self.apply(transition, &record);
+        let would_fall = machine.would_fall();
+        let counted_now = self.shared.passive_failure(&self.server, would_fall, || {
+            self.server.record_check(record.clone());
+            if let Some(transition) = machine.fail(kind.as_str()) {
+                self.apply(transition, &record);
+            }
+        });
+        if counted_now.is_none() {
+            debug!(
+                backend = %self.server.backend,
+                server = %self.server.name,
+                failures,
+                result = kind.as_str(),
+                "failed dials on client traffic, but this is the last server that can take connections: \
+                 leaving the verdict to an active check"
+            );
+        } else {
+            *counted = true;
         }
         true
     }

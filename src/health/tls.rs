@@ -7,26 +7,39 @@
 //! signatures are still checked, so the peer holds the certificate's key.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::ClientConfig;
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::ServerName;
+use rustls::sign::SingleCertAndKey;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::{Alive, CheckError};
-use crate::config;
+use crate::config::{self, TlsFileError, TlsFiles};
 use crate::dial;
+use crate::tls::AcceptAnyChain;
 
-/// What a TLS (or HTTPS) check needs, built once per server task.
+/// The TLS client side of one backend's checks, built once per
+/// `[backend.health]` (the files read once) and shared by its servers.
+#[derive(Clone)]
+pub struct TlsClient {
+    connector: TlsConnector,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient").finish_non_exhaustive()
+    }
+}
+
+/// What a TLS (or HTTPS) check of one server needs: the backend's client
+/// and the name to send and verify.
 #[derive(Clone)]
 pub struct TlsProbe {
     connector: TlsConnector,
@@ -45,65 +58,61 @@ impl std::fmt::Debug for TlsProbe {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
     /// A PEM file could not be read or holds nothing usable.
-    #[error("cannot use {what} {path:?}: {reason}; fix the file or the [backend.health] setting")]
-    File {
-        /// Which setting (`ca_file`, `cert_file`, `key_file`).
-        what: &'static str,
-        /// The file.
-        path: String,
-        /// What went wrong.
-        reason: String,
-    },
+    #[error("{0}; fix the file or the [backend.health] setting")]
+    File(#[from] TlsFileError),
     /// The name to check the certificate against is not a DNS name or IP.
     #[error("TLS server name {0:?} is not a valid DNS name or IP address; set `sni`")]
     Name(String),
     /// rustls refused the settings.
     #[error("TLS settings rejected: {0}")]
     Rustls(#[from] rustls::Error),
+    /// The `ca_file` certificates cannot verify anything.
+    #[error("ca_file unusable: {0}")]
+    Roots(#[from] rustls::client::VerifierBuilderError),
 }
 
-impl TlsProbe {
-    /// Builds the client side from the backend's health settings; `host` is
-    /// the server's configured host, the name used when `sni` is not set.
+impl TlsClient {
+    /// Builds the client side from the backend's health settings, reading
+    /// its files ([`TlsFiles`], the same reader config validation uses).
     /// `alpn` lists the protocols to offer (`http/1.1` for HTTPS checks).
-    pub fn new(
-        spec: &config::Health,
-        host: &str,
-        alpn: &[&[u8]],
-    ) -> Result<TlsProbe, TlsSetupError> {
+    pub fn new(spec: &config::Health, alpn: &[&[u8]]) -> Result<TlsClient, TlsSetupError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier: Arc<dyn ServerCertVerifier> = match &spec.ca_file {
-            Some(path) => {
-                let mut roots = RootCertStore::empty();
-                for cert in read_certs(path, "ca_file")? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| file_error("ca_file", path, e))?;
-                }
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-                    .build()
-                    .map_err(|e| file_error("ca_file", path, e))?
+        let files = TlsFiles::load(spec, &provider)?;
+        let verifier: Arc<dyn ServerCertVerifier> = match files.roots {
+            Some(roots) => {
+                WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider)).build()?
             }
-            None => Arc::new(AcceptAnyChain(provider.signature_verification_algorithms)),
+            None => Arc::new(AcceptAnyChain::new(Arc::clone(&provider))),
         };
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
-        let mut tls = match (&spec.cert_file, &spec.key_file) {
-            (Some(cert), Some(key)) => {
-                let certs = read_certs(cert, "cert_file")?;
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| file_error("key_file", key, e))?;
-                builder.with_client_auth_cert(certs, key)?
+        let mut tls = match files.client {
+            Some(client) => {
+                builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(client)))
             }
-            _ => builder.with_no_client_auth(),
+            None => builder.with_no_client_auth(),
         };
         tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(TlsClient {
+            connector: TlsConnector::from(Arc::new(tls)),
+        })
+    }
+}
+
+impl TlsProbe {
+    /// The check of one server through `client`; `host` is the server's
+    /// configured host, the name used when `sni` is not set.
+    pub fn new(
+        client: &TlsClient,
+        spec: &config::Health,
+        host: &str,
+    ) -> Result<TlsProbe, TlsSetupError> {
         let name = spec.sni.as_deref().unwrap_or(host).to_owned();
         let name = ServerName::try_from(name.clone()).map_err(|_| TlsSetupError::Name(name))?;
         Ok(TlsProbe {
-            connector: TlsConnector::from(Arc::new(tls)),
+            connector: client.connector.clone(),
             name,
         })
     }
@@ -138,67 +147,5 @@ impl TlsProbe {
         let (tcp, _) = tls.into_inner();
         crate::socket::reset(tcp);
         Ok(Alive::Ok(format!("{version} handshake with {addr}")))
-    }
-}
-
-fn read_certs(
-    path: &Path,
-    what: &'static str,
-) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_error(what, path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(what, path, e))?;
-    if certs.is_empty() {
-        return Err(file_error(what, path, "no PEM certificate in it"));
-    }
-    Ok(certs)
-}
-
-fn file_error(what: &'static str, path: &Path, reason: impl std::fmt::Display) -> TlsSetupError {
-    TlsSetupError::File {
-        what,
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
-}
-
-/// Accepts any certificate chain (no `ca_file`: lbd has no trust anchor),
-/// while still checking the handshake signatures against it.
-#[derive(Debug)]
-struct AcceptAnyChain(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for AcceptAnyChain {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
     }
 }

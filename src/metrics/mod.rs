@@ -117,10 +117,28 @@ impl Collector for SnapshotCollector {
         gauge(
             &mut out,
             "lbd_server_up",
-            "1 when the server passes its health checks, else 0 (down, or not checked yet).",
+            "1 when the server passes its health checks, else 0: down OR not checked yet (lbd_server_health tells them apart).",
             servers
                 .iter()
                 .map(|s| (sl(s), i64::from(s.health() == Health::Up))),
+        )?;
+        gauge(
+            &mut out,
+            "lbd_server_health",
+            "1 for the server's current health state (unknown: not checked yet or disabled, up, down), 0 for the others.",
+            servers.iter().flat_map(|s| {
+                let now = s.health();
+                Health::ALL.iter().map(move |&state| {
+                    (
+                        [
+                            ("backend", s.backend.clone()),
+                            ("server", s.name.clone()),
+                            ("state", state.as_str().to_owned()),
+                        ],
+                        i64::from(now == state),
+                    )
+                })
+            }),
         )?;
         counter(
             &mut out,
@@ -133,7 +151,7 @@ impl Collector for SnapshotCollector {
         counter(
             &mut out,
             "lbd_health_checks",
-            "Active health checks of a server, by result (ok, auth_error, a dial error kind, tls_error, http_error).",
+            "Active health checks of a server, by result (ok, auth_error, a dial error kind, tls_error, http_error, or check_error: the checker could not run, the server was not judged).",
             servers.iter().flat_map(|s| {
                 CHECK_RESULTS.iter().enumerate().map(move |(i, result)| {
                     (

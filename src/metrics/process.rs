@@ -1,8 +1,12 @@
-//! The process's own resource use, read from /proc at scrape time (a
-//! directory listing and two small files): open and maximum file
-//! descriptors, resident memory, CPU time.
+//! The process's own resource use, read from /proc at scrape time (a stat
+//! and two small files): open and maximum file descriptors, resident
+//! memory, CPU time. Every read is bounded: nothing here walks a list as
+//! long as the open-files limit on the runtime thread that renders a scrape.
+//! And the runtime's live tasks, which leak checks compare before and after
+//! a soak.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Unit;
@@ -38,6 +42,15 @@ pub(super) fn encode(out: &mut DescriptorEncoder) -> fmt::Result {
             rss,
         )?;
     }
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        single_gauge(
+            out,
+            "lbd_runtime_tasks",
+            "Tasks alive in the async runtime: connections, checks, listeners, admin.",
+            None,
+            runtime.metrics().num_alive_tasks() as u64,
+        )?;
+    }
     if let Some(cpu) = cpu_seconds() {
         single_counter(
             out,
@@ -50,6 +63,37 @@ pub(super) fn encode(out: &mut DescriptorEncoder) -> fmt::Result {
     Ok(())
 }
 fn open_fds() -> Option<u64> {
+    // Since Linux 6.2 the size of /proc/self/fd is the number of open
+    // descriptors: one stat, however many there are.
+    match std::fs::metadata("/proc/self/fd") {
+        Ok(meta) if meta.len() > 0 => Some(meta.len()),
+        _ => counted_open_fds(),
+    }
+}
+
+/// Older kernels report no size: the descriptors must be listed, one entry
+/// each, up to the open-files limit (lbd raises it to 262 144). That walk
+/// runs on the blocking pool, one at a time, and a scrape shows the latest
+/// count (from the scrape before, at worst). Outside a runtime it runs here.
+fn counted_open_fds() -> Option<u64> {
+    const NEVER: u64 = u64::MAX;
+    static LAST: AtomicU64 = AtomicU64::new(NEVER);
+    static COUNTING: AtomicBool = AtomicBool::new(false);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return list_open_fds();
+    };
+    if !COUNTING.swap(true, Ordering::AcqRel) {
+        runtime.spawn_blocking(|| {
+            if let Some(count) = list_open_fds() {
+                LAST.store(count, Ordering::Relaxed);
+            }
+            COUNTING.store(false, Ordering::Release);
+        });
+    }
+    Some(LAST.load(Ordering::Relaxed)).filter(|&count| count != NEVER)
+}
+
+fn list_open_fds() -> Option<u64> {
     let entries = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
     // The listing's own descriptor is one of them.
     Some(entries.saturating_sub(1))
@@ -87,6 +131,21 @@ fn cpu_seconds() -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn counts_descriptors_off_the_runtime_thread_on_old_kernels() {
+        assert!(list_open_fds().unwrap() >= 3);
+        // The first scrape starts a count on the blocking pool; a later one shows it.
+        let mut counted = None;
+        for _ in 0..500 {
+            counted = counted_open_fds();
+            if counted.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(counted.is_some_and(|n| n >= 3), "{counted:?}");
+    }
 
     #[test]
     fn reads_this_process() {

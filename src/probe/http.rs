@@ -5,15 +5,15 @@
 use std::error::Error as _;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper::Request;
 use hyper::body::Bytes;
 use hyper::header::{ACCEPT, HOST, USER_AGENT};
-use hyper_util::rt::TokioIo;
 use rustls::AlertDescription;
 use serde::Serialize;
 
 use super::tls::ProbeTlsStream;
+use crate::http_client;
 
 /// Enough of a body for `/readyz?verbose` (about 2 KiB) and an error page.
 const BODY_LIMIT: usize = 16 * 1024;
@@ -67,10 +67,6 @@ async fn exchange(
     authority: &str,
     path: &str,
 ) -> Result<HttpReport, HttpFailure> {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(failure)?;
-    let driver = tokio::spawn(connection);
     let request = Request::get(path)
         .header(HOST, authority)
         .header(
@@ -84,28 +80,15 @@ async fn exchange(
             client_cert_required: false,
             error: format!("cannot build GET {path}: {e}"),
         })?;
-    let response = sender.send_request(request).await.map_err(failure)?;
-    let status = response.status();
-    let mut body = response.into_body();
-    let mut bytes = Vec::new();
-    while bytes.len() < BODY_LIMIT {
-        match body.frame().await {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    bytes.extend_from_slice(data);
-                }
-            }
-            // A body cut short still tells what the server meant.
-            Some(Err(_)) | None => break,
-        }
-    }
-    driver.abort();
-    bytes.truncate(BODY_LIMIT);
-    let body = String::from_utf8_lossy(&bytes).into_owned();
+    // A body cut short, or at the limit, still tells what the server meant.
+    let answer = http_client::exchange(stream, request, BODY_LIMIT)
+        .await
+        .map_err(failure)?;
+    let body = String::from_utf8_lossy(&answer.body).into_owned();
     Ok(HttpReport {
         path: path.to_owned(),
-        status: status.as_u16(),
-        reason: status.canonical_reason().unwrap_or("").to_owned(),
+        status: answer.status.as_u16(),
+        reason: answer.status.canonical_reason().unwrap_or("").to_owned(),
         failed_checks: failed_checks(&body),
         body,
     })

@@ -4,9 +4,9 @@
 //! round resolves every target and runs one `attempt` per resolved address,
 //! all in parallel: a dial through [`crate::dial`] (the daemon's classifier),
 //! then a hold that catches accept-first proxies, or a TLS handshake (`tls`,
-//! `verifier`, `cert`) and a GET (`http`). `explain` holds every
-//! sentence the operator reads; `render` prints aligned lines or JSON Lines
-//! and the ping-like summary.
+//! `cert`, with [`crate::tls`]'s verifier) and a GET (`http`). `explain`
+//! holds every sentence the operator reads; `render` prints aligned lines
+//! or JSON Lines and the ping-like summary.
 
 mod attempt;
 mod cert;
@@ -15,7 +15,6 @@ mod http;
 mod render;
 mod target;
 mod tls;
-mod verifier;
 
 use std::io::{self, Write};
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
-//! The TLS step of a probe: a rustls handshake with the recording
-//! [`super::verifier`], classified failures, and a report of the session.
+//! The TLS step of a probe: a rustls handshake whose verifier records the
+//! chain ([`AcceptAnyChain::recording`]), classified failures, and a report
+//! of the session.
 //! The stream keeps the first bytes the peer sent: a plaintext answer on a
 //! TLS port is recognised by them.
 
@@ -12,9 +13,9 @@ use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{AlertDescription, ClientConfig, InvalidMessage, RootCertStore};
+use rustls::pki_types::ServerName;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{AlertDescription, ClientConfig, InvalidMessage};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -22,7 +23,8 @@ use tokio_rustls::TlsConnector;
 
 use super::ProbeError;
 use super::cert::CertInfo;
-use super::verifier::{Recorded, RecordingVerifier};
+use crate::config::{self, TlsFiles};
+use crate::tls::{AcceptAnyChain, RecordedChain};
 
 /// How much of the peer's first bytes is kept to recognise a plaintext answer.
 const HEAD_BYTES: usize = 64;
@@ -35,14 +37,15 @@ pub(crate) struct TlsSettings {
     /// The `--ca` file, named in messages.
     pub ca_path: Option<PathBuf>,
     verifier: Option<Arc<WebPkiServerVerifier>>,
-    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    client: Option<Arc<CertifiedKey>>,
     alpn: Vec<Vec<u8>>,
     provider: Arc<CryptoProvider>,
 }
 
 impl TlsSettings {
-    /// Reads the CA bundle and client certificate, so a bad file stops the
-    /// probe before any dial instead of failing every attempt.
+    /// Reads the CA bundle and client certificate with the reader lbd's own
+    /// checks use ([`TlsFiles`]), so a bad file stops the probe before any
+    /// dial instead of failing every attempt.
     pub(crate) fn load(
         sni: Option<String>,
         ca: Option<&Path>,
@@ -51,35 +54,26 @@ impl TlsSettings {
         for_http: bool,
     ) -> Result<TlsSettings, ProbeError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = match ca {
-            Some(path) => {
-                let mut roots = RootCertStore::empty();
-                let (added, _) = roots.add_parsable_certificates(read_certs(path)?);
-                if added == 0 {
-                    return Err(tls_file(
-                        path,
-                        "no usable CA certificate in it; pass the cluster CA, e.g. /etc/kubernetes/pki/ca.crt",
-                    ));
-                }
-                let verifier =
-                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                        .build()
-                        .map_err(|e| tls_file(path, &e.to_string()))?;
-                Some(verifier)
-            }
-            None => None,
+        let files = config::Health {
+            ca_file: ca.map(Path::to_path_buf),
+            cert_file: cert.map(Path::to_path_buf),
+            key_file: key.map(Path::to_path_buf),
+            ..config::Health::default()
         };
-        let identity = match (cert, key) {
-            (Some(cert), Some(key)) => {
-                let chain = read_certs(cert)?;
-                if chain.is_empty() {
-                    return Err(tls_file(cert, "no PEM certificate in it"));
-                }
-                let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                    tls_file(key, &format!("{e}; pass the PEM private key of --cert"))
-                })?;
-                Some((chain, key_der))
-            }
+        let files = TlsFiles::load(&files, &provider).map_err(|e| {
+            let path = match e.key {
+                "ca_file" => ca,
+                "cert_file" => cert,
+                _ => key,
+            };
+            tls_file(path.unwrap_or(Path::new(&e.path)), &e.reason)
+        })?;
+        let verifier = match (ca, files.roots) {
+            (Some(path), Some(roots)) => Some(
+                WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
+                    .build()
+                    .map_err(|e| tls_file(path, &e.to_string()))?,
+            ),
             _ => None,
         };
         // HTTP/1.1 only when we GET: the probe's client speaks HTTP/1.1. A bare
@@ -89,49 +83,39 @@ impl TlsSettings {
         } else {
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         };
-        let settings = TlsSettings {
+        Ok(TlsSettings {
             sni,
             ca_path: ca.map(Path::to_path_buf),
             verifier,
-            identity,
+            client: files.client,
             alpn,
             provider,
-        };
-        if let Err(e) = settings.client_config(Arc::default()) {
-            let path = cert.or(key).unwrap_or(Path::new("the TLS settings"));
-            return Err(tls_file(path, &e.to_string()));
-        }
-        Ok(settings)
+        })
     }
 
     /// Whether a client certificate is presented.
     pub(crate) fn has_client_cert(&self) -> bool {
-        self.identity.is_some()
+        self.client.is_some()
     }
 
-    fn client_config(&self, recorded: Arc<Mutex<Recorded>>) -> Result<ClientConfig, rustls::Error> {
-        let verifier = RecordingVerifier {
-            inner: self.verifier.clone(),
-            provider: Arc::clone(&self.provider),
-            recorded,
-        };
+    fn client_config(
+        &self,
+        recorded: Arc<Mutex<RecordedChain>>,
+    ) -> Result<ClientConfig, rustls::Error> {
+        let verifier =
+            AcceptAnyChain::recording(Arc::clone(&self.provider), self.verifier.clone(), recorded);
         let builder = ClientConfig::builder_with_provider(Arc::clone(&self.provider))
             .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier));
-        let mut config = match &self.identity {
-            Some((chain, key)) => builder.with_client_auth_cert(chain.clone(), key.clone_key())?,
+        let mut config = match &self.client {
+            Some(client) => builder
+                .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(Arc::clone(client)))),
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = self.alpn.clone();
         Ok(config)
     }
-}
-
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ProbeError> {
-    CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| tls_file(path, &format!("{e}; pass a PEM file")))
 }
 
 fn tls_file(path: &Path, reason: &str) -> ProbeError {
@@ -213,7 +197,7 @@ pub(crate) async fn handshake(
     server_name: ServerName<'static>,
     timeout: Duration,
 ) -> Result<(ProbeTlsStream, TlsReport), TlsFailure> {
-    let recorded = Arc::new(Mutex::new(Recorded::default()));
+    let recorded = Arc::new(Mutex::new(RecordedChain::default()));
     let received = Arc::new(Mutex::new(Received::default()));
     let sni = match &server_name {
         ServerName::DnsName(name) => Some(name.as_ref().to_owned()),
@@ -334,7 +318,7 @@ fn plaintext(head: &[u8]) -> Option<TlsFailureKind> {
     })
 }
 
-fn recorded_report(recorded: &Mutex<Recorded>, with_ca: bool) -> TlsReport {
+fn recorded_report(recorded: &Mutex<RecordedChain>, with_ca: bool) -> TlsReport {
     let recorded = lock(recorded);
     let mut report = TlsReport::default();
     if let Some(leaf) = recorded.chain.first() {
@@ -354,7 +338,7 @@ fn recorded_report(recorded: &Mutex<Recorded>, with_ca: bool) -> TlsReport {
     report
 }
 
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

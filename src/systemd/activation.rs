@@ -398,6 +398,7 @@ mod tests {
             listen: listen.iter().map(|a| a.parse().unwrap()).collect(),
             backend: "pool".into(),
             max_connections: 10,
+            max_connections_per_source: None,
             backlog: 16,
             idle_timeout: Duration::from_secs(1),
             fin_timeout: Duration::from_secs(1),

@@ -7,8 +7,8 @@
 use std::io;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tracing::{debug, warn};
@@ -38,6 +38,19 @@ pub struct Notifier {
     /// A failed send is logged once at warn, then at debug: a missing
     /// manager must not flood the journal every watchdog period.
     warned: AtomicBool,
+    /// Where the service stands as told to the manager. Lifecycle messages
+    /// are decided and sent under this lock, so READY=1 can never follow
+    /// STOPPING=1, whichever threads race.
+    phase: Mutex<Phase>,
+}
+
+/// What the manager has been told about the service's lifecycle.
+#[derive(Debug, Default, Clone, Copy)]
+struct Phase {
+    /// READY=1 was sent (startup is over).
+    ready: bool,
+    /// STOPPING=1 was sent: nothing but status lines and pings from now on.
+    stopping: bool,
 }
 
 #[derive(Debug)]
@@ -66,6 +79,7 @@ impl Notifier {
         Notifier {
             target: None,
             warned: AtomicBool::new(false),
+            phase: Mutex::new(Phase::default()),
         }
     }
 
@@ -93,6 +107,7 @@ impl Notifier {
                 address: address.to_owned(),
             }),
             warned: AtomicBool::new(false),
+            phase: Mutex::new(Phase::default()),
         })
     }
 
@@ -101,25 +116,53 @@ impl Notifier {
         self.target.is_some()
     }
 
-    /// Startup is complete: listeners are serving.
+    /// Startup is complete: listeners are serving. Ignored once stopping began.
     pub fn ready(&self) {
+        let mut phase = self.phase();
+        if phase.stopping {
+            return;
+        }
+        phase.ready = true;
         self.send("READY=1");
     }
 
     /// A reload starts; the returned guard says `READY=1` when dropped, so
     /// the manager leaves the reloading state whether the reload worked or not.
+    ///
+    /// Only a service that said READY=1 reloads in the manager's eyes: during
+    /// startup (a SIGHUP before the first health checks finished) nothing is
+    /// sent, so READY=1 still waits for those checks, and once stopping began
+    /// nothing is sent either, so READY=1 never follows STOPPING=1.
     #[must_use = "the reload ends (READY=1) when the guard is dropped"]
     pub fn reloading(&self) -> ReloadGuard<'_> {
-        self.send(&format!(
-            "RELOADING=1\nMONOTONIC_USEC={}",
-            monotonic_now().as_micros()
-        ));
-        ReloadGuard { notifier: self }
+        let phase = self.phase();
+        let announced = phase.ready && !phase.stopping;
+        if announced {
+            self.send(&format!(
+                "RELOADING=1\nMONOTONIC_USEC={}",
+                monotonic_now().as_micros()
+            ));
+        }
+        ReloadGuard {
+            notifier: self,
+            announced,
+        }
     }
 
-    /// Shutdown has begun: no new connections, live ones draining.
+    /// Shutdown has begun: no new connections, live ones draining. From now
+    /// on READY=1 is not sent again.
     pub fn stopping(&self) {
+        let mut phase = self.phase();
+        phase.stopping = true;
         self.send("STOPPING=1");
+    }
+
+    fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
+        // The lock guards two booleans; a panic while holding it cannot
+        // leave them half-written.
+        self.phase
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A one-line summary shown by `systemctl status`.
@@ -150,15 +193,23 @@ impl Notifier {
     }
 }
 
-/// Ends a reload: sends `READY=1` when dropped.
+/// Ends a reload: sends `READY=1` when dropped, if the reload was announced
+/// with `RELOADING=1` and stopping has not begun since.
 #[derive(Debug)]
 pub struct ReloadGuard<'a> {
     notifier: &'a Notifier,
+    announced: bool,
 }
 
 impl Drop for ReloadGuard<'_> {
     fn drop(&mut self) {
-        self.notifier.ready();
+        if !self.announced {
+            return;
+        }
+        let phase = self.notifier.phase();
+        if !phase.stopping {
+            self.notifier.send("READY=1");
+        }
     }
 }
 
@@ -237,6 +288,43 @@ mod tests {
         assert_eq!(recv(&socket), "WATCHDOG=1");
         notifier.stopping();
         assert_eq!(recv(&socket), "STOPPING=1");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_reload_during_startup_says_nothing_and_leaves_ready_to_startup() {
+        let (socket, path) = receiver("startup");
+        let notifier = Notifier::to_address(path.to_str().unwrap()).unwrap();
+        // SIGHUP before the first health checks finished.
+        drop(notifier.reloading());
+        notifier.status("checks done");
+        assert_eq!(
+            recv(&socket),
+            "STATUS=checks done",
+            "no RELOADING/READY yet"
+        );
+        notifier.ready();
+        assert_eq!(recv(&socket), "READY=1");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn ready_never_follows_stopping() {
+        let (socket, path) = receiver("stopping");
+        let notifier = Notifier::to_address(path.to_str().unwrap()).unwrap();
+        notifier.ready();
+        assert_eq!(recv(&socket), "READY=1");
+        // A reload is running when shutdown begins; it ends during the drain.
+        let reload = notifier.reloading();
+        assert!(recv(&socket).starts_with("RELOADING=1\n"));
+        notifier.stopping();
+        assert_eq!(recv(&socket), "STOPPING=1");
+        drop(reload);
+        // Neither a reload started during the drain, nor a late startup.
+        drop(notifier.reloading());
+        notifier.ready();
+        notifier.status("end");
+        assert_eq!(recv(&socket), "STATUS=end", "READY=1 after STOPPING=1");
         let _ = std::fs::remove_file(path);
     }
 

@@ -1,15 +1,15 @@
 //! The daemon's life as a systemd service: `READY=1` once it serves, a
-//! watchdog ping sent from the runtime itself, and a one-line status.
+//! watchdog ping sent only on evidence that lbd works, and a one-line status.
 
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::notify::{notifier, watchdog_interval};
 use crate::daemon::Daemon;
-use crate::pool::Health;
+use crate::pool::ServerCounts;
 
 /// How often the status line is recomputed (sent only when it changed).
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
@@ -24,7 +24,7 @@ pub fn announce(daemon: &Daemon, stop: &CancellationToken) {
     if !notifier.is_enabled() {
         return;
     }
-    spawn_watchdog(stop.clone());
+    spawn_watchdog(daemon, stop.clone());
     notifier.status("starting: first health checks");
     let (daemon, stop) = (daemon.clone(), stop.clone());
     tokio::spawn(async move {
@@ -43,23 +43,57 @@ pub fn announce(daemon: &Daemon, stop: &CancellationToken) {
     });
 }
 
-/// Sends `WATCHDOG=1` at half of `WATCHDOG_USEC` until `stop` fires.
-///
-/// The pings come from an ordinary task on the daemon's runtime, not from a
-/// thread of their own: if the runtime wedges (its workers blocked or
-/// deadlocked), the pings stop and systemd restarts lbd.
-pub fn spawn_watchdog(stop: CancellationToken) -> Option<JoinHandle<()>> {
+/// Sends `WATCHDOG=1` at half of `WATCHDOG_USEC` until `stop` fires, each
+/// time lbd shows it works ([`evidence`]); otherwise the ping is withheld
+/// and the reason logged at warn, so systemd restarts an lbd that is wedged
+/// or has lost its health checks or an accept loop.
+pub fn spawn_watchdog(daemon: &Daemon, stop: CancellationToken) -> Option<JoinHandle<()>> {
     let interval = watchdog_interval()?;
     info!(every = ?interval, "pinging the systemd watchdog");
-    Some(tokio::spawn(async move {
-        loop {
-            notifier().watchdog();
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(interval) => {}
-            }
+    Some(tokio::spawn(watchdog(
+        daemon.clone(),
+        interval,
+        stop,
+        |verdict| match verdict {
+            Ok(()) => notifier().watchdog(),
+            Err(why) => warn!(
+                "withholding the systemd watchdog ping: {why}; systemd restarts lbd if this lasts WatchdogSec"
+            ),
+        },
+    )))
+}
+
+/// Weighs the evidence every `interval` and hands the verdict to `verdict`
+/// (a ping or a warning), until `stop` fires.
+async fn watchdog(
+    daemon: Daemon,
+    interval: Duration,
+    stop: CancellationToken,
+    mut verdict: impl FnMut(Result<(), String>),
+) {
+    loop {
+        verdict(evidence(&daemon, interval / 2).await);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
         }
-    }))
+    }
+}
+
+/// Whether lbd works well enough to tell systemd so: a task spawned now
+/// runs within `probe_within` (the runtime schedules new work, not only
+/// this task), and [`Daemon::liveness`] (accept loops and health tasks).
+async fn evidence(daemon: &Daemon, probe_within: Duration) -> Result<(), String> {
+    match tokio::time::timeout(probe_within, tokio::spawn(async {})).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return Err(format!("a probe task failed: {err}")),
+        Err(_) => {
+            return Err(format!(
+                "a probe task did not run within {probe_within:?}: the runtime is overloaded or wedged"
+            ));
+        }
+    }
+    daemon.liveness()
 }
 
 /// Refreshes `STATUS=` with [`status_line`] until `stop` fires.
@@ -78,14 +112,16 @@ async fn keep_status(daemon: Daemon, stop: CancellationToken) {
     }
 }
 
-/// What `systemctl status` shows: servers up out of all and live
-/// connections, or how many connections are left while draining.
+/// What `systemctl status` shows: servers taking new connections (up and
+/// ready, as the balancer and `/readyz` count them) out of all, those the
+/// operator holds back, and live connections; or how many connections are
+/// left while draining.
 pub fn status_line(daemon: &Daemon) -> String {
     let snapshot = daemon.snapshot();
-    let servers = snapshot.pools.iter().flat_map(|pool| pool.servers.iter());
-    let (up, total) = servers.fold((0, 0), |(up, total), server| {
-        (up + usize::from(server.health() == Health::Up), total + 1)
-    });
+    let mut servers = ServerCounts::default();
+    for pool in &snapshot.pools {
+        servers += pool.server_counts();
+    }
     let connections: u64 = snapshot
         .frontends
         .iter()
@@ -94,5 +130,88 @@ pub fn status_line(daemon: &Daemon) -> String {
     if daemon.is_shutting_down() {
         return format!("stopping: draining {connections} connections");
     }
-    format!("{up}/{total} servers up, {connections} connections")
+    format!("{servers}, {connections} connections")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// Long enough that only a broken watchdog reaches it.
+    const PATIENCE: Duration = Duration::from_secs(20);
+
+    #[tokio::test]
+    async fn pings_stop_while_health_checking_is_dead_and_resume_for_the_drain() {
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let text = format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[frontend]]\nname = \"api\"\nlisten = [\"127.0.0.1:0\"]\nbackend = \"pool\"\n\n\
+             [[backend]]\nname = \"pool\"\nservers = [{{ name = \"cp1\", address = \"{}\" }}]\n\
+             [backend.health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n",
+            server.local_addr().unwrap()
+        );
+        let path = Path::new("watchdog.toml");
+        let daemon = Daemon::start(path, Config::parse(path, &text).unwrap())
+            .await
+            .unwrap();
+        let (verdicts, mut heard) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        tokio::spawn(watchdog(
+            daemon.clone(),
+            Duration::from_millis(20),
+            stop.clone(),
+            move |verdict| {
+                let _ = verdicts.send(verdict);
+            },
+        ));
+        let mut next = async || {
+            tokio::time::timeout(PATIENCE, heard.recv())
+                .await
+                .expect("the watchdog stopped deciding")
+                .unwrap()
+        };
+        assert_eq!(next().await, Ok(()), "a working lbd is pinged for");
+
+        // Every health task ends while the servers stay listed: within the
+        // tasks' bound the pings stop, and stay stopped.
+        daemon.health().shutdown().await;
+        let why = loop {
+            if let Err(why) = next().await {
+                break why;
+            }
+        };
+        assert!(
+            why.contains("the health task of pool/cp1 has not run for"),
+            "{why}"
+        );
+        for _ in 0..5 {
+            assert!(next().await.is_err(), "a ping while health checks are dead");
+        }
+
+        // Shutdown ends health checks on purpose: a drain is pinged for.
+        daemon.shutdown().await;
+        while next().await.is_err() {}
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn pings_stop_when_an_accept_loop_dies() {
+        let text = "[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[frontend]]\nname = \"api\"\nlisten = [\"127.0.0.1:0\"]\nbackend = \"pool\"\n\n\
+             [[backend]]\nname = \"pool\"\nservers = [{ name = \"cp1\", address = \"127.0.0.1:9\" }]\n";
+        let path = Path::new("watchdog.toml");
+        let daemon = Daemon::start(path, Config::parse(path, text).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(evidence(&daemon, PATIENCE).await, Ok(()));
+        daemon.abort_accept_loops_for_test().await;
+        let why = evidence(&daemon, PATIENCE).await.unwrap_err();
+        assert!(why.contains("the accept loop of frontend api"), "{why}");
+        daemon.shutdown().await;
+    }
 }

@@ -21,6 +21,10 @@ pub struct Pki {
     pub dir: TempDir,
     /// The CA certificate, for `ca_file`.
     pub ca_file: PathBuf,
+    /// A client certificate the CA signed, for `cert_file`.
+    pub client_cert_file: PathBuf,
+    /// Its key, for `key_file`.
+    pub client_key_file: PathBuf,
     server: Arc<rustls::ServerConfig>,
 }
 
@@ -43,8 +47,16 @@ impl Pki {
             .signed_by(&key, &ca)
             .unwrap();
 
+        let client_key = KeyPair::generate().unwrap();
+        let client = CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .signed_by(&client_key, &ca)
+            .unwrap();
+
         let dir = TempDir::new("pki");
         let ca_file = dir.write("ca.crt", &ca.pem());
+        let client_cert_file = dir.write("client.crt", &client.pem());
+        let client_key_file = dir.write("client.key", &client_key.serialize_pem());
         let chain = vec![cert.der().clone(), CertificateDer::clone(ca.der())];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let server = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -58,6 +70,8 @@ impl Pki {
         Pki {
             dir,
             ca_file,
+            client_cert_file,
+            client_key_file,
             server: Arc::new(server),
         }
     }

@@ -3,7 +3,17 @@
 #![allow(dead_code)]
 
 pub mod blackhole;
+mod echo_client;
+pub mod faulty;
 pub mod https;
+pub mod metrics;
+mod process;
+
+// Each test binary uses some of these; the rest would warn as unused.
+#[allow(unused_imports)]
+pub use echo_client::EchoClient;
+#[allow(unused_imports)]
+pub use process::{Footprint, ProcStats, clock_ticks_per_second, limit_fds};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -293,6 +303,13 @@ impl Lbd {
         http(self.admin_addr(), "POST", path)
     }
 
+    /// The parsed `GET /metrics` (checked as OpenMetrics on the way).
+    pub fn metrics(&self) -> Vec<metrics::Sample> {
+        let (code, body) = self.get("/metrics");
+        assert_eq!(code, 200, "{body}");
+        metrics::parse_openmetrics(&body)
+    }
+
     /// The parsed `GET /api/v1/status`.
     pub fn status(&self) -> serde_json::Value {
         let (code, body) = self.get("/api/v1/status");
@@ -453,8 +470,12 @@ pub struct Backend {
     stop: Arc<std::sync::atomic::AtomicBool>,
     /// Set by [`Backend::blackhole`]: the listener stays open, unaccepted.
     frozen: Arc<std::sync::atomic::AtomicBool>,
+    /// The accept thread's word that it saw `frozen` and accepts no more.
+    frozen_seen: Mutex<std::sync::mpsc::Receiver<()>>,
     queued: Mutex<Vec<TcpStream>>,
-    connections: Arc<Mutex<Vec<TcpStream>>>,
+    /// Live connections by accept number; each leaves when it ends, so a
+    /// soak through a backend does not pile up descriptors in the test.
+    connections: Arc<Mutex<std::collections::HashMap<usize, TcpStream>>>,
 }
 
 impl Backend {
@@ -503,8 +524,13 @@ impl Backend {
     /// Connections already open keep working.
     pub fn blackhole(&self) {
         self.frozen.store(true, Ordering::Relaxed);
-        // Let the accept thread see the flag before the queue fills.
-        std::thread::sleep(Duration::from_millis(20));
+        // The accept thread must have stopped accepting before the queue
+        // fills, or it would drain what we queue.
+        self.frozen_seen
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the accept thread stops accepting");
         *self.queued.lock().unwrap() = blackhole::fill_accept_queue(self.addr);
     }
 
@@ -514,7 +540,8 @@ impl Backend {
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let connections = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let (frozen_ack, frozen_seen) = std::sync::mpsc::channel();
         let (a, s, f, c, n) = (
             Arc::clone(&accepted),
             Arc::clone(&stop),
@@ -523,18 +550,26 @@ impl Backend {
             name.to_owned(),
         );
         std::thread::spawn(move || {
+            let mut acknowledged = false;
             while !s.load(Ordering::Relaxed) {
                 if f.load(Ordering::Relaxed) {
+                    if !acknowledged {
+                        acknowledged = true;
+                        let _ = frozen_ack.send(());
+                    }
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
                 }
                 match listener.accept() {
                     Ok((stream, _)) => {
                         stream.set_nonblocking(false).unwrap();
-                        a.fetch_add(1, Ordering::Relaxed);
-                        c.lock().unwrap().push(stream.try_clone().unwrap());
-                        let n = n.clone();
-                        std::thread::spawn(move || echo(stream, greet.then_some(n)));
+                        let id = a.fetch_add(1, Ordering::Relaxed);
+                        c.lock().unwrap().insert(id, stream.try_clone().unwrap());
+                        let (n, c) = (n.clone(), Arc::clone(&c));
+                        std::thread::spawn(move || {
+                            echo(stream, greet.then_some(n));
+                            c.lock().unwrap().remove(&id);
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -546,6 +581,7 @@ impl Backend {
             accepted,
             stop,
             frozen,
+            frozen_seen: Mutex::new(frozen_seen),
             queued: Mutex::new(Vec::new()),
             connections,
         }
@@ -554,7 +590,7 @@ impl Backend {
     /// Closes the listener (new dials are refused) and resets live connections.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
-        for c in self.connections.lock().unwrap().drain(..) {
+        for (_, c) in self.connections.lock().unwrap().drain() {
             let _ = socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO));
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
@@ -630,6 +666,18 @@ pub fn have(program: &str) -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Runs `command` to its end: how it exited and all it printed (stdout,
+/// then stderr), for a checker that must say nothing when it is happy.
+pub fn output_of(command: &mut Command) -> (ExitStatus, String) {
+    let out = command.output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, said)
 }
 
 /// A config with one frontend on 127.0.0.1:0 in front of `backends`.

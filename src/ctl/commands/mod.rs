@@ -34,10 +34,16 @@ fn unreachable(err: &ClientError) -> u8 {
     EXIT_UNREACHABLE
 }
 
-/// `lbctl ready`: exit 0 iff `GET /readyz` is 200; otherwise print why.
-/// Meant for keepalived's `vrrp_script`.
-pub async fn ready(client: &AdminClient, json: bool) -> u8 {
-    let answer = match client.get("/readyz").await {
+/// `lbctl ready [--frontend NAME]`: exit 0 iff `GET /readyz` is 200 (for
+/// one frontend: `GET /readyz?frontend=NAME`); otherwise print why. Meant
+/// for keepalived's `vrrp_script`, which should ask about the apiserver's
+/// frontend alone: another frontend's trouble is no reason to move the VIP.
+pub async fn ready(client: &AdminClient, frontend: Option<&str>, json: bool) -> u8 {
+    let path = match frontend {
+        Some(name) => format!("/readyz?frontend={}", percent_encode(name)),
+        None => "/readyz".to_owned(),
+    };
+    let answer = match client.get(&path).await {
         Ok(answer) => answer,
         Err(err) => {
             if json {
@@ -49,6 +55,16 @@ pub async fn ready(client: &AdminClient, json: bool) -> u8 {
             return unreachable(&err);
         }
     };
+    if answer.status == StatusCode::NOT_FOUND {
+        // No such frontend: a check that can never pass, say so loudly.
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "ready": false, "reason": answer.text().trim() })
+            );
+        }
+        return refused(&answer);
+    }
     let ready = answer.status == StatusCode::OK;
     let reason = answer.text().trim().to_owned();
     if json {

@@ -8,6 +8,7 @@ use hyper::StatusCode;
 use super::{EXIT_FAILED, EXIT_OK, refused, unreachable};
 use crate::admin::status::Status;
 use crate::ctl::client::AdminClient;
+use crate::reload::is_address_of;
 
 /// What `lbctl drain|enable|disable` asks of a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,15 +120,22 @@ async fn wait_drained(
         let Ok(status) = serde_json::from_slice::<Status>(&answer.body) else {
             return refused(&answer);
         };
-        let prefix = format!("{server}@");
-        let remaining: Option<u64> = status.backends.iter().find(|b| b.name == backend).map(|b| {
-            b.servers
-                .iter()
-                .filter(|s| s.name == server || s.name.starts_with(&prefix))
-                .map(|s| s.active_connections)
-                .sum()
-        });
-        let remaining = remaining.unwrap_or(0);
+        let listed = status
+            .backends
+            .iter()
+            .find(|b| b.name == backend)
+            .map(|b| {
+                b.servers
+                    .iter()
+                    .filter(|s| is_address_of(&s.name, server))
+                    .map(|s| s.active_connections)
+                    .collect::<Vec<u64>>()
+            })
+            .filter(|servers| !servers.is_empty());
+        let Some(listed) = listed else {
+            return gone(backend, server, json);
+        };
+        let remaining: u64 = listed.iter().sum();
         if remaining == 0 {
             if json {
                 println!("{}", serde_json::json!({ "drained": true, "remaining": 0 }));
@@ -158,6 +166,24 @@ async fn wait_drained(
         }
         tokio::time::sleep(wait.poll).await;
     }
+}
+
+/// The server left lbd's config while lbctl waited (a reload removed it or
+/// its backend): its live connections go on, uncounted, so whether they
+/// ended cannot be told. Says so and fails rather than claim "drained".
+fn gone(backend: &str, server: &str, json: bool) -> u8 {
+    let reason = format!(
+        "{backend}/{server} is no longer in lbd's config (a reload removed it): its remaining connections, if any, \
+         go on but are no longer counted, so lbctl cannot tell when they end"
+    );
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "drained": false, "gone": true, "reason": reason })
+        );
+    }
+    eprintln!("lbctl: {reason}");
+    EXIT_FAILED
 }
 
 /// Escapes a name for a URL path segment (everything but unreserved characters).

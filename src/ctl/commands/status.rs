@@ -223,6 +223,7 @@ mod tests {
                         "up",
                         Some(CheckStatus {
                             result: "ok".into(),
+                            check: "tcp".into(),
                             elapsed_ms: 1.25,
                             at: "2023-11-14T22:14:58.000Z".into(),
                             detail: String::new(),

@@ -3,6 +3,7 @@
 //! changes do. The checks themselves are tested against real sockets in
 //! their own modules and in tests/health.rs.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use tokio::time::Instant;
 use super::*;
 use crate::config::Config;
 use crate::dial::{DialError, DialErrorKind};
-use crate::pool::AdminState;
+use crate::pool::{AdminState, Health};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -32,6 +33,8 @@ enum Answer {
     Ok,
     Auth,
     Refused,
+    /// The checker itself cannot run (its TLS files went away).
+    Broken,
 }
 
 impl Fake {
@@ -41,6 +44,13 @@ impl Fake {
             takes: MS,
             calls: Vec::new(),
         })))
+    }
+
+    /// A check that takes `takes` to answer.
+    fn slow(answer: Answer, takes: Duration) -> Fake {
+        let fake = Fake::new(answer);
+        fake.0.lock().unwrap().takes = takes;
+        fake
     }
 
     fn set(&self, answer: Answer) {
@@ -74,6 +84,10 @@ impl Check for Fake {
                 detail: "Connection refused (os error 111)".into(),
                 local: false,
             })),
+            Answer::Broken => Err(CheckError::Setup(
+                "cannot use ca_file \"/etc/kubernetes/pki/ca.crt\": No such file or directory"
+                    .into(),
+            )),
         }
     }
 }
@@ -112,18 +126,33 @@ fn start(checks: &HealthChecks, snapshot: &Snapshot, index: usize, fake: &Fake) 
     checks.set_topology(snapshot);
     let pool = &snapshot.pools[0];
     let server = Arc::clone(&pool.servers[index]);
-    let first = checks.shared.first_round.borrow().is_none();
-    if first {
-        checks.shared.first_round.send_replace(Some(1));
-    }
-    let handle = checks.spawn(Arc::clone(&server), &pool.spec.health, fake.clone(), first);
+    let first_round = FirstRoundGuard::open(&checks.shared);
+    let (handle, task) = checks.prepare(Arc::clone(&server), &pool.spec.health, fake.clone());
+    checks.shared.tracker.spawn(task.run());
     checks
         .shared
         .tasks
         .lock()
         .unwrap()
         .insert(key_of(&server), handle);
+    drop(first_round);
     server
+}
+
+/// Fresh health tasks checking server 0 of `snapshot` with a fake that
+/// gives `answer`.
+fn checking(snapshot: &Snapshot, answer: Answer) -> (HealthChecks, Fake, Arc<Server>) {
+    let checks = HealthChecks::new();
+    let fake = Fake::new(answer);
+    let server = start(&checks, snapshot, 0, &fake);
+    (checks, fake, server)
+}
+
+/// As [`checking`] with a passing fake, once the server is up.
+async fn checking_up(snapshot: &Snapshot) -> (HealthChecks, Fake, Arc<Server>) {
+    let (checks, fake, server) = checking(snapshot, Answer::Ok);
+    wait_for(&server, Health::Up, Duration::from_secs(1)).await;
+    (checks, fake, server)
 }
 
 /// Lets virtual time run until `server` has `health`; returns when.
@@ -150,10 +179,8 @@ const DEFAULTS: &str = "interval = \"2s\"\nfast_interval = \"500ms\"\nrise = 2\n
 #[tokio::test(start_paused = true)]
 async fn the_first_result_decides_at_once_and_ends_the_first_round() {
     let snapshot = snapshot(1, DEFAULTS);
-    let checks = HealthChecks::new();
-    let fake = Fake::new(Answer::Refused);
     let started = Instant::now();
-    let server = start(&checks, &snapshot, 0, &fake);
+    let (checks, _, server) = checking(&snapshot, Answer::Refused);
     let down_at = wait_for(&server, Health::Down, Duration::from_secs(1)).await;
     // Within the first spread (a quarter of fast_interval) plus the check.
     assert!(
@@ -182,10 +209,7 @@ async fn the_first_result_decides_at_once_and_ends_the_first_round() {
 #[tokio::test(start_paused = true)]
 async fn a_dead_server_falls_after_fall_checks_at_the_fast_interval() {
     let snapshot = snapshot(1, DEFAULTS);
-    let checks = HealthChecks::new();
-    let fake = Fake::new(Answer::Ok);
-    let server = start(&checks, &snapshot, 0, &fake);
-    wait_for(&server, Health::Up, Duration::from_secs(1)).await;
+    let (checks, fake, server) = checking_up(&snapshot).await;
     tokio::time::sleep(Duration::from_secs(7)).await;
     // Steady: one check per interval, give or take 10%.
     let calls = fake.calls();
@@ -220,9 +244,7 @@ async fn a_dead_server_falls_after_fall_checks_at_the_fast_interval() {
 #[tokio::test(start_paused = true)]
 async fn a_revived_server_rises_after_rise_checks() {
     let snapshot = snapshot(1, DEFAULTS);
-    let checks = HealthChecks::new();
-    let fake = Fake::new(Answer::Refused);
-    let server = start(&checks, &snapshot, 0, &fake);
+    let (checks, fake, server) = checking(&snapshot, Answer::Refused);
     wait_for(&server, Health::Down, Duration::from_secs(1)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let revived = Instant::now();
@@ -243,10 +265,7 @@ async fn a_revived_server_rises_after_rise_checks() {
 async fn a_passive_failure_counts_at_once_and_checks_right_away() {
     let snapshot = snapshot(2, DEFAULTS);
     snapshot.pools[0].servers[1].set_health(Health::Up);
-    let checks = HealthChecks::new();
-    let fake = Fake::new(Answer::Ok);
-    let server = start(&checks, &snapshot, 0, &fake);
-    wait_for(&server, Health::Up, Duration::from_secs(1)).await;
+    let (checks, fake, server) = checking_up(&snapshot).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let killed = Instant::now();
@@ -278,10 +297,7 @@ async fn passive_evidence_alone_never_ejects_the_last_server() {
     let one_strike = "fall = 1\nrise = 2";
     // Alone in its pool: the passive report is held back, the active check decides.
     let alone = snapshot(1, one_strike);
-    let checks = HealthChecks::new();
-    let fake = Fake::new(Answer::Ok);
-    let server = start(&checks, &alone, 0, &fake);
-    wait_for(&server, Health::Up, Duration::from_secs(1)).await;
+    let (checks, _, server) = checking_up(&alone).await;
     server.report_dial_failure(DialErrorKind::Timeout);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(server.health(), Health::Up);
@@ -291,10 +307,7 @@ async fn passive_evidence_alone_never_ejects_the_last_server() {
     // With a healthy peer, one passive strike is enough.
     let pair = snapshot(2, one_strike);
     pair.pools[0].servers[1].set_health(Health::Up);
-    let checks = HealthChecks::new();
-    let fake = Fake::new(Answer::Ok);
-    let server = start(&checks, &pair, 0, &fake);
-    wait_for(&server, Health::Up, Duration::from_secs(1)).await;
+    let (checks, _, server) = checking_up(&pair).await;
     server.report_dial_failure(DialErrorKind::Timeout);
     tokio::time::sleep(MS).await;
     assert_eq!(server.health(), Health::Down);
@@ -304,10 +317,7 @@ async fn passive_evidence_alone_never_ejects_the_last_server() {
 #[tokio::test(start_paused = true)]
 async fn a_disabled_server_is_not_checked_until_enabled() {
     let snapshot = snapshot(1, DEFAULTS);
-    let checks = HealthChecks::new();
-    let fake = Fake::new(Answer::Ok);
-    let server = start(&checks, &snapshot, 0, &fake);
-    wait_for(&server, Health::Up, Duration::from_secs(1)).await;
+    let (checks, fake, server) = checking_up(&snapshot).await;
 
     server.set_admin(AdminState::Disabled);
     assert!(checks.check_now(&server));
@@ -331,9 +341,7 @@ async fn a_disabled_server_is_not_checked_until_enabled() {
 #[tokio::test(start_paused = true)]
 async fn an_auth_error_counts_as_alive() {
     let snapshot = snapshot(1, DEFAULTS);
-    let checks = HealthChecks::new();
-    let fake = Fake::new(Answer::Auth);
-    let server = start(&checks, &snapshot, 0, &fake);
+    let (checks, _, server) = checking(&snapshot, Answer::Auth);
     wait_for(&server, Health::Up, Duration::from_secs(1)).await;
     assert_eq!(server.last_check().unwrap().result, "auth_error");
     checks.shutdown().await;
@@ -342,10 +350,7 @@ async fn an_auth_error_counts_as_alive() {
 #[tokio::test(start_paused = true)]
 async fn close_on_down_signals_the_open_connections() {
     let snapshot = snapshot(1, "fall = 1\nclose_on_down = \"10s\"");
-    let checks = HealthChecks::new();
-    let fake = Fake::new(Answer::Ok);
-    let server = start(&checks, &snapshot, 0, &fake);
-    wait_for(&server, Health::Up, Duration::from_secs(1)).await;
+    let (checks, fake, server) = checking_up(&snapshot).await;
     let open = server.down_signal();
     fake.set(Answer::Refused);
     wait_for(&server, Health::Down, Duration::from_secs(5)).await;
@@ -361,10 +366,7 @@ async fn close_on_down_signals_the_open_connections() {
 
     // Without the option, nothing is signalled.
     let snapshot = self::snapshot(1, "fall = 1");
-    let checks = HealthChecks::new();
-    let fake = Fake::new(Answer::Ok);
-    let server = start(&checks, &snapshot, 0, &fake);
-    wait_for(&server, Health::Up, Duration::from_secs(1)).await;
+    let (checks, fake, server) = checking_up(&snapshot).await;
     let open = server.down_signal();
     fake.set(Answer::Refused);
     wait_for(&server, Health::Down, Duration::from_secs(5)).await;
@@ -372,33 +374,5 @@ async fn close_on_down_signals_the_open_connections() {
     checks.shutdown().await;
 }
 
-#[tokio::test]
-async fn sync_starts_keeps_and_stops_tasks_with_the_snapshot() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut first = snapshot(2, "interval = \"1s\"");
-    let pool = &first.pools[0];
-    let servers: Vec<Arc<Server>> = (0..2)
-        .map(|i| Arc::new(Server::new("b", &format!("s{i}"), addr, 1)))
-        .collect();
-    first.pools = vec![Arc::new(Pool::new(pool.spec.clone(), servers.clone()))];
-    let checks = HealthChecks::new();
-    checks.sync(&first);
-    assert_eq!(checks.len(), 2);
-    tokio::time::timeout(Duration::from_secs(5), checks.first_round())
-        .await
-        .expect("first round");
-    assert!(servers.iter().all(|s| s.health() == Health::Up));
-
-    // A reload that drops s1 and keeps s0 (the same Arc).
-    let mut second = snapshot(1, "interval = \"1s\"");
-    second.pools = vec![Arc::new(Pool::new(
-        first.pools[0].spec.clone(),
-        vec![Arc::clone(&servers[0])],
-    ))];
-    checks.sync(&second);
-    assert_eq!(checks.len(), 1);
-    assert!(checks.check_now(&servers[0]));
-    assert!(!checks.check_now(&servers[1]));
-    checks.shutdown().await;
-}
+mod checker;
+mod sync;

@@ -30,6 +30,7 @@ use crate::health::HealthChecks;
 use crate::limit::{self, ConnectionLimit, FdBudget};
 use crate::pool::{Server, Snapshot};
 use crate::reload;
+use crate::runtime;
 use crate::socket;
 use crate::systemd::{self, ActivationError, InheritedListeners};
 
@@ -146,26 +147,25 @@ impl Daemon {
                 let addr = socket.local;
                 info!(frontend = %spec.name, fd = socket.fd, name = %socket.name, address = %addr, "serving a socket inherited from systemd");
                 let configured = socket.configured_as(&spec.listen);
-                let listener = tokio::net::TcpListener::from_std(socket.into_listener()).map_err(
-                    |source| BindError {
-                        frontend: spec.name.clone(),
-                        addr,
-                        source,
-                    },
-                )?;
-                bound.push((Arc::clone(&frontend), configured, listener));
+                bound.push((
+                    Arc::clone(&frontend),
+                    configured,
+                    vec![socket.into_listener()],
+                ));
             }
             for &addr in &spec.listen {
                 if inherited.covers(index, addr) {
                     continue;
                 }
-                let listener =
-                    socket::bind_listener(addr, spec.backlog).map_err(|source| BindError {
-                        frontend: spec.name.clone(),
-                        addr,
-                        source,
-                    })?;
-                bound.push((Arc::clone(&frontend), addr, listener));
+                let listeners =
+                    socket::bind_listeners(addr, spec.backlog, runtime::acceptor_count()).map_err(
+                        |source| BindError {
+                            frontend: spec.name.clone(),
+                            addr,
+                            source,
+                        },
+                    )?;
+                bound.push((Arc::clone(&frontend), addr, listeners));
             }
             frontends.push(frontend);
         }

@@ -26,6 +26,7 @@
 //! - [`counter`]: per-thread sharded byte counters, uncontended on the data path.
 //! - [`histogram`]: lock-free latency histograms for dial and check times.
 //! - [`balance`]: round-robin, least-connections, random-two, source-hash, first.
+//! - [`runtime`]: one current-thread runtime per core (or one multi-thread runtime).
 //! - [`reload`]: builds pools from a config, carrying server state over; the
 //!   pure config diff a reload applies.
 //! - [`admin`]: the admin API (hyper): /metrics, /readyz, /api/v1/….
@@ -64,6 +65,7 @@ pub mod probe;
 pub mod relay;
 pub mod reload;
 pub mod rlimit;
+pub mod runtime;
 pub mod signals;
 pub mod socket;
 pub mod splice;

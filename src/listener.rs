@@ -15,10 +15,12 @@
 //! listener resumes as soon as a server is back.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,6 +30,7 @@ use crate::forward;
 use crate::frontend::{Frontend, RejectReason};
 use crate::limit::{ConnectionLimit, ConnectionSlot};
 use crate::pausable::PausableListener;
+use crate::runtime;
 use crate::socket;
 
 const BACKOFF_START: Duration = Duration::from_millis(10);
@@ -37,118 +40,183 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// (an admin change made by a caller that did not signal the frontend).
 const PAUSED_RECHECK: Duration = Duration::from_secs(1);
 
-/// Accepts on `listener` until `stop` fires, spawning one task per connection
-/// on `tracker`; `close` is handed to each connection for the drain deadline.
-/// A connection first needs a slot of its frontend and one of `global`.
-pub async fn accept_loop(
-    listener: TcpListener,
-    frontend: Arc<Frontend>,
-    global: Arc<ConnectionLimit>,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-    close: CancellationToken,
-) {
-    // Accepted sockets inherit these, whoever bound the listener.
-    socket::tune_listener(&listener);
-    let backlog = frontend.route.load().backlog;
-    let mut listener = match PausableListener::new(listener, backlog) {
-        Ok(listener) => listener,
-        Err(e) => {
-            warn!(frontend = %frontend.name, error = %e, "listener lost before its accept loop started");
-            return;
-        }
-    };
-    let mut changes = frontend.watch_availability();
-    // Set once pausing failed: from then on clients are accepted and reset.
-    let mut can_pause = true;
-    let mut backoff = BACKOFF_START;
-    'accepting: loop {
-        if can_pause && !frontend.can_serve() {
-            match pause_while_unavailable(&mut listener, &frontend, &mut changes, &stop).await {
-                Paused::Resumed => {}
-                Paused::Stopped => return,
-                Paused::Failed => can_pause = false,
-            }
-        }
-        // Wait until both limits have room, but hold no slot while idle in
-        // accept: a listener with no clients must not keep a slot another
-        // listener's waiting client needs.
-        for (limit, reason) in [
-            (&frontend.limit, RejectReason::MaxConnections),
-            (&*global, RejectReason::GlobalMaxConnections),
-        ] {
-            match slot(limit, &frontend, reason, &stop, &mut changes).await {
-                Slot::Taken(_room) => {}
-                Slot::Changed => continue 'accepting,
-                Slot::Stopped => return,
-            }
-        }
-        let accepted = tokio::select! {
-            () = stop.cancelled() => return,
-            () = changed(&mut changes) => continue,
-            accepted = listener.accept() => accepted,
+/// One accept loop: where its connections go and what stops it.
+#[derive(Debug)]
+pub struct AcceptLoop {
+    /// The frontend whose connections this loop accepts.
+    pub frontend: Arc<Frontend>,
+    /// The process-wide connection limit; a connection needs a slot of it
+    /// and one of its frontend.
+    pub global: Arc<ConnectionLimit>,
+    /// Ends the loop (SIGTERM, a reload that removes the address).
+    pub stop: CancellationToken,
+    /// Tracks every connection task, for the drain.
+    pub tracker: TaskTracker,
+    /// Handed to each connection: closes it at the drain deadline.
+    pub close: CancellationToken,
+    /// Hand connections out to every runtime in turn (see
+    /// [`crate::runtime`]) rather than serve them all on this one: set for
+    /// a socket that is not one of a per-runtime set (inherited from systemd).
+    pub spread: bool,
+}
+
+impl AcceptLoop {
+    /// Accepts on `listener` until `stop` fires.
+    pub async fn run(self, listener: TcpListener) {
+        let AcceptLoop {
+            frontend,
+            global,
+            stop,
+            tracker,
+            close,
+            spread,
+        } = self;
+        let runtimes = if spread {
+            runtime::acceptors()
+        } else {
+            Vec::new()
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff = BACKOFF_START;
-                // Another listener may have taken the room meanwhile: then
-                // this client waits here for a slot, one per listener at most.
-                let taken = (
-                    take(
-                        &frontend.limit,
-                        &frontend,
-                        RejectReason::MaxConnections,
-                        &stop,
-                    )
-                    .await,
-                    take(
-                        &global,
-                        &frontend,
-                        RejectReason::GlobalMaxConnections,
-                        &stop,
-                    )
-                    .await,
-                );
-                let (Some(frontend_slot), Some(global_slot)) = taken else {
-                    return;
-                };
-                let source = match frontend.source_limit.enter(peer.ip()) {
-                    Ok(source) => source,
-                    Err(()) => {
-                        frontend.count_rejected(RejectReason::SourceLimit);
-                        debug!(frontend = %frontend.name, client = %peer, reason = RejectReason::SourceLimit.as_str(), "rejecting connection");
-                        socket::reset(stream);
-                        continue;
-                    }
-                };
-                let slot = ConnectionSlot {
-                    frontend: frontend_slot,
-                    global: global_slot,
-                    source,
-                };
-                tracker.spawn(forward::handle(
-                    stream,
-                    peer,
-                    Arc::clone(&frontend),
-                    slot,
-                    close.clone(),
-                ));
-            }
-            Err(e) if is_per_connection(&e) => {
-                debug!(frontend = %frontend.name, error = %e, "accept: client gone before accept");
-            }
+        let mut next_runtime = 0usize;
+        // Accepted sockets inherit these, whoever bound the listener.
+        socket::tune_listener(&listener);
+        let backlog = frontend.route.load().backlog;
+        let mut listener = match PausableListener::new(listener, backlog) {
+            Ok(listener) => listener,
             Err(e) => {
-                if backoff == BACKOFF_START {
-                    warn!(frontend = %frontend.name, error = %e, "accept failed; backing off (raise LimitNOFILE if this is EMFILE)");
+                warn!(frontend = %frontend.name, error = %e, "listener lost before its accept loop started");
+                return;
+            }
+        };
+        let mut changes = frontend.watch_availability();
+        // Set once pausing failed: from then on clients are accepted and reset.
+        let mut can_pause = true;
+        let mut backoff = BACKOFF_START;
+        'accepting: loop {
+            if can_pause && !frontend.can_serve() {
+                match pause_while_unavailable(&mut listener, &frontend, &mut changes, &stop).await {
+                    Paused::Resumed => {}
+                    Paused::Stopped => return,
+                    Paused::Failed => can_pause = false,
                 }
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
+            }
+            // Wait until both limits have room, but hold no slot while idle in
+            // accept: a listener with no clients must not keep a slot another
+            // listener's waiting client needs.
+            for (limit, reason) in [
+                (&frontend.limit, RejectReason::MaxConnections),
+                (&*global, RejectReason::GlobalMaxConnections),
+            ] {
+                match slot(limit, &frontend, reason, &stop, &mut changes).await {
+                    Slot::Taken(_room) => {}
+                    Slot::Changed => continue 'accepting,
+                    Slot::Stopped => return,
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            let accepted = tokio::select! {
+                () = stop.cancelled() => return,
+                () = changed(&mut changes) => continue,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = BACKOFF_START;
+                    // Another listener may have taken the room meanwhile: then
+                    // this client waits here for a slot, one per listener at most.
+                    let taken = (
+                        take(
+                            &frontend.limit,
+                            &frontend,
+                            RejectReason::MaxConnections,
+                            &stop,
+                        )
+                        .await,
+                        take(
+                            &global,
+                            &frontend,
+                            RejectReason::GlobalMaxConnections,
+                            &stop,
+                        )
+                        .await,
+                    );
+                    let (Some(frontend_slot), Some(global_slot)) = taken else {
+                        return;
+                    };
+                    let source = match frontend.source_limit.enter(peer.ip()) {
+                        Ok(source) => source,
+                        Err(()) => {
+                            frontend.count_rejected(RejectReason::SourceLimit);
+                            debug!(frontend = %frontend.name, client = %peer, reason = RejectReason::SourceLimit.as_str(), "rejecting connection");
+                            socket::reset(stream);
+                            continue;
+                        }
+                    };
+                    let slot = ConnectionSlot {
+                        frontend: frontend_slot,
+                        global: global_slot,
+                        source,
+                    };
+                    if runtimes.len() > 1 {
+                        next_runtime = (next_runtime + 1) % runtimes.len();
+                    }
+                    // The first runtime is this one.
+                    if next_runtime == 0 {
+                        tracker.spawn(forward::handle(
+                            stream,
+                            peer,
+                            Arc::clone(&frontend),
+                            slot,
+                            close.clone(),
+                        ));
+                    } else {
+                        let to = &runtimes[next_runtime];
+                        hand_over(to, &tracker, stream, peer, &frontend, slot, &close);
+                    }
+                }
+                Err(e) if is_per_connection(&e) => {
+                    debug!(frontend = %frontend.name, error = %e, "accept: client gone before accept");
+                }
+                Err(e) => {
+                    if backoff == BACKOFF_START {
+                        warn!(frontend = %frontend.name, error = %e, "accept failed; backing off (raise LimitNOFILE if this is EMFILE)");
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
             }
         }
     }
+}
+
+/// Serves an accepted connection on another runtime: its socket leaves this
+/// runtime's reactor and joins that one's.
+fn hand_over(
+    runtime: &Handle,
+    tracker: &TaskTracker,
+    stream: TcpStream,
+    peer: SocketAddr,
+    frontend: &Arc<Frontend>,
+    slot: ConnectionSlot,
+    close: &CancellationToken,
+) {
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(e) => {
+            debug!(frontend = %frontend.name, client = %peer, error = %e, "cannot hand a connection to another thread; dropped");
+            return;
+        }
+    };
+    let (frontend, close) = (Arc::clone(frontend), close.clone());
+    runtime.spawn(tracker.track_future(async move {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => forward::handle(stream, peer, frontend, slot, close).await,
+            Err(e) => {
+                debug!(frontend = %frontend.name, client = %peer, error = %e, "cannot take over a connection from another thread; dropped");
+            }
+        }
+    }));
 }
 
 /// A slot of `limit` for an accepted client, waiting for one if need be

@@ -254,7 +254,6 @@ async fn pump(
         } else {
             0
         };
-        activity.touch();
         write_all(to, &buf[..n]).await?;
         drop(buf);
         moved.bytes += n as u64;
@@ -302,7 +301,6 @@ async fn splice_burst(
             Err(e) if splice::is_unsupported(&e) => return Ok(Burst::Unsupported),
             Err(e) => return Err(e),
         };
-        activity.touch();
         while pipe.pending() > 0 {
             let result = to.try_io(Interest::WRITABLE, || {
                 let before = pipe.pending();

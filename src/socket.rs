@@ -31,6 +31,26 @@ pub fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> 
     TcpListener::from_std(bind_std(addr, backlog, false)?)
 }
 
+/// Binds `count` listening sockets on `addr`, one per accept loop, that
+/// share its connections (SO_REUSEPORT: the kernel spreads clients over
+/// them); `count == 1` is [`bind_listener`]'s socket. The first bind is
+/// exclusive, so an address another process holds is still reported in use.
+pub fn bind_listeners(
+    addr: SocketAddr,
+    backlog: u32,
+    count: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    if count <= 1 {
+        return Ok(vec![bind_std(addr, backlog, false)?]);
+    }
+    // Fails if anyone holds the address; also resolves port 0 to the port
+    // all the shared sockets then bind.
+    let probe = bind_std(addr, backlog, false)?;
+    let addr = probe.local_addr()?;
+    drop(probe);
+    (0..count).map(|_| bind_std(addr, backlog, true)).collect()
+}
+
 fn bind_std(addr: SocketAddr, backlog: u32, shared: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -86,6 +106,26 @@ pub fn reset(stream: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_listeners_split_one_port_and_an_address_in_use_is_refused() {
+        let listeners = bind_listeners("127.0.0.1:0".parse().unwrap(), 64, 2).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        assert_eq!(listeners[1].local_addr().unwrap(), addr);
+        // The kernel spreads clients (by address and port) over both sockets.
+        let clients: Vec<_> = (0..64)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let accepted: Vec<usize> = listeners
+            .iter()
+            .map(|l| std::iter::from_fn(|| l.accept().ok()).count())
+            .collect();
+        assert_eq!(accepted.iter().sum::<usize>(), clients.len());
+        assert!(accepted.iter().all(|&n| n > 0), "{accepted:?}");
+        // Another process (or a second lbd) on the address is still an error.
+        let err = bind_listeners(addr, 64, 2).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+    }
 
     /// lbd relies on Linux copying these options from the listener to the
     /// accepted socket instead of setting them per connection.

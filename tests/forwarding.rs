@@ -205,6 +205,20 @@ fn a_mebibyte_is_echoed_exactly_with_client_half_close_through_the_copy_loop() {
     assert_eq!(field(&closed, "spliced"), Some("0"), "{closed}");
 }
 
+/// The default runs one runtime per core with an SO_REUSEPORT socket each;
+/// the work-stealing runtime must serve and drain just the same.
+#[test]
+fn the_multi_thread_runtime_relays_and_drains_too() {
+    let backend = Backend::echo();
+    let mut lbd = Lbd::start_with(&config_for(&[&backend], "", ""), |command| {
+        command.env("LBD_RUNTIME", "multi-thread");
+    });
+    let closed = echo_a_mebibyte(&lbd);
+    assert_eq!(field(&closed, "outcome"), Some("closed"), "{closed}");
+    lbd.signal(libc::SIGTERM);
+    assert!(lbd.wait_exit(Duration::from_secs(10)).success());
+}
+
 #[test]
 fn a_failed_dial_is_retried_on_the_next_server() {
     let dead = Backend::named("dead");

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use lbd::config::{self, AdminListen};
 use lbd::systemd::{self, InheritedListeners};
-use lbd::{Daemon, demo, generate, signals};
+use lbd::{Daemon, demo, generate, runtime, signals};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime::Shape::from_env().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("lbd: cannot start the async runtime: {err}");

@@ -6,6 +6,11 @@
 //! accept loop owns one, the daemon the other, so a socket moving to another
 //! frontend stays open (and keeps queuing clients) while one accept loop
 //! ends and the next begins. A socket closes once both are dropped.
+//!
+//! With one runtime per core (see [`crate::runtime`]) an address lbd binds
+//! itself has one SO_REUSEPORT socket per runtime, each with its own accept
+//! loop; a socket inherited from systemd has one accept loop that hands its
+//! connections out to every runtime in turn.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +25,7 @@ use super::Daemon;
 use crate::frontend::Frontend;
 use crate::listener;
 use crate::reload::ConfigDiff;
+use crate::runtime;
 use crate::socket;
 
 /// A listen address could not be bound.
@@ -45,10 +51,11 @@ struct BoundListener {
     /// The address actually bound.
     local: SocketAddr,
     stop: CancellationToken,
-    /// The daemon's descriptor of the socket (the accept loop has another).
-    socket: std::net::TcpListener,
-    /// The accept loop; finished while `stop` is not cancelled means it died.
-    task: JoinHandle<()>,
+    /// The daemon's descriptors of the address's sockets (each accept loop
+    /// has another).
+    sockets: Vec<std::net::TcpListener>,
+    /// The accept loops; one finished while `stop` is not cancelled died.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// Every listening socket of the daemon.
@@ -71,7 +78,7 @@ impl Listeners {
     pub(super) fn dead_accept_loops(&self) -> Vec<(String, SocketAddr)> {
         self.bound
             .iter()
-            .filter(|l| l.task.is_finished() && !l.stop.is_cancelled())
+            .filter(|l| l.tasks.iter().any(JoinHandle::is_finished) && !l.stop.is_cancelled())
             .map(|l| (l.frontend.clone(), l.local))
             .collect()
     }
@@ -79,8 +86,8 @@ impl Listeners {
     /// Ends every accept loop abruptly, as a bug would (tests only).
     #[cfg(test)]
     pub(super) fn abort_accept_loops(&self) {
-        for bound in &self.bound {
-            bound.task.abort();
+        for task in self.bound.iter().flat_map(|bound| &bound.tasks) {
+            task.abort();
         }
     }
 
@@ -106,7 +113,7 @@ impl Listeners {
 #[derive(Debug, Default)]
 pub(super) struct ListenerPlan {
     /// Sockets bound for added addresses, with the frontend and configured address.
-    open: Vec<(String, SocketAddr, TcpListener)>,
+    open: Vec<(String, SocketAddr, Vec<std::net::TcpListener>)>,
     /// (frontend, configured address) to stop accepting on.
     close: Vec<(String, SocketAddr)>,
     /// An address leaving one frontend for another: (from, to, address, backlog).
@@ -134,13 +141,14 @@ impl Daemon {
                     .push((from, frontend.clone(), *addr, backlog_of(frontend)));
                 continue;
             }
-            let listener =
-                socket::bind_listener(*addr, backlog_of(frontend)).map_err(|source| BindError {
-                    frontend: frontend.clone(),
-                    addr: *addr,
-                    source,
-                })?;
-            plan.open.push((frontend.clone(), *addr, listener));
+            let listeners =
+                socket::bind_listeners(*addr, backlog_of(frontend), runtime::acceptor_count())
+                    .map_err(|source| BindError {
+                        frontend: frontend.clone(),
+                        addr: *addr,
+                        source,
+                    })?;
+            plan.open.push((frontend.clone(), *addr, listeners));
         }
         plan.close = removed;
         Ok(plan)
@@ -168,13 +176,13 @@ impl Daemon {
             bound.stop.cancel();
             // listen() again: harmless on a listening socket, and it wakes
             // one the old accept loop had paused.
-            let handed = SockRef::from(&bound.socket)
-                .listen(i32::try_from(backlog).unwrap_or(i32::MAX))
-                .and_then(|()| TcpListener::from_std(bound.socket));
+            let handed = bound.sockets.iter().try_for_each(|socket| {
+                SockRef::from(socket).listen(i32::try_from(backlog).unwrap_or(i32::MAX))
+            });
             match handed {
-                Ok(listener) => {
+                Ok(()) => {
                     info!(from = %from, frontend = %to, address = %bound.local, "listener handed over");
-                    self.spawn_accept_loop(find(&to), addr, listener);
+                    self.spawn_accept_loop(find(&to), addr, bound.sockets);
                 }
                 Err(err) => {
                     error!(frontend = %to, address = %addr, error = %err, "cannot hand the listener over; the address is not served until the next reload");
@@ -186,17 +194,20 @@ impl Daemon {
         }
     }
 
-    /// Starts accepting on `listener` for `frontend`.
+    /// Starts accepting for `frontend` on `listeners`, the sockets of one
+    /// address: one accept loop per runtime when there is a socket for each,
+    /// else one loop (on this runtime) that spreads its connections.
     pub(super) fn spawn_accept_loop(
         &self,
         frontend: Arc<Frontend>,
         configured: SocketAddr,
-        listener: TcpListener,
+        listeners: Vec<std::net::TcpListener>,
     ) {
-        let local = listener
-            .local_addr()
-            .expect("a bound socket has a local address");
-        let mut listeners = self.listeners();
+        let Some(local) = listeners.first().and_then(|l| l.local_addr().ok()) else {
+            error!(frontend = %frontend.name, address = %configured, "a listening socket has no address; not serving it");
+            return;
+        };
+        let mut bound = self.listeners();
         // Shutdown closes every listener under this lock: one arriving after
         // it (callers check first; this is the backstop) would listen,
         // unserved, until the process exits.
@@ -204,8 +215,8 @@ impl Daemon {
             info!(frontend = %frontend.name, address = %local, "not listening: lbd is shutting down");
             return;
         }
-        let socket = match duplicate(&listener) {
-            Ok(socket) => socket,
+        let sockets = match listeners.iter().map(duplicate).collect() {
+            Ok(sockets) => sockets,
             Err(err) => {
                 error!(frontend = %frontend.name, address = %local, error = %err, "cannot keep a descriptor of the listener (out of file descriptors?); not serving this address");
                 return;
@@ -214,27 +225,44 @@ impl Daemon {
         info!(frontend = %frontend.name, address = %local, "listening");
         let stop = self.shared.stop_accepting.child_token();
         let name = frontend.name.clone();
-        let task = tokio::spawn(listener::accept_loop(
-            listener,
-            frontend,
-            Arc::clone(&self.shared.global_limit),
-            stop.clone(),
-            self.shared.connections.clone(),
-            self.shared.close_connections.clone(),
-        ));
-        listeners.bound.push(BoundListener {
+        let runtimes = runtime::acceptors();
+        let spread = listeners.len() < runtimes.len();
+        let tasks = listeners
+            .into_iter()
+            .zip(runtimes)
+            .map(|(listener, runtime)| {
+                let accepting = listener::AcceptLoop {
+                    frontend: Arc::clone(&frontend),
+                    global: Arc::clone(&self.shared.global_limit),
+                    stop: stop.clone(),
+                    tracker: self.shared.connections.clone(),
+                    close: self.shared.close_connections.clone(),
+                    spread,
+                };
+                runtime.spawn(async move {
+                    // Registered with the reactor of the runtime it runs on.
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => accepting.run(listener).await,
+                        Err(err) => {
+                            error!(frontend = %accepting.frontend.name, address = %local, error = %err, "cannot start an accept loop");
+                        }
+                    }
+                })
+            })
+            .collect();
+        bound.bound.push(BoundListener {
             frontend: name,
             configured,
             local,
             stop,
-            socket,
-            task,
+            sockets,
+            tasks,
         });
     }
 }
 
 /// A second descriptor of a listening socket, outside tokio's reactor.
-fn duplicate(listener: &TcpListener) -> std::io::Result<std::net::TcpListener> {
+fn duplicate(listener: &std::net::TcpListener) -> std::io::Result<std::net::TcpListener> {
     let socket = SockRef::from(listener).try_clone()?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())

@@ -77,6 +77,12 @@ impl AcceptLoop {
             Vec::new()
         };
         let mut next_runtime = 0usize;
+        // A relay polls its close token on every wake, and polling a token
+        // locks its list of waiters: connections on different threads must
+        // not share one. One child of `close` per runtime this loop feeds.
+        let closers: Vec<CancellationToken> = (0..runtimes.len().max(1))
+            .map(|_| close.child_token())
+            .collect();
         // Accepted sockets inherit these, whoever bound the listener.
         socket::tune_listener(&listener);
         let backlog = frontend.route.load().backlog;
@@ -158,6 +164,7 @@ impl AcceptLoop {
                     if runtimes.len() > 1 {
                         next_runtime = (next_runtime + 1) % runtimes.len();
                     }
+                    let close = &closers[next_runtime];
                     // The first runtime is this one.
                     if next_runtime == 0 {
                         tracker.spawn(forward::handle(
@@ -169,7 +176,7 @@ impl AcceptLoop {
                         ));
                     } else {
                         let to = &runtimes[next_runtime];
-                        hand_over(to, &tracker, stream, peer, &frontend, slot, &close);
+                        hand_over(to, &tracker, stream, peer, &frontend, slot, close);
                     }
                 }
                 Err(e) if is_per_connection(&e) => {

@@ -83,8 +83,9 @@ impl Balancer {
                 first_of_best_rank(order, &rank, best_rank)
             }
             Kind::LeastConnections => {
-                let start = self.cursor.fetch_add(1, Relaxed);
-                least_loaded(servers, (0..n).map(|k| (start + k) % n), rank)
+                // Ties go to each server in turn.
+                let start = self.cursor.fetch_add(1, Relaxed) % n;
+                least_loaded(servers, rotated(n, start), rank)
             }
             Kind::RandomTwo => {
                 // Two distinct random probes; when either is not a top-rank
@@ -96,10 +97,13 @@ impl Balancer {
                     a
                 };
                 if rank(a) == Some(0) && rank(b) == Some(0) {
-                    least_loaded(servers, [a, b].into_iter(), rank)
+                    let (sa, sb) = (&servers[a], &servers[b]);
+                    // b.active / b.weight < a.active / a.weight, without division.
+                    let b_lighter =
+                        sb.active() * u64::from(sa.weight()) < sa.active() * u64::from(sb.weight());
+                    Some(if b_lighter { b } else { a })
                 } else {
-                    let start = random_below(n);
-                    least_loaded(servers, (0..n).map(|k| (start + k) % n), rank)
+                    least_loaded(servers, rotated(n, random_below(n)), rank)
                 }
             }
             Kind::SourceHash(ring) => {
@@ -135,6 +139,12 @@ fn first_of_best_rank(
     order.find(|&i| rank(i) == Some(best))
 }
 
+/// Every index below `n`, beginning at `start`: a rotation without a
+/// division per element.
+fn rotated(n: usize, start: usize) -> impl Iterator<Item = usize> {
+    (start..n).chain(0..start)
+}
+
 /// The candidate of the lowest rank with the fewest active connections per
 /// unit of weight; the first one wins ties, so callers rotate the order.
 fn least_loaded(
@@ -142,16 +152,21 @@ fn least_loaded(
     candidates: impl Iterator<Item = usize>,
     rank: impl Fn(usize) -> Option<u8>,
 ) -> Option<usize> {
-    candidates
-        .filter_map(|i| rank(i).map(|r| (r, i)))
-        .min_by(|&(ra, a), &(rb, b)| {
-            let (sa, sb) = (&servers[a], &servers[b]);
-            // a.active / a.weight < b.active / b.weight, without division.
-            ra.cmp(&rb).then_with(|| {
-                (sa.active() * u64::from(sb.weight())).cmp(&(sb.active() * u64::from(sa.weight())))
-            })
-        })
-        .map(|(_, i)| i)
+    // (rank, active, weight, index) of the best so far, each read once.
+    let mut best: Option<(u8, u64, u64, usize)> = None;
+    for i in candidates {
+        let Some(r) = rank(i) else { continue };
+        let (active, weight) = (servers[i].active(), u64::from(servers[i].weight()));
+        // Lower rank first, then active / weight, compared without division;
+        // the first of equals wins.
+        let better = best.is_none_or(|(best_rank, best_active, best_weight, _)| {
+            (r, active * best_weight) < (best_rank, best_active * weight)
+        });
+        if better {
+            best = Some((r, active, weight, i));
+        }
+    }
+    best.map(|(_, _, _, i)| i)
 }
 
 /// Stride scheduling: each server advances by `1/weight`, and the one with

@@ -72,7 +72,7 @@ impl AcceptLoop {
             spread,
         } = self;
         let runtimes = if spread {
-            runtime::acceptors()
+            runtime::handles()
         } else {
             Vec::new()
         };

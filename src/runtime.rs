@@ -51,7 +51,7 @@ impl Shape {
     }
 
     /// Builds the runtime the caller blocks on; for `PerCore`, also starts
-    /// the other threads' runtimes and registers them for [`acceptors`].
+    /// the other threads' runtimes and registers them for [`handles`].
     pub fn build(self) -> io::Result<tokio::runtime::Runtime> {
         match self {
             Shape::MultiThread(threads) => tokio::runtime::Builder::new_multi_thread()
@@ -100,9 +100,10 @@ fn start_worker(index: usize) -> io::Result<Handle> {
         .map_err(|_| io::Error::other("a runtime thread died while starting"))?
 }
 
-/// The runtimes an address's accept loops run on: the current one first,
-/// then the other per-core runtimes, if any.
-pub fn acceptors() -> Vec<Handle> {
+/// Every runtime of the process, the current one first, then the other
+/// per-core runtimes, if any: where an address's accept loops run, and what
+/// the task gauge adds up.
+pub fn handles() -> Vec<Handle> {
     let mut handles = vec![Handle::current()];
     if let Some(others) = WORKERS.get() {
         handles.extend(others.iter().cloned());

@@ -225,7 +225,7 @@ impl Daemon {
         info!(frontend = %frontend.name, address = %local, "listening");
         let stop = self.shared.stop_accepting.child_token();
         let name = frontend.name.clone();
-        let runtimes = runtime::acceptors();
+        let runtimes = runtime::handles();
         let spread = listeners.len() < runtimes.len();
         let tasks = listeners
             .into_iter()

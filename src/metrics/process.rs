@@ -42,13 +42,18 @@ pub(super) fn encode(out: &mut DescriptorEncoder) -> fmt::Result {
             rss,
         )?;
     }
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        // Every runtime: with one per core, connections live on all of them.
+        let tasks: usize = crate::runtime::handles()
+            .iter()
+            .map(|runtime| runtime.metrics().num_alive_tasks())
+            .sum();
         single_gauge(
             out,
             "lbd_runtime_tasks",
-            "Tasks alive in the async runtime: connections, checks, listeners, admin.",
+            "Tasks alive in the async runtimes: connections, checks, listeners, admin.",
             None,
-            runtime.metrics().num_alive_tasks() as u64,
+            tasks as u64,
         )?;
     }
     if let Some(cpu) = cpu_seconds() {

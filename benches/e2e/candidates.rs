@@ -74,6 +74,24 @@ impl Drop for Proc {
     }
 }
 
+/// Runs nginx in the foreground on `config`, kept as `NAME.conf` in `dir`
+/// beside its logs (`NAME-error.log`, `NAME.out`, `NAME.err`).
+fn nginx(dir: &Workdir, name: &str, config: &str, what: &str) -> Proc {
+    let path = dir.write(&format!("{name}.conf"), config);
+    spawn(
+        Command::new("nginx")
+            .args(["-g", "daemon off;", "-e"])
+            .arg(dir.0.join(format!("{name}-error.log")))
+            .arg("-p")
+            .arg(&dir.0)
+            .arg("-c")
+            .arg(&path)
+            .stdout(dir.log(&format!("{name}.out")))
+            .stderr(dir.log(&format!("{name}.err"))),
+        what,
+    )
+}
+
 fn spawn(command: &mut Command, what: &str) -> Proc {
     match command.spawn() {
         Ok(child) => Proc(child),
@@ -120,19 +138,7 @@ impl Backends {
                fastcgi_temp_path {prefix}/tmp/fcgi;\n  uwsgi_temp_path {prefix}/tmp/uwsgi;\n  scgi_temp_path {prefix}/tmp/scgi;\n\
                server {{\n{listens}    location / {{ return 200 \"hello\\n\"; }}\n  }}\n}}\n"
         );
-        let path = dir.write("backend.conf", &config);
-        let nginx = spawn(
-            Command::new("nginx")
-                .args(["-g", "daemon off;", "-e"])
-                .arg(dir.0.join("backend-error.log"))
-                .arg("-p")
-                .arg(&dir.0)
-                .arg("-c")
-                .arg(&path)
-                .stdout(dir.log("backend.out"))
-                .stderr(dir.log("backend.err")),
-            "nginx (backend)",
-        );
+        let nginx = nginx(dir, "backend", &config, "nginx (backend)");
         let iperf = spawn(
             Command::new("iperf3")
                 .args(["-s", "-B", "127.0.0.1", "-p", &bulk.port().to_string()])
@@ -315,19 +321,7 @@ impl Candidate {
                server {{ listen {bulk}; proxy_pass bulk; }}\n}}\n",
             backends.bulk
         );
-        let path = dir.write("stream.conf", &config);
-        let proc = spawn(
-            Command::new("nginx")
-                .args(["-g", "daemon off;", "-e"])
-                .arg(dir.0.join("stream-error.log"))
-                .arg("-p")
-                .arg(&dir.0)
-                .arg("-c")
-                .arg(&path)
-                .stdout(dir.log("stream.out"))
-                .stderr(dir.log("stream.err")),
-            "nginx (stream)",
-        );
+        let proc = nginx(dir, "stream", &config, "nginx (stream)");
         wait_listening(web, "nginx stream", dir);
         Candidate {
             name: "nginx".into(),

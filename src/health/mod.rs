@@ -63,7 +63,7 @@ pub enum Alive {
 pub enum CheckError {
     /// The TCP connection failed: refused, timeout, unreachable…
     #[error(transparent)]
-    Dial(#[from] DialError),
+    Dial(DialError),
     /// TCP connected but TLS did not work out (or its settings are unusable).
     #[error("{0}")]
     Tls(String),
@@ -71,10 +71,23 @@ pub enum CheckError {
     #[error("{0}")]
     Http(String),
     /// The checker could not run the check at all (its TLS files became
-    /// unusable): says nothing about the server, so it does not count
-    /// against it.
+    /// unusable, or lbd is out of descriptors): says nothing about the
+    /// server, so it does not count against it.
     #[error("{0}")]
     Setup(String),
+}
+
+impl From<DialError> for CheckError {
+    fn from(err: DialError) -> CheckError {
+        if err.local {
+            // lbd's own shortage (out of descriptors or local ports) says
+            // nothing of the server: marking it down would turn a full
+            // process into an outage.
+            CheckError::Setup(format!("cannot dial {}: {}", err.addr, err.detail))
+        } else {
+            CheckError::Dial(err)
+        }
+    }
 }
 
 impl CheckError {

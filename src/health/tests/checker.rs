@@ -37,6 +37,29 @@ async fn a_checker_that_cannot_run_keeps_the_verdict_and_records_check_error() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn running_out_of_file_descriptors_marks_no_server_down() {
+    let snapshot = snapshot(1, "fall = 1\ninterval = \"2s\"");
+    let (checks, fake, server) = checking_up(&snapshot).await;
+
+    fake.set(Answer::OutOfFds);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        server.health(),
+        Health::Up,
+        "lbd's shortage, not the server's"
+    );
+    assert_eq!(server.stats.transitions.load(Relaxed), 0);
+    let record = server.last_check().unwrap();
+    assert_eq!(record.result, "check_error");
+    assert!(
+        record.detail.contains("Too many open files"),
+        "{}",
+        record.detail
+    );
+    checks.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_checker_that_cannot_run_from_the_start_leaves_the_server_unknown_but_ends_the_first_round()
  {
     let snapshot = snapshot(1, DEFAULTS);

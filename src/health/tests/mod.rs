@@ -35,6 +35,8 @@ enum Answer {
     Refused,
     /// The checker itself cannot run (its TLS files went away).
     Broken,
+    /// lbd is out of file descriptors: the dial fails on this side.
+    OutOfFds,
 }
 
 impl Fake {
@@ -83,6 +85,13 @@ impl Check for Fake {
                 elapsed: takes,
                 detail: "Connection refused (os error 111)".into(),
                 local: false,
+            })),
+            Answer::OutOfFds => Err(CheckError::from(DialError {
+                kind: DialErrorKind::Other,
+                addr: "127.0.0.1:1".parse().unwrap(),
+                elapsed: MS,
+                detail: "Too many open files (os error 24)".into(),
+                local: true,
             })),
             Answer::Broken => Err(CheckError::Setup(
                 "cannot use ca_file \"/etc/kubernetes/pki/ca.crt\": No such file or directory"

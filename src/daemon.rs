@@ -175,7 +175,13 @@ impl Daemon {
         let admin_listener = admin::bind(&config.admin.listen).await?;
 
         let servers = resolved.pools.iter().map(|p| p.servers.len() as u64).sum();
-        let fd_budget = limit::fd_budget(limit::open_fds(), servers);
+        // Each accept loop's socket gets a second descriptor, the daemon's,
+        // when its loop starts (see `daemon::listeners`): count them now.
+        let duplicates: u64 = bound
+            .iter()
+            .map(|(_, _, sockets)| sockets.len() as u64)
+            .sum();
+        let fd_budget = limit::fd_budget(limit::open_fds() + duplicates, servers);
         let global_limit = Arc::new(ConnectionLimit::new(global_max_connections(
             &config, fd_budget,
         )));

@@ -198,7 +198,7 @@ const FD_HEADROOM: u64 = 64;
 /// How many proxied connections the soft RLIMIT_NOFILE can carry (the
 /// binary raises it to the hard limit first, see [`crate::rlimit`]): each
 /// needs two descriptors (client and server), after `already_open`, one per
-/// server for checks, the splice pipe pools, and [`FD_HEADROOM`].
+/// server for checks, the splice pipes, and [`FD_HEADROOM`].
 pub fn fd_budget(already_open: u64, servers: u64) -> FdBudget {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -214,7 +214,7 @@ pub fn fd_budget(already_open: u64, servers: u64) -> FdBudget {
         };
     }
     let soft = limit.rlim_cur;
-    let reserved = already_open + servers + FD_HEADROOM + crate::splice::pooled_fds();
+    let reserved = already_open + servers + FD_HEADROOM + crate::splice::reserved_fds();
     let connections = (soft.saturating_sub(reserved) / 2).max(1);
     FdBudget {
         nofile: Some(soft),
@@ -291,7 +291,7 @@ mod tests {
     fn the_fd_budget_leaves_headroom_and_two_fds_per_connection() {
         let budget = fd_budget(10, 3);
         if let Some(nofile) = budget.nofile {
-            let reserved = 10 + 3 + FD_HEADROOM + crate::splice::pooled_fds();
+            let reserved = 10 + 3 + FD_HEADROOM + crate::splice::reserved_fds();
             let expected = (nofile.saturating_sub(reserved) / 2).max(1);
             assert_eq!(budget.connections as u64, expected);
         }

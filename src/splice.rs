@@ -16,6 +16,8 @@ use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Bytes a pipe holds: one splice moves up to this much. Larger pipes mean
 /// fewer syscalls per byte; the memory is only used while bytes are in flight.
@@ -24,13 +26,20 @@ pub const PIPE_SIZE: usize = 256 * 1024;
 /// Empty pipes kept per thread for reuse; more are closed on return.
 const POOL_LIMIT: usize = 8;
 
-/// Descriptors the pipe pools may hold at most (two per pooled pipe, per
-/// runtime thread), for the descriptor budget to keep back from connections.
-/// Pipes in use by a burst beyond these fail to open at the limit, and
-/// those bursts are copied instead.
-pub fn pooled_fds() -> u64 {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (2 * POOL_LIMIT * threads) as u64
+/// Pipes that may exist at once in the process, pooled or carrying a burst.
+/// Their descriptors are kept back from the connection budget, so bulk
+/// streams (each holding a pipe while its reader is slow) can never take
+/// the descriptors that connections and health checks need; a burst that
+/// finds them all taken is copied instead.
+const MAX_PIPES: usize = 64;
+
+/// Pipes open now, pooled or in use.
+static PIPES: AtomicUsize = AtomicUsize::new(0);
+
+/// Descriptors the pipes may hold at most, for the descriptor budget to
+/// keep back from connections.
+pub fn reserved_fds() -> u64 {
+    (2 * MAX_PIPES) as u64
 }
 
 thread_local! {
@@ -81,13 +90,22 @@ impl Pipe {
 
 impl PipeFds {
     fn create() -> io::Result<PipeFds> {
+        if PIPES.fetch_add(1, Relaxed) >= MAX_PIPES {
+            PIPES.fetch_sub(1, Relaxed);
+            return Err(io::Error::other("every pipe lbd may open is in use"));
+        }
         let mut fds = [0 as RawFd; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2 writes.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
+            let err = io::Error::last_os_error();
+            PIPES.fetch_sub(1, Relaxed);
+            return Err(err);
         }
         // SAFETY: pipe2 succeeded, so both descriptors are open and ours alone.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // From here on, dropping the pair (on any return) uncounts it.
+        let fds = PipeFds { read, write };
+        let write = &fds.write;
         // SAFETY: F_SETPIPE_SZ on a pipe we own.
         let size = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as i32) };
         if size < 0 || (size as usize) < PIPE_SIZE {
@@ -98,7 +116,13 @@ impl PipeFds {
                 "pipe quota exhausted: cannot size a pipe for splice",
             ));
         }
-        Ok(PipeFds { read, write })
+        Ok(fds)
+    }
+}
+
+impl Drop for PipeFds {
+    fn drop(&mut self) {
+        PIPES.fetch_sub(1, Relaxed);
     }
 }
 
@@ -168,4 +192,20 @@ pub fn is_unsupported(err: &io::Error) -> bool {
         err.raw_os_error(),
         Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_more_than_max_pipes_are_open_at_once_and_a_returned_one_is_reused() {
+        // Other tests may hold pipes meanwhile: so many fewer can be taken.
+        let held: Vec<Pipe> = std::iter::from_fn(|| Pipe::take().ok())
+            .take(MAX_PIPES + 1)
+            .collect();
+        assert!(held.len() <= MAX_PIPES, "{} pipes open", held.len());
+        drop(held);
+        assert!(Pipe::take().is_ok(), "the cap frees up as pipes close");
+    }
 }

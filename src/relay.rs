@@ -248,6 +248,9 @@ async fn pump(
             Some(0) => return Ok(()),
             Some(n) => n,
         };
+        // Bytes arrived: the idle clock restarts now, not once they are
+        // written, so a chunk after a long silence gets the whole timeout.
+        activity.touch();
         let kept_up = n == buf.len() || (bulk && n >= buffer::SMALL);
         full_reads = if kept_up {
             full_reads.saturating_add(1)
@@ -292,7 +295,7 @@ async fn splice_burst(
     let Ok(mut pipe) = Pipe::take() else {
         return Ok(Burst::NoPipe);
     };
-    let mut burst = 0;
+    let (mut burst, mut since_yield) = (0, 0);
     loop {
         let n = match from.try_io(Interest::READABLE, || pipe.fill_from(from.as_raw_fd())) {
             Ok(0) => return Ok(Burst::Ended),
@@ -301,6 +304,7 @@ async fn splice_burst(
             Err(e) if splice::is_unsupported(&e) => return Ok(Burst::Unsupported),
             Err(e) => return Err(e),
         };
+        activity.touch();
         while pipe.pending() > 0 {
             let result = to.try_io(Interest::WRITABLE, || {
                 let before = pipe.pending();
@@ -320,8 +324,19 @@ async fn splice_burst(
         burst += n;
         account(n);
         activity.touch();
+        since_yield += n;
+        if since_yield >= YIELD_AFTER {
+            // Splicing never waits while both sockets keep up: let the
+            // thread's other connections (and health checks, admin) run.
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
     }
 }
+
+/// Bytes a splice burst moves before it lets the other tasks of its
+/// thread run.
+const YIELD_AFTER: usize = 1 << 20;
 
 /// Reads what `from` has; `None` when it has nothing after all (a spurious
 /// wakeup). A read shorter than the buffer emptied the socket, so tokio is

@@ -33,8 +33,7 @@ pub fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> 
 
 /// Binds `count` listening sockets on `addr`, one per accept loop, that
 /// share its connections (SO_REUSEPORT: the kernel spreads clients over
-/// them); `count == 1` is [`bind_listener`]'s socket. The first bind is
-/// exclusive, so an address another process holds is still reported in use.
+/// them); `count == 1` is [`bind_listener`]'s socket.
 pub fn bind_listeners(
     addr: SocketAddr,
     backlog: u32,
@@ -43,15 +42,32 @@ pub fn bind_listeners(
     if count <= 1 {
         return Ok(vec![bind_std(addr, backlog, false)?]);
     }
-    // Fails if anyone holds the address; also resolves port 0 to the port
-    // all the shared sockets then bind.
-    let probe = bind_std(addr, backlog, false)?;
-    let addr = probe.local_addr()?;
-    drop(probe);
-    (0..count).map(|_| bind_std(addr, backlog, true)).collect()
+    // The first bind is exclusive, so an address another process holds is
+    // still in use; the socket then stays bound while it opens the group,
+    // leaving no moment in which a second lbd could join it. Its port
+    // (port 0 resolved) is the one the others bind.
+    let first = bound(addr, false)?;
+    let addr = first
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("a TCP socket bound to a non-IP address"))?;
+    first.set_reuse_port(true)?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(bound(addr, true)?);
+    }
+    sockets
+        .into_iter()
+        .map(|socket| listening(socket, backlog))
+        .collect()
 }
 
 fn bind_std(addr: SocketAddr, backlog: u32, shared: bool) -> io::Result<std::net::TcpListener> {
+    listening(bound(addr, shared)?, backlog)
+}
+
+/// A socket bound to `addr` with lbd's options, not yet listening.
+fn bound(addr: SocketAddr, shared: bool) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if shared {
@@ -63,6 +79,10 @@ fn bind_std(addr: SocketAddr, backlog: u32, shared: bool) -> io::Result<std::net
     socket.set_nonblocking(true)?;
     socket.set_cloexec(true)?;
     socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+fn listening(socket: Socket, backlog: u32) -> io::Result<std::net::TcpListener> {
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     let socket: std::net::TcpListener = socket.into();
     tune_listener(&socket);
@@ -124,6 +144,8 @@ mod tests {
         assert!(accepted.iter().all(|&n| n > 0), "{accepted:?}");
         // Another process (or a second lbd) on the address is still an error.
         let err = bind_listeners(addr, 64, 2).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        let err = std::net::TcpListener::bind(addr).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
     }
 

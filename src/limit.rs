@@ -71,7 +71,8 @@ impl ConnectionLimit {
 }
 
 /// Everything one connection holds against the limits, released on drop:
-/// its frontend slot, its global slot, and its count against its source.
+/// its frontend slot, its global slot, its count against its source, and
+/// its count on the runtime it lives on.
 #[derive(Debug)]
 pub struct ConnectionSlot {
     /// The frontend's `max_connections` slot.
@@ -80,6 +81,8 @@ pub struct ConnectionSlot {
     pub global: OwnedSemaphorePermit,
     /// The count against `max_connections_per_source`, when that is set.
     pub source: Option<SourceSlot>,
+    /// The count the accept loops balance the runtimes by.
+    pub runtime: crate::runtime::LiveConnection,
 }
 
 /// Sub-maps of the source counts: a connection locks one shard, so clients

@@ -54,10 +54,10 @@ pub struct AcceptLoop {
     pub tracker: TaskTracker,
     /// Handed to each connection: closes it at the drain deadline.
     pub close: CancellationToken,
-    /// Hand connections out to every runtime in turn (see
-    /// [`crate::runtime`]) rather than serve them all on this one: set for
-    /// a socket that is not one of a per-runtime set (inherited from systemd).
-    pub spread: bool,
+    /// The runtime this loop runs on (index in [`runtime::handles`]): its
+    /// connections live there unless another runtime carries clearly fewer
+    /// (see [`runtime::place`]).
+    pub home: usize,
 }
 
 impl AcceptLoop {
@@ -69,20 +69,14 @@ impl AcceptLoop {
             stop,
             tracker,
             close,
-            spread,
+            home,
         } = self;
-        let runtimes = if spread {
-            runtime::handles()
-        } else {
-            Vec::new()
-        };
-        let mut next_runtime = 0usize;
+        let runtimes = runtime::handles();
         // A relay polls its close token on every wake, and polling a token
         // locks its list of waiters: connections on different threads must
         // not share one. One child of `close` per runtime this loop feeds.
-        let closers: Vec<CancellationToken> = (0..runtimes.len().max(1))
-            .map(|_| close.child_token())
-            .collect();
+        let closers: Vec<CancellationToken> =
+            runtimes.iter().map(|_| close.child_token()).collect();
         // Accepted sockets inherit these, whoever bound the listener.
         socket::tune_listener(&listener);
         let backlog = frontend.route.load().backlog;
@@ -156,17 +150,18 @@ impl AcceptLoop {
                             continue;
                         }
                     };
+                    let place = match runtime::place(home) {
+                        place if place < runtimes.len() => place,
+                        _ => home,
+                    };
                     let slot = ConnectionSlot {
                         frontend: frontend_slot,
                         global: global_slot,
                         source,
+                        runtime: runtime::count_connection(place),
                     };
-                    if runtimes.len() > 1 {
-                        next_runtime = (next_runtime + 1) % runtimes.len();
-                    }
-                    let close = &closers[next_runtime];
-                    // The first runtime is this one.
-                    if next_runtime == 0 {
+                    let close = &closers[place];
+                    if place == home {
                         tracker.spawn(forward::handle(
                             stream,
                             peer,
@@ -175,7 +170,7 @@ impl AcceptLoop {
                             close.clone(),
                         ));
                     } else {
-                        let to = &runtimes[next_runtime];
+                        let to = &runtimes[place];
                         hand_over(to, &tracker, stream, peer, &frontend, slot, close);
                     }
                 }

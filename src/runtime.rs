@@ -6,9 +6,11 @@
 //!   binds gets one SO_REUSEPORT socket and one accept loop per runtime, so
 //!   the kernel spreads clients over them and a connection lives and dies on
 //!   one thread: no cross-thread wakeups, no shared run queue (HAProxy's
-//!   model). The first runtime also runs everything else (admin, health,
-//!   signals, reloads). A socket inherited from systemd has one accept loop
-//!   that hands connections out to every runtime in turn.
+//!   model). An accept loop hands a connection to another runtime only when
+//!   its own carries clearly more ([`place`]): the kernel's hash can be
+//!   uneven, and a socket inherited from systemd has a single accept loop.
+//!   The first runtime also runs everything else (admin, health, signals,
+//!   reloads).
 //! - `multi-thread`: one work-stealing runtime with `LBD_THREADS` workers
 //!   and one accept loop per address.
 //!
@@ -20,11 +22,25 @@
 
 use std::io;
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::runtime::Handle;
 
-/// The runtimes beside the first one (per-core only), set once at start.
-static WORKERS: OnceLock<Vec<Handle>> = OnceLock::new();
+/// The per-core runtimes, the first one (which runs the daemon) at index 0,
+/// and the connections each carries; set once at start.
+static PER_CORE: OnceLock<PerCore> = OnceLock::new();
+
+struct PerCore {
+    handles: Vec<Handle>,
+    live: Vec<LiveCount>,
+}
+
+/// One runtime's live connections, on a cache line of its own: each is
+/// written by its own thread on every connection, and read by the others.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct LiveCount(AtomicUsize);
 
 /// The runtime shape to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,10 +78,12 @@ impl Shape {
                 let first = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                let others = (1..threads)
-                    .map(start_worker)
-                    .collect::<io::Result<Vec<_>>>()?;
-                if WORKERS.set(others).is_err() {
+                let mut handles = vec![first.handle().clone()];
+                for index in 1..threads {
+                    handles.push(start_worker(index)?);
+                }
+                let live = handles.iter().map(|_| LiveCount::default()).collect();
+                if PER_CORE.set(PerCore { handles, live }).is_err() {
                     return Err(io::Error::other("the runtimes were already built"));
                 }
                 Ok(first)
@@ -100,18 +118,100 @@ fn start_worker(index: usize) -> io::Result<Handle> {
         .map_err(|_| io::Error::other("a runtime thread died while starting"))?
 }
 
-/// Every runtime of the process, the current one first, then the other
-/// per-core runtimes, if any: where an address's accept loops run, and what
-/// the task gauge adds up.
+/// Every runtime of the process: with one per core, the first (the
+/// daemon's) at index 0, then the others; otherwise just the current one.
+/// Where an address's accept loops run, and what the task gauge adds up.
 pub fn handles() -> Vec<Handle> {
-    let mut handles = vec![Handle::current()];
-    if let Some(others) = WORKERS.get() {
-        handles.extend(others.iter().cloned());
+    match PER_CORE.get() {
+        Some(per_core) => per_core.handles.clone(),
+        None => vec![Handle::current()],
     }
-    handles
 }
 
 /// How many accept loops (and sockets) each address lbd binds gets.
 pub fn acceptor_count() -> usize {
-    1 + WORKERS.get().map_or(0, Vec::len)
+    PER_CORE.get().map_or(1, |per_core| per_core.handles.len())
+}
+
+/// The runtime (index in [`handles`]) a connection accepted on runtime
+/// `home` should live on: `home`, unless another carries clearly fewer
+/// connections. SO_REUSEPORT spreads clients by a hash of their addresses,
+/// which can leave one core with far more long-lived connections than
+/// another (HAProxy's accept likewise hands a connection to its least
+/// loaded thread); the slack keeps short-lived traffic where it landed.
+pub fn place(home: usize) -> usize {
+    PER_CORE
+        .get()
+        .map_or(home, |per_core| balance(home, &per_core.live))
+}
+
+/// [`place`] over these live connection counts.
+fn balance(home: usize, live: &[LiveCount]) -> usize {
+    let load = |index: usize| live.get(index).map_or(0, |n| n.0.load(Relaxed));
+    let Some((least, least_load)) = (0..live.len())
+        .map(|index| (index, load(index)))
+        .min_by_key(|&(_, n)| n)
+    else {
+        return home;
+    };
+    if load(home) > least_load + least_load / 8 + IMBALANCE_SLACK {
+        least
+    } else {
+        home
+    }
+}
+
+/// Connections a runtime may carry beyond the least loaded one before new
+/// ones go there instead (plus an eighth of that one's load).
+const IMBALANCE_SLACK: usize = 4;
+
+/// Counts a connection on runtime `index` (see [`place`]) until dropped.
+pub fn count_connection(index: usize) -> LiveConnection {
+    let counted = PER_CORE
+        .get()
+        .and_then(|per_core| per_core.live.get(index))
+        .map(|count| &count.0);
+    if let Some(live) = counted {
+        live.fetch_add(1, Relaxed);
+    }
+    LiveConnection(counted)
+}
+
+/// A connection counted on its runtime; uncounts it on drop.
+#[derive(Debug)]
+pub struct LiveConnection(Option<&'static AtomicUsize>);
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        if let Some(live) = self.0 {
+            live.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loads(counts: &[usize]) -> Vec<LiveCount> {
+        counts
+            .iter()
+            .map(|&n| LiveCount(AtomicUsize::new(n)))
+            .collect()
+    }
+
+    #[test]
+    fn a_connection_stays_home_unless_another_runtime_carries_clearly_fewer() {
+        // Even, or off by the slack: stay (short-lived traffic never moves).
+        assert_eq!(balance(0, &loads(&[25, 25])), 0);
+        assert_eq!(balance(0, &loads(&[29, 25])), 0);
+        // An uneven hash: the next connections go to the lighter runtime.
+        assert_eq!(balance(0, &loads(&[30, 20])), 1);
+        assert_eq!(balance(1, &loads(&[3, 9, 0])), 2);
+        // The slack grows with the load: an eighth of the lighter one's.
+        assert_eq!(balance(0, &loads(&[1100, 1000])), 0);
+        assert_eq!(balance(0, &loads(&[1200, 1000])), 1);
+        // No per-core runtimes: always home.
+        assert_eq!(balance(0, &[]), 0);
+    }
 }

@@ -9,8 +9,9 @@
 //!
 //! With one runtime per core (see [`crate::runtime`]) an address lbd binds
 //! itself has one SO_REUSEPORT socket per runtime, each with its own accept
-//! loop; a socket inherited from systemd has one accept loop that hands its
-//! connections out to every runtime in turn.
+//! loop; a socket inherited from systemd has one accept loop, which hands
+//! connections to the other runtimes as its own fills up (see
+//! [`crate::runtime::place`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -225,19 +226,18 @@ impl Daemon {
         info!(frontend = %frontend.name, address = %local, "listening");
         let stop = self.shared.stop_accepting.child_token();
         let name = frontend.name.clone();
-        let runtimes = runtime::handles();
-        let spread = listeners.len() < runtimes.len();
         let tasks = listeners
             .into_iter()
-            .zip(runtimes)
-            .map(|(listener, runtime)| {
+            .zip(runtime::handles())
+            .enumerate()
+            .map(|(home, (listener, runtime))| {
                 let accepting = listener::AcceptLoop {
                     frontend: Arc::clone(&frontend),
                     global: Arc::clone(&self.shared.global_limit),
                     stop: stop.clone(),
                     tracker: self.shared.connections.clone(),
                     close: self.shared.close_connections.clone(),
-                    spread,
+                    home,
                 };
                 runtime.spawn(async move {
                     // Registered with the reactor of the runtime it runs on.

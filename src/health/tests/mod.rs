@@ -39,6 +39,17 @@ enum Answer {
     OutOfFds,
 }
 
+/// A failed dial of `kind` to a test address, the server's doing.
+fn dialed(kind: DialErrorKind, elapsed: Duration) -> DialError {
+    DialError {
+        kind,
+        addr: "127.0.0.1:1".parse().unwrap(),
+        elapsed,
+        detail: String::new(),
+        local: false,
+    }
+}
+
 impl Fake {
     fn new(answer: Answer) -> Fake {
         Fake(Arc::new(Mutex::new(FakeState {
@@ -79,19 +90,15 @@ impl Check for Fake {
         match answer {
             Answer::Ok => Ok(Alive::Ok("connected".into())),
             Answer::Auth => Ok(Alive::AuthError("GET /readyz: 401 Unauthorized".into())),
-            Answer::Refused => Err(CheckError::Dial(DialError {
-                kind: DialErrorKind::Refused,
-                addr: "127.0.0.1:1".parse().unwrap(),
-                elapsed: takes,
+            // Through `From`, as a check's `?` converts a failed dial.
+            Answer::Refused => Err(CheckError::from(DialError {
                 detail: "Connection refused (os error 111)".into(),
-                local: false,
+                ..dialed(DialErrorKind::Refused, takes)
             })),
             Answer::OutOfFds => Err(CheckError::from(DialError {
-                kind: DialErrorKind::Other,
-                addr: "127.0.0.1:1".parse().unwrap(),
-                elapsed: MS,
                 detail: "Too many open files (os error 24)".into(),
                 local: true,
+                ..dialed(DialErrorKind::Other, takes)
             })),
             Answer::Broken => Err(CheckError::Setup(
                 "cannot use ca_file \"/etc/kubernetes/pki/ca.crt\": No such file or directory"

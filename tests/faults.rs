@@ -20,6 +20,16 @@ use support::{Backend, EchoClient, Lbd, config_for, greeting, wait_until};
 
 /// Connects `count` clients one after another and returns how many got a
 /// greeting from a server; every other one counts as a failed connection.
+/// The head of a `servers = [` list with these misbehaving servers first,
+/// to put in front of the healthy ones a config already lists.
+fn faulty_servers(servers: &[(&str, SocketAddr)]) -> String {
+    let mut list = String::from("servers = [\n");
+    for (name, addr) in servers {
+        list += &format!("  {{ name = \"{name}\", address = \"{addr}\" }},\n");
+    }
+    list
+}
+
 fn failed_connections(addr: SocketAddr, count: usize) -> (usize, Vec<String>) {
     let mut failures = Vec::new();
     for _ in 0..count {
@@ -114,13 +124,8 @@ fn a_refusing_server_costs_a_retry_not_a_failed_client() {
 fn a_blackholed_server_is_marked_down_by_timeout_and_costs_no_client_connection() {
     let hole = blackhole_listener();
     let alive = Backend::named("alive");
-    let config = config_for(&[&alive], "retries = 1\nconnect_timeout = \"300ms\"", "").replace(
-        "servers = [\n",
-        &format!(
-            "servers = [\n  {{ name = \"hole\", address = \"{}\" }},\n",
-            hole.addr
-        ),
-    );
+    let config = config_for(&[&alive], "retries = 1\nconnect_timeout = \"300ms\"", "")
+        .replace("servers = [\n", &faulty_servers(&[("hole", hole.addr)]));
     let lbd = Lbd::start(&config);
     let (failed, why) = failed_connections(lbd.addr("api"), 20);
     assert_eq!(failed, 0, "{why:?}");
@@ -137,13 +142,7 @@ fn a_hung_server_holds_its_clients_only_until_idle_timeout() {
         "balance = \"round-robin\"",
         "idle_timeout = \"1s\"",
     )
-    .replace(
-        "servers = [\n",
-        &format!(
-            "servers = [\n  {{ name = \"hung\", address = \"{}\" }},\n",
-            hung.addr
-        ),
-    );
+    .replace("servers = [\n", &faulty_servers(&[("hung", hung.addr)]));
     let lbd = Lbd::start(&config);
     let addr = lbd.addr("api");
     // Round-robin alternates: every other client lands on the hung server.
@@ -198,11 +197,9 @@ fn hung_and_resetting_servers_fail_an_https_check_and_cost_no_client_connection(
         SocketAddr::from(([127, 0, 0, 3], port)),
     );
     let config = config_for(&[&alive], "", "").replace(
-        "servers = [\n",
-        &format!(
-            "servers = [\n  {{ name = \"hung\", address = \"{}\" }},\n  {{ name = \"rst\", address = \"{}\" }},\n",
-            hung_data.addr, resetting_data.addr
-        ),
+        "servers = [
+",
+        &faulty_servers(&[("hung", hung_data.addr), ("rst", resetting_data.addr)]),
     ) + &format!(
         "[backend.health]\ncheck = \"https\"\nport = {port}\nsni = \"kubernetes\"\nca_file = {:?}\ninterval = \"500ms\"\ntimeout = \"300ms\"\n",
         pki.ca_file
@@ -233,13 +230,8 @@ fn hung_and_resetting_servers_fail_an_https_check_and_cost_no_client_connection(
 fn a_server_that_resets_every_connection_resets_only_its_clients() {
     let resetting = FaultyServer::spawn(Misbehaviour::ResetOnAccept);
     let alive = Backend::named("alive");
-    let config = config_for(&[&alive], "", "").replace(
-        "servers = [\n",
-        &format!(
-            "servers = [\n  {{ name = \"rst\", address = \"{}\" }},\n",
-            resetting.addr
-        ),
-    );
+    let config = config_for(&[&alive], "", "")
+        .replace("servers = [\n", &faulty_servers(&[("rst", resetting.addr)]));
     let lbd = Lbd::start(&config);
     let addr = lbd.addr("api");
     let mut outcomes = std::collections::HashMap::<String, usize>::new();

@@ -150,10 +150,8 @@ impl AcceptLoop {
                             continue;
                         }
                     };
-                    let place = match runtime::place(home) {
-                        place if place < runtimes.len() => place,
-                        _ => home,
-                    };
+                    // An index of `runtimes`: both come from the same list.
+                    let place = runtime::place(home);
                     let slot = ConnectionSlot {
                         frontend: frontend_slot,
                         global: global_slot,

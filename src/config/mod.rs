@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use error::{ConfigError, Problem};
 pub use lint::{APISERVER_SHUTDOWN_WINDOW, MIN_IDLE_TIMEOUT};
-pub use tls_files::{TlsFileError, TlsFiles};
+pub use tls_files::{FileContents, TlsFileError, TlsFiles};
 
 /// The largest `retries` a backend may ask for; also sizes the per-connection
 /// record of servers already tried.
@@ -291,12 +291,13 @@ pub struct Health {
     pub path: String,
     /// TLS server name; defaults to the server's host.
     pub sni: Option<String>,
-    /// CA bundle that verifies the server's chain; without it the chain is not verified.
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate for `https` checks.
-    pub cert_file: Option<PathBuf>,
-    /// Key of the client certificate.
-    pub key_file: Option<PathBuf>,
+    /// CA bundle that verifies the server's chain; without it the chain is
+    /// not verified. Its contents are part of the config (see [`FileContents`]).
+    pub ca_file: Option<FileContents>,
+    /// Client certificate for `https` checks, with its contents.
+    pub cert_file: Option<FileContents>,
+    /// Key of the client certificate, with its contents.
+    pub key_file: Option<FileContents>,
     /// Passive health: a failed dial on client traffic counts as a failed
     /// check at once (HAProxy's `observe layer4`).
     pub passive: bool,

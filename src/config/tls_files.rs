@@ -1,10 +1,16 @@
 //! The PEM files of a `tls`/`https` health check (`ca_file`, `cert_file`,
-//! `key_file`), read and checked in one place: config validation uses it so
+//! `key_file`), read and checked in one place.
+//!
+//! Their bytes are read when the config is loaded and kept in it
+//! ([`FileContents`]): they are part of the desired state, so a reload that
+//! finds a file's contents changed (a renewed certificate, a rotated CA)
+//! rebuilds the checks that use it even when no line of the config changed,
+//! and a health check never reads a file itself. Config validation parses
+//! them with the same functions the checks build their TLS client with, so
 //! `lbd --check-config`, a reload and the start refuse a file the checks
-//! could not use, and the health checks build their TLS client from what it
-//! returns, so the two can never disagree about a file.
+//! could not use, and the two can never disagree about a file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::RootCertStore;
@@ -15,7 +21,34 @@ use rustls::sign::CertifiedKey;
 
 use super::Health;
 
-/// The TLS material a `[backend.health]` names, loaded and checked.
+/// A file the config names and the bytes it held when the config was loaded.
+/// Two are equal only when path and contents both are.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileContents {
+    /// The file as configured.
+    pub path: PathBuf,
+    /// Its contents at load time.
+    pub bytes: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for FileContents {
+    // Never the bytes: a key file's contents must not reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} ({} bytes)", self.path, self.bytes.len())
+    }
+}
+
+impl FileContents {
+    /// Reads `path` for the setting `key` (bounded, regular files only).
+    pub fn read(key: &'static str, path: &Path) -> Result<FileContents, TlsFileError> {
+        Ok(FileContents {
+            path: path.to_owned(),
+            bytes: read(key, path)?.into(),
+        })
+    }
+}
+
+/// The TLS material a `[backend.health]` names, parsed and checked.
 #[derive(Debug, Clone, Default)]
 pub struct TlsFiles {
     /// Trust anchors from `ca_file`; `None` when it is not set (the chain is
@@ -39,14 +72,15 @@ pub struct TlsFileError {
 }
 
 impl TlsFiles {
-    /// Reads every TLS file `health` names; the first unusable one is the error.
-    pub fn load(health: &Health, provider: &CryptoProvider) -> Result<TlsFiles, TlsFileError> {
+    /// Parses the TLS files `health` holds (read when its config was
+    /// loaded: no I/O here); the first unusable one is the error.
+    pub fn parse(health: &Health, provider: &CryptoProvider) -> Result<TlsFiles, TlsFileError> {
         let roots = match &health.ca_file {
-            Some(path) => Some(Arc::new(load_roots(path)?)),
+            Some(ca) => Some(Arc::new(parse_roots(ca)?)),
             None => None,
         };
         let client = match (&health.cert_file, &health.key_file) {
-            (Some(cert), Some(key)) => Some(Arc::new(load_client(cert, key, provider)?)),
+            (Some(cert), Some(key)) => Some(Arc::new(parse_client(cert, key, provider)?)),
             _ => None,
         };
         Ok(TlsFiles { roots, client })
@@ -54,51 +88,54 @@ impl TlsFiles {
 }
 
 /// The CA certificates of `ca_file`, as trust anchors.
-pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsFileError> {
+pub fn parse_roots(ca: &FileContents) -> Result<RootCertStore, TlsFileError> {
     let mut roots = RootCertStore::empty();
-    for cert in load_certificates(path, "ca_file")? {
-        roots
-            .add(cert)
-            .map_err(|e| error("ca_file", path, format!("not a usable CA certificate: {e}")))?;
+    for cert in parse_certificates(ca, "ca_file")? {
+        roots.add(cert).map_err(|e| {
+            error(
+                "ca_file",
+                &ca.path,
+                format!("not a usable CA certificate: {e}"),
+            )
+        })?;
     }
     Ok(roots)
 }
 
 /// The client certificate chain of `cert_file` with the key of `key_file`,
 /// which must be a key rustls can sign with and match the certificate.
-pub fn load_client(
-    cert: &Path,
-    key: &Path,
+pub fn parse_client(
+    cert: &FileContents,
+    key: &FileContents,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, TlsFileError> {
-    let chain = load_certificates(cert, "cert_file")?;
-    let bytes = read("key_file", key)?;
-    let der = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+    let chain = parse_certificates(cert, "cert_file")?;
+    let der = PrivateKeyDer::from_pem_slice(&key.bytes).map_err(|e| {
         let reason = match e {
             pem::Error::NoItemsFound => "no PEM private key in it (expected a \"PRIVATE KEY\", \
                                          \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\" block)"
                 .to_owned(),
             other => format!("not a PEM private key: {other}"),
         };
-        error("key_file", key, reason)
+        error("key_file", &key.path, reason)
     })?;
     CertifiedKey::from_der(chain, der, provider).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => error(
             "key_file",
-            key,
-            format!("it is not the key of the certificate in {cert:?}"),
+            &key.path,
+            format!("it is not the key of the certificate in {:?}", cert.path),
         ),
-        other => error("key_file", key, format!("unusable private key: {other}")),
+        other => error("key_file", &key.path, format!("unusable private key: {other}")),
     })
 }
 
-/// Every certificate in the PEM file `path`; at least one.
-fn load_certificates(
-    path: &Path,
+/// Every certificate in the PEM file; at least one.
+fn parse_certificates(
+    file: &FileContents,
     key: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
-    let bytes = read(key, path)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    let path = &file.path;
+    let certs = CertificateDer::pem_slice_iter(&file.bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| error(key, path, format!("not a PEM certificate file: {e}")))?;
     if certs.is_empty() {
@@ -235,7 +272,7 @@ mod tests {
         let files = Files::new("good");
         let config = files.config("ca.crt", "client.crt", "client.key").unwrap();
         let provider = rustls::crypto::ring::default_provider();
-        let loaded = TlsFiles::load(&config.backends[0].health, &provider).unwrap();
+        let loaded = TlsFiles::parse(&config.backends[0].health, &provider).unwrap();
         assert_eq!(loaded.roots.unwrap().len(), 1);
         assert!(loaded.client.is_some());
     }

@@ -13,7 +13,7 @@ use super::error::{LineIndex, quoted};
 use super::raw::{
     Count, Located, RawAdmin, RawBackend, RawConfig, RawFrontend, RawHealth, RawServer, Table,
 };
-use super::tls_files;
+use super::tls_files::{self, FileContents};
 use super::{
     Admin, AdminListen, Backend, Balance, CheckKind, Config, ConfigError, Frontend, Global, Health,
     OnNoServer, Problem, ServerAddress, ServerSpec, format_duration,
@@ -665,9 +665,11 @@ impl Checker<'_> {
             defaults.timeout,
             Duration::from_millis(10)..=Duration::from_secs(300),
         );
-        if tls {
-            self.tls_settings(h, check);
-        }
+        let files = if tls {
+            self.tls_settings(h, check)
+        } else {
+            TlsFileSettings::default()
+        };
         Health {
             check,
             interval,
@@ -684,9 +686,9 @@ impl Checker<'_> {
                 .as_ref()
                 .map_or(defaults.path, |p| p.get_ref().clone()),
             sni: h.sni.as_ref().map(|s| s.get_ref().clone()),
-            ca_file: self.file_path(&h.ca_file, "ca_file"),
-            cert_file: self.file_path(&h.cert_file, "cert_file"),
-            key_file: self.file_path(&h.key_file, "key_file"),
+            ca_file: files.ca,
+            cert_file: files.cert,
+            key_file: files.key,
             passive: h.passive.unwrap_or(defaults.passive),
             close_on_down,
         }
@@ -730,32 +732,65 @@ impl Binds {
     }
 }
 
+/// The TLS files of a health check, read at validation: the desired state
+/// carries their bytes (see [`tls_files`]).
+#[derive(Default)]
+struct TlsFileSettings {
+    ca: Option<FileContents>,
+    cert: Option<FileContents>,
+    key: Option<FileContents>,
+}
+
 impl Checker<'_> {
+    /// Reads a file the config names; an unreadable one is an error at its key.
+    fn read_file(
+        &mut self,
+        value: &Located<String>,
+        key: &'static str,
+    ) -> Option<FileContents> {
+        let path = self.file_path(value, key)?;
+        let text = path.as_os_str().as_encoded_bytes();
+        if text.is_empty() || text.contains(&0) {
+            return None; // file_path said so
+        }
+        match FileContents::read(key, &path) {
+            Ok(contents) => Some(contents),
+            Err(e) => {
+                let span = value.as_ref().map(|v| v.span());
+                if let Some(span) = span {
+                    self.error(span, e.to_string());
+                }
+                None
+            }
+        }
+    }
+
     /// The TLS files must be readable and hold what their key says (the
     /// checks would fail on every server otherwise), and `sni` must be a
-    /// name TLS can send.
-    fn tls_settings(&mut self, h: &RawHealth, check: CheckKind) {
-        if let Some(ca) = &h.ca_file
-            && let Err(e) = tls_files::load_roots(Path::new(ca.get_ref()))
+    /// name TLS can send. Returns the files' contents.
+    fn tls_settings(&mut self, h: &RawHealth, check: CheckKind) -> TlsFileSettings {
+        let mut files = TlsFileSettings::default();
+        files.ca = self.read_file(&h.ca_file, "ca_file");
+        if let (Some(ca), Some(located)) = (&files.ca, &h.ca_file)
+            && let Err(e) = tls_files::parse_roots(ca)
         {
-            self.error(ca.span(), e.to_string());
+            self.error(located.span(), e.to_string());
         }
         if check == CheckKind::Https
-            && let (Some(cert), Some(key)) = (&h.cert_file, &h.key_file)
+            && let (Some(cert_at), Some(key_at)) = (&h.cert_file, &h.key_file)
         {
-            let provider = rustls::crypto::ring::default_provider();
-            let loaded = tls_files::load_client(
-                Path::new(cert.get_ref()),
-                Path::new(key.get_ref()),
-                &provider,
-            );
-            if let Err(e) = loaded {
-                let span = if e.key == "cert_file" {
-                    cert.span()
-                } else {
-                    key.span()
-                };
-                self.error(span, e.to_string());
+            files.cert = self.read_file(&h.cert_file, "cert_file");
+            files.key = self.read_file(&h.key_file, "key_file");
+            if let (Some(cert), Some(key)) = (&files.cert, &files.key) {
+                let provider = rustls::crypto::ring::default_provider();
+                if let Err(e) = tls_files::parse_client(cert, key, &provider) {
+                    let span = if e.key == "cert_file" {
+                        cert_at.span()
+                    } else {
+                        key_at.span()
+                    };
+                    self.error(span, e.to_string());
+                }
             }
         }
         if let Some(sni) = &h.sni
@@ -769,6 +804,7 @@ impl Checker<'_> {
                 ),
             );
         }
+        files
     }
 }
 

@@ -1,6 +1,7 @@
 //! The configured active check of one server, and what the checks of one
-//! backend share: the TLS client, built once per `[backend.health]` (its
-//! files read once, off the task map's lock) rather than once per server.
+//! backend share: the TLS client, built once per `[backend.health]` (from
+//! the file contents the config holds, off the task map's lock) rather than
+//! once per server.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,8 +24,8 @@ pub struct CheckSetup {
 }
 
 impl CheckSetup {
-    /// Reads the TLS files `spec` names, if any (blocking file I/O: call it
-    /// once per backend, not once per server).
+    /// Builds the TLS client from the file contents `spec` holds, if any:
+    /// once per backend, not once per server.
     pub fn new(spec: &config::Health) -> CheckSetup {
         let tls = match spec.check {
             CheckKind::Tcp => None,
@@ -76,7 +77,9 @@ enum Probe {
     Tcp,
     Tls(TlsProbe),
     Https(HttpsProbe),
-    /// The TLS settings could not be loaded; tried again before each check.
+    /// The TLS settings cannot be used (validation makes this rare: it
+    /// parses the same bytes); every check is a `check_error` until a
+    /// reload brings usable ones.
     Unusable(String),
 }
 
@@ -94,7 +97,7 @@ impl ActiveCheck {
         };
         check.probe = check.probe_from(setup);
         if let Probe::Unusable(why) = &check.probe {
-            warn!(address = %check.addr, error = %why, "health check cannot be set up; it is retried before each check, and the server's health is left as it is meanwhile");
+            warn!(address = %check.addr, error = %why, "health check cannot be set up; the server's health is left as it is until a reload fixes the settings");
         }
         check
     }
@@ -113,14 +116,6 @@ impl ActiveCheck {
         built.unwrap_or_else(|e| Probe::Unusable(e.to_string()))
     }
 
-    /// Builds the TLS client again (files read on a blocking thread).
-    async fn retry_setup(&mut self) {
-        let spec = self.spec.clone();
-        match tokio::task::spawn_blocking(move || CheckSetup::new(&spec)).await {
-            Ok(setup) => self.probe = self.probe_from(&setup),
-            Err(e) => self.probe = Probe::Unusable(format!("loading the TLS files failed: {e}")),
-        }
-    }
 }
 
 impl Check for ActiveCheck {
@@ -129,9 +124,6 @@ impl Check for ActiveCheck {
     }
 
     async fn run(&mut self) -> Result<Alive, CheckError> {
-        if let Probe::Unusable(_) = self.probe {
-            self.retry_setup().await;
-        }
         let timeout = self.spec.timeout;
         match &self.probe {
             Probe::Tcp => tcp::check(self.addr, timeout).await,

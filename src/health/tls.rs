@@ -72,12 +72,13 @@ pub enum TlsSetupError {
 }
 
 impl TlsClient {
-    /// Builds the client side from the backend's health settings, reading
-    /// its files ([`TlsFiles`], the same reader config validation uses).
+    /// Builds the client side from the backend's health settings and the
+    /// contents of its files, read when the config was loaded ([`TlsFiles`],
+    /// the same parser config validation uses): no file I/O here.
     /// `alpn` lists the protocols to offer (`http/1.1` for HTTPS checks).
     pub fn new(spec: &config::Health, alpn: &[&[u8]]) -> Result<TlsClient, TlsSetupError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let files = TlsFiles::load(spec, &provider)?;
+        let files = TlsFiles::parse(spec, &provider)?;
         let verifier: Arc<dyn ServerCertVerifier> = match files.roots {
             Some(roots) => {
                 WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider)).build()?

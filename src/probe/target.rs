@@ -209,11 +209,16 @@ fn checks_for(backend: &Backend, args: &ProbeArgs) -> Result<Checks, ProbeError>
     let tls = if wants_tls(args) || health.check != CheckKind::Tcp {
         let (cert, key) = match (&args.cert, &args.key) {
             (Some(cert), Some(key)) => (Some(cert.as_path()), Some(key.as_path())),
-            _ => (health.cert_file.as_deref(), health.key_file.as_deref()),
+            _ => (
+                health.cert_file.as_ref().map(|f| f.path.as_path()),
+                health.key_file.as_ref().map(|f| f.path.as_path()),
+            ),
         };
         Some(Arc::new(TlsSettings::load(
             args.sni.clone().or_else(|| health.sni.clone()),
-            args.ca.as_deref().or(health.ca_file.as_deref()),
+            args.ca
+                .as_deref()
+                .or(health.ca_file.as_ref().map(|f| f.path.as_path())),
             cert,
             key,
             http_path.is_some(),

@@ -54,13 +54,18 @@ impl TlsSettings {
         for_http: bool,
     ) -> Result<TlsSettings, ProbeError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let read = |key: &'static str, path: Option<&Path>| {
+            path.map(|path| config::FileContents::read(key, path))
+                .transpose()
+                .map_err(|e| tls_file(path.unwrap_or(Path::new(&e.path)), &e.reason))
+        };
         let files = config::Health {
-            ca_file: ca.map(Path::to_path_buf),
-            cert_file: cert.map(Path::to_path_buf),
-            key_file: key.map(Path::to_path_buf),
+            ca_file: read("ca_file", ca)?,
+            cert_file: read("cert_file", cert)?,
+            key_file: read("key_file", key)?,
             ..config::Health::default()
         };
-        let files = TlsFiles::load(&files, &provider).map_err(|e| {
+        let files = TlsFiles::parse(&files, &provider).map_err(|e| {
             let path = match e.key {
                 "ca_file" => ca,
                 "cert_file" => cert,

@@ -125,7 +125,11 @@ pub fn parse_client(
             &key.path,
             format!("it is not the key of the certificate in {:?}", cert.path),
         ),
-        other => error("key_file", &key.path, format!("unusable private key: {other}")),
+        other => error(
+            "key_file",
+            &key.path,
+            format!("unusable private key: {other}"),
+        ),
     })
 }
 

@@ -743,11 +743,7 @@ struct TlsFileSettings {
 
 impl Checker<'_> {
     /// Reads a file the config names; an unreadable one is an error at its key.
-    fn read_file(
-        &mut self,
-        value: &Located<String>,
-        key: &'static str,
-    ) -> Option<FileContents> {
+    fn read_file(&mut self, value: &Located<String>, key: &'static str) -> Option<FileContents> {
         let path = self.file_path(value, key)?;
         let text = path.as_os_str().as_encoded_bytes();
         if text.is_empty() || text.contains(&0) {

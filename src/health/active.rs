@@ -115,7 +115,6 @@ impl ActiveCheck {
         };
         built.unwrap_or_else(|e| Probe::Unusable(e.to_string()))
     }
-
 }
 
 impl Check for ActiveCheck {

@@ -26,6 +26,8 @@ pub struct Pki {
     /// Its key, for `key_file`.
     pub client_key_file: PathBuf,
     server: Arc<rustls::ServerConfig>,
+    /// The same server certificate, demanding a client certificate this CA signed.
+    server_mtls: Arc<rustls::ServerConfig>,
 }
 
 impl Pki {
@@ -59,20 +61,34 @@ impl Pki {
         let client_key_file = dir.write("client.key", &client_key.serialize_pem());
         let chain = vec![cert.der().clone(), CertificateDer::clone(ca.der())];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key.clone_key())
+            .unwrap();
+        let mut client_roots = rustls::RootCertStore::empty();
+        client_roots.add(CertificateDer::clone(ca.der())).unwrap();
+        let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(client_roots),
+            Arc::clone(&provider),
+        )
+        .build()
         .unwrap();
+        let server_mtls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(client_verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
         Pki {
             dir,
             ca_file,
             client_cert_file,
             client_key_file,
             server: Arc::new(server),
+            server_mtls: Arc::new(server_mtls),
         }
     }
 }
@@ -91,15 +107,26 @@ impl HttpsServer {
         HttpsServer::start_at(pki, "127.0.0.1:0".parse().unwrap(), status)
     }
 
+    /// Starts answering `status` on 127.0.0.1 to clients that present a
+    /// certificate `pki`'s CA signed (kube-apiserver's client-certificate
+    /// authentication); the handshake fails for any other.
+    pub fn start_requiring_client_cert(pki: &Pki, status: u16) -> HttpsServer {
+        HttpsServer::serve(&pki.server_mtls, "127.0.0.1:0".parse().unwrap(), status)
+    }
+
     /// Starts answering `status` on `addr`.
     pub fn start_at(pki: &Pki, addr: SocketAddr, status: u16) -> HttpsServer {
+        HttpsServer::serve(&pki.server, addr, status)
+    }
+
+    fn serve(config: &Arc<rustls::ServerConfig>, addr: SocketAddr, status: u16) -> HttpsServer {
         let listener = std::net::TcpListener::bind(addr).unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let status = Arc::new(AtomicU16::new(status));
         let requests = Arc::new(AtomicUsize::new(0));
         let (stop, stopped) = oneshot::channel();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&pki.server));
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
         let (st, rq) = (Arc::clone(&status), Arc::clone(&requests));
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -6,11 +6,14 @@
 //! `close_connections` ends every live relay (the drain deadline). The
 //! connection tasks are tracked so shutdown knows when they are all gone.
 //!
-//! Health checks follow the snapshot: every snapshot stored goes through
-//! [`Daemon::install_snapshot`], which also syncs the health tasks.
+//! Every change after the start goes through one path: a new desired state
+//! ([`Desired`]), its diff against the running one (a plan), and `apply`
+//! (`daemon/apply.rs`), the only code that changes the running daemon.
 
+mod apply;
 mod control;
 mod listeners;
+mod snapshot;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,7 +31,8 @@ use crate::config::{Config, ConfigError};
 use crate::frontend::Frontend;
 use crate::health::HealthChecks;
 use crate::limit::{self, ConnectionLimit, FdBudget};
-use crate::pool::{Server, Snapshot};
+use crate::pool::Server;
+use crate::reload::Desired;
 use crate::reload;
 use crate::runtime;
 use crate::socket;
@@ -36,6 +40,7 @@ use crate::systemd::{self, ActivationError, InheritedListeners};
 
 pub use control::{AdminChange, LastReload, ReloadError, ReloadReport, UnknownServer};
 pub use listeners::BindError;
+pub use snapshot::Snapshot;
 
 use listeners::Listeners;
 
@@ -137,11 +142,18 @@ impl Daemon {
         let config = Arc::new(config);
         let mut inherited = inherited.assign(&config.frontends)?;
         let lookups = reload::resolve_names(&config, &resolver).await;
-        let resolved = reload::assemble_pools(&config, None, &lookups);
+        let (desired, dns) = Desired::resolve(Arc::clone(&config), &lookups, None);
+        // The first plan adds everything; its listeners are bound here, not
+        // by `apply`, since some may be systemd's.
+        let plan = reload::diff(&Desired::nothing(&config), &desired, &[]);
+        let pools = reload::build_pools(&desired, &plan, &[]);
         let mut frontends = Vec::with_capacity(config.frontends.len());
         let mut bound = Vec::new();
         for (index, spec) in config.frontends.iter().enumerate() {
-            let pool = resolved.pool_of(spec);
+            let pool = Arc::clone(
+                snapshot::find_pool(&pools, &spec.backend)
+                    .expect("validation guarantees the backend exists"),
+            );
             let frontend = Arc::new(Frontend::new(spec, pool));
             for socket in inherited.take(index) {
                 let addr = socket.local;
@@ -150,6 +162,7 @@ impl Daemon {
                 bound.push((
                     Arc::clone(&frontend),
                     configured,
+                    spec.backlog,
                     vec![socket.into_listener()],
                 ));
             }
@@ -165,7 +178,7 @@ impl Daemon {
                             source,
                         },
                     )?;
-                bound.push((Arc::clone(&frontend), addr, listeners));
+                bound.push((Arc::clone(&frontend), addr, spec.backlog, listeners));
             }
             frontends.push(frontend);
         }
@@ -174,12 +187,12 @@ impl Daemon {
             .map_err(AdminError::from)?;
         let admin_listener = admin::bind(&config.admin.listen).await?;
 
-        let servers = resolved.pools.iter().map(|p| p.servers.len() as u64).sum();
+        let servers = pools.iter().map(|p| p.servers.len() as u64).sum();
         // Each accept loop's socket gets a second descriptor, the daemon's,
         // when its loop starts (see `daemon::listeners`): count them now.
         let duplicates: u64 = bound
             .iter()
-            .map(|(_, _, sockets)| sockets.len() as u64)
+            .map(|(_, _, _, sockets)| sockets.len() as u64)
             .sum();
         let fd_budget = limit::fd_budget(limit::open_fds() + duplicates, servers);
         let global_limit = Arc::new(ConnectionLimit::new(global_max_connections(
@@ -188,8 +201,9 @@ impl Daemon {
         let shared = Arc::new(Shared {
             config_path: config_path.to_owned(),
             snapshot: ArcSwap::from_pointee(Snapshot {
+                desired: Arc::new(desired),
                 config: Arc::clone(&config),
-                pools: resolved.pools,
+                pools,
                 frontends,
             }),
             listeners: Mutex::new(Listeners::default()),
@@ -209,14 +223,12 @@ impl Daemon {
             health: HealthChecks::new(),
         });
         let daemon = Daemon { shared };
-        daemon
-            .note_dns_results(&resolved.dns_failures, &resolved.dns_resolved)
-            .await;
+        daemon.note_dns_results(&dns).await;
         // Checks start before the listeners: the first ones finish within
         // milliseconds, so few clients meet an unchecked server.
-        daemon.sync_health_checks(&daemon.snapshot());
-        for (frontend, configured, listener) in bound {
-            daemon.spawn_accept_loop(frontend, configured, listener);
+        daemon.sync_health_checks(&daemon.snapshot(), &plan);
+        for (frontend, configured, backlog, listener) in bound {
+            daemon.spawn_accept_loop(frontend, configured, backlog, listener);
         }
         // The admin API outlives `stop_accepting`: /readyz says "shutting
         // down" and /metrics keeps answering while connections drain.
@@ -246,14 +258,6 @@ impl Daemon {
     /// The current snapshot: config, pools and frontends.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.snapshot.load_full()
-    }
-
-    /// Makes `snapshot` the running one and brings the health checks in
-    /// line with it (new servers checked at once, removed ones no longer).
-    /// Reloads and DNS changes store every snapshot through here.
-    pub fn install_snapshot(&self, snapshot: Arc<Snapshot>) {
-        self.shared.snapshot.store(Arc::clone(&snapshot));
-        self.sync_health_checks(&snapshot);
     }
 
     /// When the daemon started.
@@ -317,12 +321,6 @@ impl Daemon {
             }
         }
         Ok(())
-    }
-
-    /// Called after every snapshot swap (start, reload, DNS change): starts
-    /// checks for servers that are new, stops those of servers that are gone.
-    fn sync_health_checks(&self, snapshot: &Arc<Snapshot>) {
-        self.shared.health.sync(snapshot);
     }
 
     /// Checks a server right away (an operator drained, disabled or enabled it).

@@ -17,10 +17,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::balance::Balancer;
-use crate::config::{self, Config, OnNoServer};
+use crate::config::{self, OnNoServer};
 use crate::counter::ShardedCounter;
 use crate::dial::DialErrorKind;
-use crate::frontend::Frontend;
 use crate::histogram::Histogram;
 
 /// What the health checks found out about a server.
@@ -411,6 +410,11 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// The named server.
+    pub fn server(&self, name: &str) -> Option<&Arc<Server>> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+
     /// Builds the pool and its balancer over `servers`.
     pub fn new(spec: config::Backend, servers: Vec<Arc<Server>>) -> Pool {
         let weights: Vec<u32> = servers.iter().map(|s| s.weight()).collect();
@@ -564,32 +568,6 @@ impl Availability {
     }
 }
 
-/// Everything the admin plane reads about the running configuration.
-#[derive(Debug)]
-pub struct Snapshot {
-    /// The config this snapshot was built from.
-    pub config: Arc<Config>,
-    /// One pool per backend, in config order.
-    pub pools: Vec<Arc<Pool>>,
-    /// Running frontends, in config order.
-    pub frontends: Vec<Arc<Frontend>>,
-}
-
-impl Snapshot {
-    /// The pool of the named backend.
-    pub fn pool(&self, backend: &str) -> Option<&Arc<Pool>> {
-        self.pools.iter().find(|p| p.spec.name == backend)
-    }
-
-    /// The named server of the named backend.
-    pub fn server(&self, backend: &str, server: &str) -> Option<&Arc<Server>> {
-        self.pool(backend)?
-            .servers
-            .iter()
-            .find(|s| s.name == server)
-    }
-}
-
 /// Milliseconds on a process-wide monotonic clock (cheap to store in an atomic).
 fn monotonic_millis() -> u64 {
     static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
@@ -600,6 +578,8 @@ fn monotonic_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::config::Config;
 
     fn pool(on_no_server: OnNoServer, n: usize) -> Pool {
         let text = format!(

@@ -1,16 +1,19 @@
-//! Building a [`Snapshot`]'s pools from a [`Config`], carrying every server
-//! that stays over from the previous snapshot with its state and counters,
-//! and the pure [`diff`] of two configs that a reload applies.
+//! Changes of desired state: resolving a config's DNS names, the
+//! [`Desired`] state they give, the pure [`diff`] of two desired states (a
+//! [`Plan`]), and building a snapshot's pools as a plan says, carrying every
+//! server that stays over with its state and counters.
 //!
 //! DNS-named servers are resolved first, every name at once
-//! ([`resolve_names`]), by a caller that holds no lock; the pools are then
-//! assembled from the answers ([`assemble_pools`]), which is pure and quick,
+//! ([`resolve_names`]), by a caller that holds no lock; the desired state
+//! and the plan are then built from the answers, which is pure and quick,
 //! under the daemon's reload lock. A slow resolver thus delays one reload by
 //! one lookup timeout, never everything queued behind it.
 
+mod desired;
 mod diff;
 
-pub use diff::{Changes, ConfigDiff, diff};
+pub use desired::{Desired, DesiredServer, DnsFailure, DnsReport, ServerSource};
+pub use diff::{BoundAddress, Changes, ListenerChanges, Plan, diff};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,48 +23,9 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::dial;
-use crate::pool::{AdminState, Pool, Server, Snapshot};
-
-/// Pools built from a config, and the DNS names that did not resolve.
-#[derive(Debug)]
-pub struct ResolvedPools {
-    /// One pool per backend, in config order.
-    pub pools: Vec<Arc<Pool>>,
-    /// Names that failed to resolve this time (their last known addresses were kept).
-    pub dns_failures: Vec<DnsFailure>,
-    /// Configured servers (backend, name) with a DNS name that did resolve.
-    pub dns_resolved: Vec<(String, String)>,
-}
-
-impl ResolvedPools {
-    /// The pool of the named backend.
-    pub fn pool(&self, backend: &str) -> Option<&Arc<Pool>> {
-        self.pools.iter().find(|p| p.spec.name == backend)
-    }
-
-    /// The pool `frontend` routes to, for the start and a reload alike.
-    pub fn pool_of(&self, frontend: &config::Frontend) -> Arc<Pool> {
-        Arc::clone(
-            self.pool(&frontend.backend)
-                .expect("validation guarantees the backend exists"),
-        )
-    }
-}
-
-/// A DNS-named server whose name did not resolve.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsFailure {
-    /// The backend.
-    pub backend: String,
-    /// The configured server name.
-    pub server: String,
-    /// The resolver's words.
-    pub error: String,
-    /// How many last known addresses were kept.
-    pub kept: usize,
-}
+use crate::pool::{AdminState, Pool, Server};
 
 /// What one lookup returns: the addresses, or the resolver's words.
 pub type LookupResult = Result<Vec<SocketAddr>, String>;
@@ -142,87 +106,57 @@ pub async fn resolve_names(config: &Config, resolver: &Resolver) -> Lookups {
     Lookups { answers }
 }
 
-/// Builds one pool per backend from `lookups`, reporting DNS failures to the
-/// caller. Pure: no I/O. A server keeps its `Arc<Server>` (health, admin
-/// state, counters) when its backend, name and address are unchanged; a new
-/// address of a configured name starts with that name's admin state (see
-/// [`inherited_admin`]). A pool whose settings and servers are all unchanged
-/// is reused as is, so its balancer keeps its place and callers can tell
-/// "nothing changed" by pointer.
-pub fn assemble_pools(
-    config: &Config,
-    previous: Option<&Snapshot>,
-    lookups: &Lookups,
-) -> ResolvedPools {
-    let mut pools = Vec::with_capacity(config.backends.len());
-    let mut dns_failures = Vec::new();
-    let mut dns_resolved = Vec::new();
-    for backend in &config.backends {
-        let mut servers = Vec::new();
-        for spec in &backend.servers {
-            let addresses = match server_addresses(&backend.name, spec, previous, lookups) {
-                Ok(addresses) => {
-                    if spec.address.ip().is_none() {
-                        dns_resolved.push((backend.name.clone(), spec.name.clone()));
-                    }
-                    addresses
-                }
-                Err((error, kept)) => {
-                    dns_failures.push(DnsFailure {
-                        backend: backend.name.clone(),
-                        server: spec.name.clone(),
-                        error,
-                        kept: kept.len(),
-                    });
-                    kept
-                }
-            };
-            for (name, addr) in addresses {
-                let server = previous
-                    .and_then(|p| p.server(&backend.name, &name))
-                    .filter(|s| s.addr == addr)
-                    .cloned()
-                    .unwrap_or_else(|| {
-                        let server = Server::new(&backend.name, &name, addr, spec.weight);
-                        if let Some(admin) =
-                            previous.and_then(|p| inherited_admin(p, &backend.name, &spec.name))
-                        {
-                            server.set_admin(admin);
-                        }
-                        Arc::new(server)
-                    });
-                server.set_weight(spec.weight);
-                servers.push(server);
+/// The pools of `new`, built as `plan` says from the `previous` ones:
+/// a backend the plan leaves alone keeps its pool (and its balancer's
+/// place); in a rebuilt one, every server the plan does not start afresh
+/// keeps its `Arc<Server>` (health, admin state, counters) and takes its new
+/// weight. A new server of a configured name starts with that name's admin
+/// state (see [`inherited_admin`]). Pure: no I/O.
+pub fn build_pools(new: &Desired, plan: &Plan, previous: &[Arc<Pool>]) -> Vec<Arc<Pool>> {
+    let pool_of = |backend: &str| previous.iter().find(|p| p.spec.name == backend);
+    new.config
+        .backends
+        .iter()
+        .zip(&new.servers)
+        .map(|(backend, desired)| {
+            let kept = pool_of(&backend.name).filter(|_| !plan.rebuilds_pool(&backend.name));
+            if let Some(kept) = kept {
+                return Arc::clone(kept);
             }
-        }
-        let unchanged = previous.and_then(|p| p.pool(&backend.name)).filter(|old| {
-            old.spec == *backend
-                && old.servers.len() == servers.len()
-                && old
-                    .servers
-                    .iter()
-                    .zip(&servers)
-                    .all(|(a, b)| Arc::ptr_eq(a, b))
-        });
-        match unchanged {
-            Some(old) => pools.push(Arc::clone(old)),
-            None => pools.push(Arc::new(Pool::new(backend.clone(), servers))),
-        }
-    }
-    ResolvedPools {
-        pools,
-        dns_failures,
-        dns_resolved,
-    }
+            let servers = desired
+                .iter()
+                .map(|spec| {
+                    let carried = pool_of(&backend.name)
+                        .filter(|_| !plan.starts_server(&backend.name, &spec.name))
+                        .and_then(|p| p.server(&spec.name));
+                    match carried {
+                        Some(server) => {
+                            server.set_weight(spec.weight);
+                            Arc::clone(server)
+                        }
+                        None => {
+                            let server = Server::new(&backend.name, &spec.name, spec.addr, spec.weight);
+                            let admin =
+                                pool_of(&backend.name).and_then(|p| inherited_admin(p, &spec.configured));
+                            if let Some(admin) = admin {
+                                server.set_admin(admin);
+                            }
+                            Arc::new(server)
+                        }
+                    }
+                })
+                .collect();
+            Arc::new(Pool::new(backend.clone(), servers))
+        })
+        .collect()
 }
 
 /// The admin state a new server of configured name `configured` starts
-/// with: the one every address of that name had in `previous`, when they
+/// with: the one every address of that name had in `pool`, when they
 /// agree (an operator who disabled `cp3` by name, or one whose address a
 /// reload changed, keeps it out of traffic). `None` when the name is new or
 /// its addresses disagree (one address drained alone says nothing of others).
-pub fn inherited_admin(previous: &Snapshot, backend: &str, configured: &str) -> Option<AdminState> {
-    let pool = previous.pool(backend)?;
+pub fn inherited_admin(pool: &Pool, configured: &str) -> Option<AdminState> {
     let mut states = pool
         .servers
         .iter()
@@ -239,43 +173,6 @@ pub fn has_dns_names(config: &Config) -> bool {
         .iter()
         .flat_map(|b| &b.servers)
         .any(|s| s.address.ip().is_none())
-}
-
-/// (server name, address) pairs: the servers one configured server stands for.
-type NamedAddresses = Vec<(String, SocketAddr)>;
-
-/// The (server name, address) pairs a configured server stands for: one for
-/// an IP literal, one per address for a DNS name, named `name@ip` so a
-/// server keeps its name (and state) while the name's other addresses come
-/// and go. On failure: the error and the last known pairs.
-fn server_addresses(
-    backend: &str,
-    spec: &config::ServerSpec,
-    previous: Option<&Snapshot>,
-    lookups: &Lookups,
-) -> Result<NamedAddresses, (String, NamedAddresses)> {
-    if let Some(addr) = spec.address.ip() {
-        return Ok(vec![(spec.name.clone(), addr)]);
-    }
-    match lookups.get(&spec.address.host, spec.address.port) {
-        Ok(addrs) => Ok(addrs
-            .into_iter()
-            .map(|addr| (dns_server_name(&spec.name, addr), addr))
-            .collect()),
-        Err(error) => {
-            let kept = previous
-                .and_then(|p| p.pool(backend))
-                .map(|pool| {
-                    pool.servers
-                        .iter()
-                        .filter(|s| s.name != spec.name && is_address_of(&s.name, &spec.name))
-                        .map(|s| (s.name.clone(), s.addr))
-                        .collect()
-                })
-                .unwrap_or_default();
-            Err((error, kept))
-        }
-    }
 }
 
 /// The name of one address of a DNS-named server: `cp3@10.0.0.13`.
@@ -306,11 +203,29 @@ mod tests {
         Config::parse(Path::new("test.toml"), &text).unwrap()
     }
 
-    fn snapshot(config: Config, lookups: &Lookups, previous: Option<&Snapshot>) -> Snapshot {
-        Snapshot {
-            pools: assemble_pools(&config, previous, lookups).pools,
-            config: Arc::new(config),
-            frontends: Vec::new(),
+    /// A desired state and the pools applying it built.
+    struct State {
+        desired: Desired,
+        pools: Vec<Arc<Pool>>,
+        dns: DnsReport,
+    }
+
+    impl State {
+        fn server(&self, _backend: &str, name: &str) -> Option<&Arc<Server>> {
+            self.pools[0].server(name)
+        }
+    }
+
+    fn snapshot(config: Config, lookups: &Lookups, previous: Option<&State>) -> State {
+        let (desired, dns) =
+            Desired::resolve(Arc::new(config), lookups, previous.map(|p| &p.desired));
+        let nothing = Desired::nothing(&desired.config);
+        let plan = diff(previous.map_or(&nothing, |p| &p.desired), &desired, &[]);
+        let pools = build_pools(&desired, &plan, previous.map_or(&[][..], |p| &p.pools));
+        State {
+            desired,
+            pools,
+            dns,
         }
     }
 
@@ -326,7 +241,7 @@ mod tests {
         }
     }
 
-    fn admin_of(snapshot: &Snapshot, name: &str) -> AdminState {
+    fn admin_of(snapshot: &State, name: &str) -> AdminState {
         snapshot.server("pool", name).unwrap().admin()
     }
 
@@ -422,13 +337,13 @@ mod tests {
             &answers(&[("cp.test", &[[127, 0, 0, 1]])]),
             None,
         );
-        let failed = assemble_pools(
-            &config("{ name = \"cp\", address = \"cp.test:6443\" }"),
-            Some(&one),
+        let failed = snapshot(
+            config("{ name = \"cp\", address = \"cp.test:6443\" }"),
             &Lookups::default(),
+            Some(&one),
         );
-        assert_eq!(failed.dns_failures.len(), 1);
-        assert_eq!(failed.dns_failures[0].kept, 1);
+        assert_eq!(failed.dns.failures.len(), 1);
+        assert_eq!(failed.dns.failures[0].kept, 1);
         assert!(Arc::ptr_eq(&failed.pools[0], &one.pools[0]));
     }
 

@@ -185,7 +185,7 @@ fn servers_that_stay_keep_their_counters_and_admin_state() {
     assert_eq!(answer["ok"], true);
     assert_eq!(
         answer["changes"],
-        serde_json::json!(["server pool/c added", "server pool/b changed"])
+        serde_json::json!(["server pool/b changed: weight 1 → 2", "server pool/c added"])
     );
     let after = lbd.status();
     assert_eq!(total_of(&after, "a"), total_of(&before, "a"));

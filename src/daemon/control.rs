@@ -19,9 +19,8 @@ use tracing::{debug, error, info, warn};
 
 use super::Daemon;
 use crate::config::{Config, ConfigError};
-use crate::frontend::Frontend;
-use crate::pool::{AdminState, Server, Snapshot};
-use crate::reload::{self, DnsFailure};
+use crate::pool::{AdminState, Server};
+use crate::reload::{self, Desired, DnsReport};
 use crate::systemd;
 
 use super::listeners::BindError;
@@ -157,7 +156,15 @@ impl Daemon {
     }
 
     async fn reload_in_turn(&self) -> Result<ReloadReport, ReloadError> {
-        let checked = Config::load_with_warnings(&self.shared.config_path)?;
+        // Off the runtime threads: the file and the TLS files it names are
+        // read here, and a slow disk must not stall a relay.
+        let path = self.shared.config_path.clone();
+        let checked = tokio::task::spawn_blocking(move || Config::load_with_warnings(&path))
+            .await
+            .map_err(|e| ConfigError::Read {
+                path: self.shared.config_path.clone(),
+                reason: format!("the reading task failed: {e}"),
+            })??;
         let warnings: Vec<String> = checked.warnings.iter().map(|w| w.one_line()).collect();
         for warning in &warnings {
             warn!("{warning}");
@@ -171,43 +178,12 @@ impl Daemon {
         }
         // Read under the lock: a DNS refresh or admin change made while the
         // names resolved is built upon, not undone.
-        let old = self.snapshot();
-        let diff = reload::diff(&old.config, &config);
-        let resolved = reload::assemble_pools(&config, Some(&old), &lookups);
-
-        // Everything that can fail happens before the first change.
-        let plan = self.plan_listeners(&diff, |name| {
-            config
-                .frontends
-                .iter()
-                .find(|f| f.name == name)
-                .map_or(4096, |f| f.backlog)
-        })?;
-
-        let mut frontends = Vec::with_capacity(config.frontends.len());
-        for spec in &config.frontends {
-            let pool = resolved.pool_of(spec);
-            let frontend = match old.frontends.iter().find(|f| f.name == spec.name) {
-                Some(kept) => {
-                    kept.update(spec, pool);
-                    Arc::clone(kept)
-                }
-                None => Arc::new(Frontend::new(spec, pool)),
-            };
-            frontends.push(frontend);
-        }
-        let snapshot = Arc::new(Snapshot {
-            config,
-            pools: resolved.pools,
-            frontends,
-        });
-        self.install_snapshot(Arc::clone(&snapshot));
-        self.resize_global_limit(&snapshot.config);
-        self.apply_listeners(plan, &snapshot.frontends);
-        self.note_dns_failures(&mut state, &resolved.dns_failures, &resolved.dns_resolved);
-        self.log_new_and_gone_servers(&old, &snapshot);
+        let (desired, dns) = Desired::resolve(config, &lookups, Some(&self.snapshot().desired));
+        let plan = self.plan(&desired);
+        self.apply(desired, &plan)?;
+        self.note_dns_failures(&mut state, &dns);
         Ok(ReloadReport {
-            changes: diff.describe(),
+            changes: plan.describe(),
             warnings,
         })
     }
@@ -226,7 +202,7 @@ impl Daemon {
         }
     }
 
-    /// Resolves DNS-named servers again and swaps a new snapshot in if any
+    /// Resolves DNS-named servers again and applies the change if any
     /// address came or went; returns whether it did. A name that fails keeps
     /// its last addresses. The lookups run before the reload lock is taken;
     /// if a reload swapped another config in meanwhile, its own lookups
@@ -247,56 +223,26 @@ impl Daemon {
             debug!("DNS refresh dropped: a reload applied another config meanwhile");
             return Ok(false);
         }
-        let resolved = reload::assemble_pools(&old.config, Some(&old), &lookups);
-        self.note_dns_failures(&mut state, &resolved.dns_failures, &resolved.dns_resolved);
-        let changed = old.pools.len() != resolved.pools.len()
-            || old
-                .pools
-                .iter()
-                .zip(&resolved.pools)
-                .any(|(a, b)| !Arc::ptr_eq(a, b));
-        if !changed {
+        let (desired, dns) = Desired::resolve(resolved_for, &lookups, Some(&old.desired));
+        self.note_dns_failures(&mut state, &dns);
+        let plan = self.plan(&desired);
+        if plan.is_empty() {
             return Ok(false);
         }
-        for frontend in &old.frontends {
-            let spec = old
-                .config
-                .frontends
-                .iter()
-                .find(|f| f.name == frontend.name);
-            let pool = spec.and_then(|s| resolved.pool(&s.backend));
-            if let (Some(spec), Some(pool)) = (spec, pool) {
-                frontend.update(spec, Arc::clone(pool));
-            }
-        }
-        let snapshot = Arc::new(Snapshot {
-            config: Arc::clone(&old.config),
-            pools: resolved.pools,
-            frontends: old.frontends.clone(),
-        });
-        self.install_snapshot(Arc::clone(&snapshot));
-        self.log_new_and_gone_servers(&old, &snapshot);
+        info!(changes = %plan.describe().join("; "), "DNS answers changed the servers");
+        self.apply(desired, &plan)?;
         Ok(true)
     }
 
-    pub(super) async fn note_dns_results(
-        &self,
-        failures: &[DnsFailure],
-        resolved: &[(String, String)],
-    ) {
+    pub(super) async fn note_dns_results(&self, dns: &DnsReport) {
         let mut state = self.shared.reload_lock.lock().await;
-        self.note_dns_failures(&mut state, failures, resolved);
+        self.note_dns_failures(&mut state, dns);
     }
 
     /// Logs a DNS name when it starts failing and when it works again, not
     /// at every attempt in between.
-    fn note_dns_failures(
-        &self,
-        state: &mut ReloadState,
-        failures: &[DnsFailure],
-        resolved: &[(String, String)],
-    ) {
-        for failure in failures {
+    fn note_dns_failures(&self, state: &mut ReloadState, dns: &DnsReport) {
+        for failure in &dns.failures {
             let key = (failure.backend.clone(), failure.server.clone());
             if state.dns_failing.insert(key) {
                 warn!(
@@ -308,29 +254,9 @@ impl Daemon {
                 );
             }
         }
-        for key in resolved {
+        for key in &dns.resolved {
             if state.dns_failing.remove(key) {
                 info!(backend = %key.0, server = %key.1, "DNS resolution works again");
-            }
-        }
-    }
-
-    fn log_new_and_gone_servers(&self, old: &Snapshot, new: &Snapshot) {
-        let listed = |s: &Snapshot| -> Vec<Arc<Server>> {
-            s.pools
-                .iter()
-                .flat_map(|p| p.servers.iter().cloned())
-                .collect()
-        };
-        let (before, after) = (listed(old), listed(new));
-        for server in &after {
-            if !before.iter().any(|s| Arc::ptr_eq(s, server)) {
-                info!(backend = %server.backend, server = %server.name, address = %server.addr, "server added; state unknown until checked");
-            }
-        }
-        for server in &before {
-            if !after.iter().any(|s| Arc::ptr_eq(s, server)) {
-                info!(backend = %server.backend, server = %server.name, address = %server.addr, active = server.active(), "server removed: no new connections, live ones go on");
             }
         }
     }

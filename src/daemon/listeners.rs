@@ -25,7 +25,7 @@ use tracing::{error, info};
 use super::Daemon;
 use crate::frontend::Frontend;
 use crate::listener;
-use crate::reload::ConfigDiff;
+use crate::reload::{BoundAddress, ListenerChanges};
 use crate::runtime;
 use crate::socket;
 
@@ -51,6 +51,8 @@ struct BoundListener {
     configured: SocketAddr,
     /// The address actually bound.
     local: SocketAddr,
+    /// The accept queue length it listens with.
+    backlog: u32,
     stop: CancellationToken,
     /// The daemon's descriptors of the address's sockets (each accept loop
     /// has another).
@@ -71,6 +73,20 @@ impl Listeners {
             .iter()
             .filter(|l| l.frontend == frontend)
             .map(|l| l.local)
+            .collect()
+    }
+
+    /// Every address being served, for the diff to compare the desired
+    /// listeners with: an address whose accept loop could not start is not
+    /// here, so the next change opens it again.
+    pub(super) fn bound_addresses(&self) -> Vec<BoundAddress> {
+        self.bound
+            .iter()
+            .map(|l| BoundAddress {
+                frontend: l.frontend.clone(),
+                addr: l.configured,
+                backlog: l.backlog,
+            })
             .collect()
     }
 
@@ -109,54 +125,39 @@ impl Listeners {
     }
 }
 
-/// What a reload does to the listening sockets, prepared before anything
-/// changes so a failed bind leaves the running config whole.
+/// The sockets a plan opens, bound before anything changes so a failed
+/// bind leaves the running daemon whole; dropping them closes them.
 #[derive(Debug, Default)]
-pub(super) struct ListenerPlan {
-    /// Sockets bound for added addresses, with the frontend and configured address.
-    open: Vec<(String, SocketAddr, Vec<std::net::TcpListener>)>,
-    /// (frontend, configured address) to stop accepting on.
-    close: Vec<(String, SocketAddr)>,
-    /// An address leaving one frontend for another: (from, to, address, backlog).
-    hand_over: Vec<(String, String, SocketAddr, u32)>,
+pub(super) struct Opened {
+    sockets: Vec<(String, SocketAddr, u32, Vec<std::net::TcpListener>)>,
 }
 
 impl Daemon {
-    /// Binds the sockets a reload adds. Nothing running changes; dropping
-    /// the plan closes what it bound.
-    pub(super) fn plan_listeners(
-        &self,
-        diff: &ConfigDiff,
-        backlog_of: impl Fn(&str) -> u32,
-    ) -> Result<ListenerPlan, BindError> {
-        let mut plan = ListenerPlan::default();
-        let mut removed = diff.listeners.removed.clone();
-        for (frontend, addr) in &diff.listeners.added {
-            // A fixed address moving between frontends keeps its socket.
-            let moving = (addr.port() != 0)
-                .then(|| removed.iter().position(|(_, a)| a == addr))
-                .flatten();
-            if let Some(index) = moving {
-                let (from, _) = removed.remove(index);
-                plan.hand_over
-                    .push((from, frontend.clone(), *addr, backlog_of(frontend)));
-                continue;
-            }
-            let listeners =
-                socket::bind_listeners(*addr, backlog_of(frontend), runtime::acceptor_count())
-                    .map_err(|source| BindError {
-                        frontend: frontend.clone(),
-                        addr: *addr,
-                        source,
-                    })?;
-            plan.open.push((frontend.clone(), *addr, listeners));
+    /// Binds the sockets `changes` opens. Nothing running changes.
+    pub(super) fn bind_planned(&self, changes: &ListenerChanges) -> Result<Opened, BindError> {
+        let mut opened = Opened::default();
+        for (frontend, addr, backlog) in &changes.open {
+            let sockets = socket::bind_listeners(*addr, *backlog, runtime::acceptor_count())
+                .map_err(|source| BindError {
+                    frontend: frontend.clone(),
+                    addr: *addr,
+                    source,
+                })?;
+            opened
+                .sockets
+                .push((frontend.clone(), *addr, *backlog, sockets));
         }
-        plan.close = removed;
-        Ok(plan)
+        Ok(opened)
     }
 
-    /// Carries a plan out against the frontends of the new snapshot.
-    pub(super) fn apply_listeners(&self, plan: ListenerPlan, frontends: &[Arc<Frontend>]) {
+    /// Carries the listener part of a plan out against the frontends of the
+    /// new snapshot, with the sockets [`Daemon::bind_planned`] opened.
+    pub(super) fn apply_listeners(
+        &self,
+        changes: &ListenerChanges,
+        opened: Opened,
+        frontends: &[Arc<Frontend>],
+    ) {
         let find = |name: &str| {
             frontends
                 .iter()
@@ -164,34 +165,49 @@ impl Daemon {
                 .cloned()
                 .expect("the plan only names frontends of the new config")
         };
-        for (frontend, addr) in plan.close {
-            let taken = self.listeners().take(&frontend, addr);
+        for (frontend, addr) in &changes.close {
+            let taken = self.listeners().take(frontend, *addr);
             if let Some(bound) = taken {
                 bound.stop.cancel();
                 info!(frontend = %frontend, address = %bound.local, "stopped listening; live connections go on");
             }
         }
-        for (from, to, addr, backlog) in plan.hand_over {
-            let taken = self.listeners().take(&from, addr);
-            let Some(bound) = taken else { continue };
-            bound.stop.cancel();
-            // listen() again: harmless on a listening socket, and it wakes
-            // one the old accept loop had paused.
-            let handed = bound.sockets.iter().try_for_each(|socket| {
-                SockRef::from(socket).listen(i32::try_from(backlog).unwrap_or(i32::MAX))
-            });
-            match handed {
-                Ok(()) => {
-                    info!(from = %from, frontend = %to, address = %bound.local, "listener handed over");
-                    self.spawn_accept_loop(find(&to), addr, bound.sockets);
-                }
-                Err(err) => {
-                    error!(frontend = %to, address = %addr, error = %err, "cannot hand the listener over; the address is not served until the next reload");
-                }
-            }
+        for (from, to, addr, backlog) in &changes.hand_over {
+            self.restart_accept_loop(from, find(to), *addr, *backlog);
         }
-        for (frontend, addr, listener) in plan.open {
-            self.spawn_accept_loop(find(&frontend), addr, listener);
+        for (frontend, addr, backlog) in &changes.relisten {
+            self.restart_accept_loop(frontend, find(frontend), *addr, *backlog);
+        }
+        for (frontend, addr, backlog, sockets) in opened.sockets {
+            self.spawn_accept_loop(find(&frontend), addr, backlog, sockets);
+        }
+    }
+
+    /// Ends the accept loop of `from` on `addr` and starts one for `to` on
+    /// the same sockets, listening with `backlog`: an address changing
+    /// frontend or accept queue length never closes, so no queued client is
+    /// lost. If it fails, the address is no longer bound, and the next change
+    /// of desired state opens it afresh.
+    fn restart_accept_loop(&self, from: &str, to: Arc<Frontend>, addr: SocketAddr, backlog: u32) {
+        let taken = self.listeners().take(from, addr);
+        let Some(bound) = taken else { return };
+        bound.stop.cancel();
+        // listen() again sets the new queue length, and wakes a socket the
+        // old accept loop had paused (the new loop pauses it again if its
+        // backend cannot serve).
+        let relistened = bound.sockets.iter().try_for_each(|socket| {
+            SockRef::from(socket).listen(i32::try_from(backlog).unwrap_or(i32::MAX))
+        });
+        match relistened {
+            Ok(()) => {
+                if from != to.name {
+                    info!(from = %from, frontend = %to.name, address = %bound.local, "listener handed over");
+                }
+                self.spawn_accept_loop(to, addr, backlog, bound.sockets);
+            }
+            Err(err) => {
+                error!(frontend = %to.name, address = %addr, error = %err, "cannot listen again on the socket; the address is opened afresh at the next reload");
+            }
         }
     }
 
@@ -202,6 +218,7 @@ impl Daemon {
         &self,
         frontend: Arc<Frontend>,
         configured: SocketAddr,
+        backlog: u32,
         listeners: Vec<std::net::TcpListener>,
     ) {
         let Some(local) = listeners.first().and_then(|l| l.local_addr().ok()) else {
@@ -219,7 +236,7 @@ impl Daemon {
         let sockets = match listeners.iter().map(duplicate).collect() {
             Ok(sockets) => sockets,
             Err(err) => {
-                error!(frontend = %frontend.name, address = %local, error = %err, "cannot keep a descriptor of the listener (out of file descriptors?); not serving this address");
+                error!(frontend = %frontend.name, address = %local, error = %err, "cannot keep a descriptor of the listener (out of file descriptors?); not serving this address until the next reload");
                 return;
             }
         };
@@ -254,6 +271,7 @@ impl Daemon {
             frontend: name,
             configured,
             local,
+            backlog,
             stop,
             sockets,
             tasks,

@@ -27,7 +27,7 @@ mod task;
 mod tcp;
 mod tls;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,7 +41,7 @@ use tracing::{info, warn};
 use crate::config;
 use crate::dial::DialError;
 use crate::frontend::Frontend;
-use crate::pool::{Availability, Pool, Server, Snapshot};
+use crate::pool::{Availability, Pool, Server};
 
 pub use active::{ActiveCheck, CheckFactory, CheckSetup};
 use first_round::FirstRoundGuard;
@@ -153,16 +153,17 @@ struct TaskHandle {
     /// Held so the key (this `Arc`'s address) cannot be reused by another
     /// server while the entry exists.
     server: Arc<Server>,
-    spec: config::Health,
     stop: CancellationToken,
     wake: Arc<Notify>,
 }
 
 /// The pools and frontends of the latest snapshot, for the tasks to consult.
 #[derive(Debug, Default)]
-struct Topology {
-    pools: Vec<Arc<Pool>>,
-    frontends: Vec<Arc<Frontend>>,
+pub struct Topology {
+    /// Every backend's pool.
+    pub pools: Vec<Arc<Pool>>,
+    /// The frontends to wake when a backend's availability changes.
+    pub frontends: Vec<Arc<Frontend>>,
 }
 
 impl Default for HealthChecks {
@@ -188,13 +189,13 @@ impl HealthChecks {
         }
     }
 
-    /// Follows a new snapshot: starts a task for every server not checked
-    /// yet (its first check runs at once), restarts those whose backend's
-    /// health settings changed, and stops those no longer listed. Call it
-    /// after every snapshot swap.
-    pub fn sync(&self, snapshot: &Snapshot) {
+    /// Follows the pools and frontends an apply installed: starts a task for
+    /// every server not checked yet (its first check runs at once), restarts
+    /// those of the backends in `rebuild` (the plan's: their health settings
+    /// or TLS files changed), and stops those no longer listed.
+    pub fn sync(&self, topology: &Topology, rebuild: &BTreeSet<String>) {
         let mut factory = CheckFactory::default();
-        self.sync_with(snapshot, |pool, server| {
+        self.sync_with(topology, rebuild, |pool, server| {
             factory.check_for(pool, server.addr, &host_of(pool, server))
         });
     }
@@ -203,7 +204,8 @@ impl HealthChecks {
     /// without the task map's lock held.
     fn sync_with<C: Check>(
         &self,
-        snapshot: &Snapshot,
+        snapshot: &Topology,
+        rebuild: &BTreeSet<String>,
         mut check_for: impl FnMut(&Arc<Pool>, &Arc<Server>) -> C,
     ) {
         let _one_at_a_time = self.shared.syncing.lock().expect("health sync lock");
@@ -218,9 +220,7 @@ impl HealthChecks {
                 .iter()
                 .flat_map(|pool| pool.servers.iter().map(move |server| (pool, server)))
                 .filter(|(pool, server)| {
-                    tasks
-                        .get(&key_of(server))
-                        .is_none_or(|task| task.spec != pool.spec.health)
+                    rebuild.contains(&pool.spec.name) || !tasks.contains_key(&key_of(server))
                 })
                 .collect()
         };
@@ -304,10 +304,10 @@ impl HealthChecks {
         self.shared.tracker.wait().await;
     }
 
-    fn set_topology(&self, snapshot: &Snapshot) {
+    fn set_topology(&self, topology: &Topology) {
         self.shared.topology.store(Arc::new(Topology {
-            pools: snapshot.pools.clone(),
-            frontends: snapshot.frontends.clone(),
+            pools: topology.pools.clone(),
+            frontends: topology.frontends.clone(),
         }));
     }
 
@@ -332,7 +332,6 @@ impl HealthChecks {
         };
         let handle = TaskHandle {
             server,
-            spec: spec.clone(),
             stop,
             wake,
         };

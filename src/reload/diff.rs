@@ -1,18 +1,32 @@
-//! What a reload changes: a pure comparison of the running config with the
-//! new one. The reload applies it (which listeners to open and close) and
-//! reports it (logs, the reload answer).
+//! What a change of desired state changes: the one pure comparison of the
+//! running [`Desired`] (and the sockets actually bound) with a new one. A
+//! reload, a DNS answer and (later) cluster discovery all end here; the
+//! daemon's `apply` carries the [`Plan`] out, and its report is
+//! [`Plan::describe`], so what is reported is what is applied.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
-use crate::config::{Backend, Config, Frontend, ServerSpec};
+use super::desired::{Desired, DesiredServer};
+use crate::config::{Backend, Config, FileContents, Frontend, Global, Health};
 
-/// Things added, removed and changed (present in both, with different settings).
+/// A listening socket as the daemon holds it: bound, with an accept loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundAddress {
+    /// The frontend it feeds.
+    pub frontend: String,
+    /// The address as configured (port 0 stays 0).
+    pub addr: SocketAddr,
+    /// The accept queue length it listens with.
+    pub backlog: u32,
+}
+
+/// Names added, removed and changed (present in both, with different settings).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Changes<T> {
-    /// Only in the new config.
+    /// Only in the new state.
     pub added: Vec<T>,
-    /// Only in the old config.
+    /// Only in the old state.
     pub removed: Vec<T>,
     /// In both, with different settings.
     pub changed: Vec<T>,
@@ -28,136 +42,330 @@ impl<T> Default for Changes<T> {
     }
 }
 
-impl<T> Changes<T> {
+impl<T: PartialEq> Changes<T> {
     /// Whether nothing was added, removed or changed.
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
     }
+
+    /// Whether `item` is added or changed.
+    pub fn touches(&self, item: &T) -> bool {
+        self.added.contains(item) || self.changed.contains(item)
+    }
 }
 
-/// Everything that differs between two configs.
+/// What the listening sockets need.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConfigDiff {
-    /// Frontends by name; `changed` means any setting, its listen list included.
+pub struct ListenerChanges {
+    /// (frontend, address, backlog) to bind and serve.
+    pub open: Vec<(String, SocketAddr, u32)>,
+    /// (frontend, address) to stop serving and close.
+    pub close: Vec<(String, SocketAddr)>,
+    /// A fixed address moving between frontends keeps its socket:
+    /// (from, to, address, backlog).
+    pub hand_over: Vec<(String, String, SocketAddr, u32)>,
+    /// An address that stays whose accept queue length changes:
+    /// (frontend, address, backlog).
+    pub relisten: Vec<(String, SocketAddr, u32)>,
+}
+
+/// Every change from one desired state to the next: what `apply` does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Frontends by name; `changed` means any setting (route, limits, timeouts, backlog).
     pub frontends: Changes<String>,
-    /// Listening addresses as (frontend, configured address). An address that
-    /// stays with its frontend is in neither list and is not re-bound.
-    /// `changed` is always empty.
-    pub listeners: Changes<(String, SocketAddr)>,
+    /// The listening sockets, compared with those actually bound.
+    pub listeners: ListenerChanges,
     /// Backends by name; `changed` means a setting other than the server list.
     pub backends: Changes<String>,
     /// Servers as (backend, server name); `changed` means address or weight.
     pub servers: Changes<(String, String)>,
-    /// `[global]` settings changed (they apply at once).
+    /// Servers whose address changed: they start afresh (a new check, no counters).
+    pub readdressed: Vec<(String, String)>,
+    /// Backends whose health checks start afresh (new, or `[backend.health]`
+    /// changed, the contents of its TLS files included).
+    pub checks: BTreeSet<String>,
+    /// `[global]` changed (the connection limit and intervals apply at once).
     pub global_changed: bool,
     /// `[admin]` changed: it takes effect only at the next start.
     pub admin_changed: bool,
+    /// One line per change, in the order above.
+    lines: Vec<String>,
 }
 
-/// Compares the running config with a new one. Pure: no I/O, no clock.
-pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
-    let mut out = ConfigDiff {
-        frontends: by_name(&old.frontends, &new.frontends, |f| &f.name, |a, b| a != b),
-        backends: by_name(&old.backends, &new.backends, |b| &b.name, settings_differ),
-        global_changed: old.global != new.global,
-        admin_changed: old.admin != new.admin,
-        ..ConfigDiff::default()
-    };
-
-    let old_listens = listens(&old.frontends);
-    let new_listens = listens(&new.frontends);
-    for (key, &new_count) in &new_listens {
-        let old_count = old_listens.get(key).copied().unwrap_or(0);
-        for _ in old_count..new_count {
-            out.listeners.added.push(key.clone());
-        }
-    }
-    for (key, &old_count) in &old_listens {
-        let new_count = new_listens.get(key).copied().unwrap_or(0);
-        for _ in new_count..old_count {
-            out.listeners.removed.push(key.clone());
-        }
-    }
-
-    let old_servers = servers(&old.backends);
-    let new_servers = servers(&new.backends);
-    for (key, spec) in &new_servers {
-        match old_servers.get(key) {
-            None => out.servers.added.push(key.clone()),
-            Some(old) if old.address != spec.address || old.weight != spec.weight => {
-                out.servers.changed.push(key.clone());
-            }
-            Some(_) => {}
-        }
-    }
-    for key in old_servers.keys() {
-        if !new_servers.contains_key(key) {
-            out.servers.removed.push(key.clone());
-        }
-    }
-    out
-}
-
-impl ConfigDiff {
-    /// Whether the two configs are the same.
+impl Plan {
+    /// Whether the two states are the same and every socket is bound.
     pub fn is_empty(&self) -> bool {
-        self.frontends.is_empty()
-            && self.listeners.is_empty()
-            && self.backends.is_empty()
-            && self.servers.is_empty()
-            && !self.global_changed
-            && !self.admin_changed
+        self.lines.is_empty()
     }
 
     /// One short line per change, for logs and the reload answer.
     pub fn describe(&self) -> Vec<String> {
-        let mut lines = Vec::new();
-        let mut push = |what: &str, changes: Vec<String>, verb: &str| {
-            for name in changes {
-                lines.push(format!("{what} {name} {verb}"));
-            }
-        };
-        push("frontend", self.frontends.added.clone(), "added");
-        push("frontend", self.frontends.removed.clone(), "removed");
-        push("frontend", self.frontends.changed.clone(), "changed");
-        let listener = |(f, a): &(String, SocketAddr)| format!("{a} of {f}");
-        push(
-            "listener",
-            self.listeners.added.iter().map(listener).collect(),
-            "opened",
-        );
-        push(
-            "listener",
-            self.listeners.removed.iter().map(listener).collect(),
-            "closed",
-        );
-        push("backend", self.backends.added.clone(), "added");
-        push("backend", self.backends.removed.clone(), "removed");
-        push("backend", self.backends.changed.clone(), "changed");
-        let server = |(b, s): &(String, String)| format!("{b}/{s}");
-        push(
-            "server",
-            self.servers.added.iter().map(server).collect(),
-            "added",
-        );
-        push(
-            "server",
-            self.servers.removed.iter().map(server).collect(),
-            "removed",
-        );
-        push(
-            "server",
-            self.servers.changed.iter().map(server).collect(),
-            "changed",
-        );
-        if self.global_changed {
-            lines.push("[global] changed".into());
-        }
-        if self.admin_changed {
-            lines.push("[admin] changed: takes effect when lbd restarts".into());
-        }
-        lines
+        self.lines.clone()
     }
+
+    /// Whether the pool of `backend` must be built anew: the backend is new,
+    /// its settings changed, or a server of it came, went or changed.
+    pub fn rebuilds_pool(&self, backend: &str) -> bool {
+        let name = backend.to_owned();
+        self.backends.touches(&name)
+            || [&self.servers.added, &self.servers.removed, &self.servers.changed]
+                .iter()
+                .any(|list| list.iter().any(|(b, _)| b == backend))
+    }
+
+    /// Whether server `name` of `backend` starts afresh (new, or readdressed).
+    pub fn starts_server(&self, backend: &str, name: &str) -> bool {
+        let key = (backend.to_owned(), name.to_owned());
+        self.servers.added.contains(&key) || self.readdressed.contains(&key)
+    }
+}
+
+/// Compares the running desired state (and the sockets `bound`) with a new
+/// one. Pure: no I/O, no clock.
+pub fn diff(old: &Desired, new: &Desired, bound: &[BoundAddress]) -> Plan {
+    let mut plan = Plan::default();
+    let (before, after) = (&*old.config, &*new.config);
+
+    plan.frontends = by_name(&before.frontends, &after.frontends, |f| &f.name, |a, b| a != b);
+    for (name, old_f, new_f) in pairs(&before.frontends, &after.frontends, |f| &f.name) {
+        if old_f != new_f {
+            plan.lines.push(format!(
+                "frontend {name} changed: {}",
+                frontend_fields(old_f, new_f).join(", ")
+            ));
+        }
+    }
+    added_removed(&mut plan.lines, "frontend", &plan.frontends);
+
+    plan.listeners = listeners(after, bound);
+    describe_listeners(&mut plan.lines, &plan.listeners);
+
+    plan.backends = by_name(&before.backends, &after.backends, |b| &b.name, |a, b| {
+        !backend_fields(a, b).is_empty()
+    });
+    added_removed(&mut plan.lines, "backend", &plan.backends);
+    for (name, old_b, new_b) in pairs(&before.backends, &after.backends, |b| &b.name) {
+        let fields = backend_fields(old_b, new_b);
+        if !fields.is_empty() {
+            plan.lines
+                .push(format!("backend {name} changed: {}", fields.join(", ")));
+        }
+        if old_b.health != new_b.health {
+            plan.checks.insert(name.clone());
+        }
+    }
+    plan.checks.extend(plan.backends.added.iter().cloned());
+
+    servers(&mut plan, old, new);
+
+    if before.global != after.global {
+        plan.global_changed = true;
+        plan.lines.push(format!(
+            "[global] changed: {}",
+            global_fields(&before.global, &after.global).join(", ")
+        ));
+    }
+    if before.admin != after.admin {
+        plan.admin_changed = true;
+        plan.lines
+            .push("[admin] changed: takes effect when lbd restarts".into());
+    }
+    plan
+}
+
+/// The listening sockets `config` wants, against those `bound`: a socket
+/// that could not start (or was lost) is opened again at the next change.
+fn listeners(config: &Config, bound: &[BoundAddress]) -> ListenerChanges {
+    let mut changes = ListenerChanges::default();
+    let mut unmatched: Vec<&BoundAddress> = bound.iter().collect();
+    for frontend in &config.frontends {
+        for &addr in &frontend.listen {
+            let found = unmatched
+                .iter()
+                .position(|b| b.frontend == frontend.name && b.addr == addr);
+            match found {
+                Some(index) => {
+                    let kept = unmatched.remove(index);
+                    if kept.backlog != frontend.backlog {
+                        changes
+                            .relisten
+                            .push((frontend.name.clone(), addr, frontend.backlog));
+                    }
+                }
+                None => changes
+                    .open
+                    .push((frontend.name.clone(), addr, frontend.backlog)),
+            }
+        }
+    }
+    let mut close: Vec<(String, SocketAddr)> = unmatched
+        .into_iter()
+        .map(|b| (b.frontend.clone(), b.addr))
+        .collect();
+    // A fixed address leaving one frontend for another keeps its socket,
+    // and its queued clients.
+    changes.open.retain(|(to, addr, backlog)| {
+        let moving = (addr.port() != 0)
+            .then(|| close.iter().position(|(_, a)| a == addr))
+            .flatten();
+        match moving {
+            Some(index) => {
+                let (from, _) = close.remove(index);
+                changes
+                    .hand_over
+                    .push((from, to.clone(), *addr, *backlog));
+                false
+            }
+            None => true,
+        }
+    });
+    changes.close = close;
+    changes
+}
+
+fn describe_listeners(lines: &mut Vec<String>, changes: &ListenerChanges) {
+    for (frontend, addr, _) in &changes.open {
+        lines.push(format!("listener {addr} of {frontend} opened"));
+    }
+    for (frontend, addr) in &changes.close {
+        lines.push(format!("listener {addr} of {frontend} closed"));
+    }
+    for (from, to, addr, _) in &changes.hand_over {
+        lines.push(format!("listener {addr} handed from {from} to {to}"));
+    }
+    for (frontend, addr, backlog) in &changes.relisten {
+        lines.push(format!(
+            "listener {addr} of {frontend} listens with backlog {backlog}"
+        ));
+    }
+}
+
+/// Servers compared after DNS, so a name's new address is a change too.
+fn servers(plan: &mut Plan, old: &Desired, new: &Desired) {
+    let key = |backend: &Backend, server: &DesiredServer| (backend.name.clone(), server.name.clone());
+    let listed = |desired: &Desired| -> Vec<((String, String), DesiredServer)> {
+        desired
+            .config
+            .backends
+            .iter()
+            .zip(&desired.servers)
+            .flat_map(|(backend, servers)| servers.iter().map(move |s| (key(backend, s), s.clone())))
+            .collect()
+    };
+    let (before, after) = (listed(old), listed(new));
+    for (name, server) in &after {
+        match before.iter().find(|(n, _)| n == name) {
+            None => {
+                plan.lines.push(format!("server {}/{} added", name.0, name.1));
+                plan.servers.added.push(name.clone());
+            }
+            Some((_, was)) if was.addr != server.addr || was.weight != server.weight => {
+                let mut what = Vec::new();
+                if was.addr != server.addr {
+                    what.push(format!("address {} → {}", was.addr, server.addr));
+                    plan.readdressed.push(name.clone());
+                }
+                if was.weight != server.weight {
+                    what.push(format!("weight {} → {}", was.weight, server.weight));
+                }
+                plan.lines.push(format!(
+                    "server {}/{} changed: {}",
+                    name.0,
+                    name.1,
+                    what.join(", ")
+                ));
+                plan.servers.changed.push(name.clone());
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, _) in &before {
+        if !after.iter().any(|(n, _)| n == name) {
+            plan.lines
+                .push(format!("server {}/{} removed", name.0, name.1));
+            plan.servers.removed.push(name.clone());
+        }
+    }
+}
+
+fn added_removed(lines: &mut Vec<String>, what: &str, changes: &Changes<String>) {
+    for name in &changes.added {
+        lines.push(format!("{what} {name} added"));
+    }
+    for name in &changes.removed {
+        lines.push(format!("{what} {name} removed"));
+    }
+}
+
+/// The names of the fields of `$a` and `$b` that differ; "other settings"
+/// when the two differ in none of those listed (a field added since).
+macro_rules! differing {
+    ($a:expr, $b:expr; $($field:ident),+ $(,)?) => {{
+        let mut fields: Vec<String> = Vec::new();
+        $(if $a.$field != $b.$field { fields.push(stringify!($field).to_owned()); })+
+        if fields.is_empty() && $a != $b {
+            fields.push("other settings".to_owned());
+        }
+        fields
+    }};
+}
+
+fn frontend_fields(a: &Frontend, b: &Frontend) -> Vec<String> {
+    differing!(a, b; listen, backend, max_connections, max_connections_per_source, backlog, idle_timeout, fin_timeout)
+}
+
+/// A backend's settings that differ, not counting its server list.
+fn backend_fields(a: &Backend, b: &Backend) -> Vec<String> {
+    let (mut a, b) = (a.clone(), b);
+    a.servers.clone_from(&b.servers);
+    let mut fields = differing!(a, *b; balance, connect_timeout, retries, on_no_server, health);
+    if let Some(health) = fields.iter_mut().find(|f| *f == "health") {
+        *health = format!("health ({})", health_fields(&a.health, &b.health).join(", "));
+    }
+    fields
+}
+
+fn health_fields(a: &Health, b: &Health) -> Vec<String> {
+    let mut fields = differing!(a, b; check, interval, fast_interval, timeout, rise, fall, port, path, sni, passive, close_on_down);
+    fields.retain(|f| f != "other settings");
+    for (key, x, y) in [
+        ("ca_file", &a.ca_file, &b.ca_file),
+        ("cert_file", &a.cert_file, &b.cert_file),
+        ("key_file", &a.key_file, &b.key_file),
+    ] {
+        fields.extend(file_change(key, x.as_ref(), y.as_ref()));
+    }
+    fields
+}
+
+/// `ca_file` when the setting changed, `ca_file contents` when only the
+/// file's bytes did (a certificate renewed in place).
+fn file_change(key: &str, a: Option<&FileContents>, b: Option<&FileContents>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) if a.path == b.path && a.bytes != b.bytes => {
+            Some(format!("{key} contents"))
+        }
+        _ if a != b => Some(key.to_owned()),
+        _ => None,
+    }
+}
+
+fn global_fields(a: &Global, b: &Global) -> Vec<String> {
+    differing!(a, b; drain_timeout, resolve_interval, max_connections)
+}
+
+/// (name, old, new) of every item in both lists.
+fn pairs<'a, T>(
+    old: &'a [T],
+    new: &'a [T],
+    name: impl Fn(&T) -> &String,
+) -> impl Iterator<Item = (&'a String, &'a T, &'a T)> {
+    new.iter().filter_map(move |n| {
+        old.iter()
+            .find(|o| name(o) == name(n))
+            .map(|o| (name(n), o, n))
+    })
 }
 
 fn by_name<T>(
@@ -182,148 +390,5 @@ fn by_name<T>(
     changes
 }
 
-/// A backend's settings differ, not counting its server list.
-fn settings_differ(a: &Backend, b: &Backend) -> bool {
-    a.balance != b.balance
-        || a.connect_timeout != b.connect_timeout
-        || a.retries != b.retries
-        || a.health != b.health
-}
-
-/// How many times each (frontend, address) is listed: port-0 addresses may repeat.
-fn listens(frontends: &[Frontend]) -> BTreeMap<(String, SocketAddr), usize> {
-    let mut counts = BTreeMap::new();
-    for f in frontends {
-        for &addr in &f.listen {
-            *counts.entry((f.name.clone(), addr)).or_default() += 1;
-        }
-    }
-    counts
-}
-
-fn servers(backends: &[Backend]) -> BTreeMap<(String, String), &ServerSpec> {
-    backends
-        .iter()
-        .flat_map(|b| {
-            b.servers
-                .iter()
-                .map(|s| ((b.name.clone(), s.name.clone()), s))
-        })
-        .collect()
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    const BASE: &str = r#"
-[[frontend]]
-name = "api"
-listen = ["127.0.0.1:6443", "127.0.0.1:0"]
-backend = "cp"
-
-[[backend]]
-name = "cp"
-servers = [
-  { name = "a", address = "10.0.0.1:6443" },
-  { name = "b", address = "10.0.0.2:6443" },
-]
-"#;
-
-    fn config(text: &str) -> Config {
-        Config::parse(Path::new("lbd.toml"), text).unwrap()
-    }
-
-    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn same_config_is_empty() {
-        let d = diff(&config(BASE), &config(BASE));
-        assert!(d.is_empty(), "{d:?}");
-        assert!(d.describe().is_empty());
-    }
-
-    #[test]
-    fn servers_added_removed_and_changed() {
-        let new = BASE
-            .replace(
-                "{ name = \"a\", address = \"10.0.0.1:6443\" }",
-                "{ name = \"a\", address = \"10.0.0.1:6443\", weight = 3 }",
-            )
-            .replace(
-                "{ name = \"b\", address = \"10.0.0.2:6443\" },",
-                "{ name = \"c\", address = \"10.0.0.3:6443\" },",
-            );
-        let d = diff(&config(BASE), &config(&new));
-        assert_eq!(d.servers.added, pairs(&[("cp", "c")]));
-        assert_eq!(d.servers.removed, pairs(&[("cp", "b")]));
-        assert_eq!(d.servers.changed, pairs(&[("cp", "a")]));
-        assert!(
-            d.backends.is_empty(),
-            "server edits are not backend setting changes"
-        );
-        assert!(d.frontends.is_empty() && d.listeners.is_empty());
-        assert_eq!(
-            d.describe(),
-            [
-                "server cp/c added",
-                "server cp/b removed",
-                "server cp/a changed"
-            ]
-        );
-    }
-
-    #[test]
-    fn listeners_that_stay_are_not_touched() {
-        let new = BASE.replace(
-            "listen = [\"127.0.0.1:6443\", \"127.0.0.1:0\"]",
-            "listen = [\"127.0.0.1:0\", \"127.0.0.1:7443\"]",
-        );
-        let d = diff(&config(BASE), &config(&new));
-        let at = |a: &str| ("api".to_string(), a.parse::<SocketAddr>().unwrap());
-        assert_eq!(d.listeners.added, [at("127.0.0.1:7443")]);
-        assert_eq!(d.listeners.removed, [at("127.0.0.1:6443")]);
-        assert_eq!(d.frontends.changed, ["api"]);
-    }
-
-    #[test]
-    fn frontends_and_backends_added_removed_and_changed() {
-        let new = format!(
-            "{}\n[[frontend]]\nname = \"extra\"\nlisten = [\"127.0.0.1:0\"]\nbackend = \"other\"\n\n[[backend]]\nname = \"other\"\nservers = [{{ address = \"10.0.0.9:1\" }}]\n",
-            BASE.replace("name = \"cp\"\n", "name = \"cp\"\nretries = 0\n")
-        );
-        let d = diff(&config(BASE), &config(&new));
-        assert_eq!(d.frontends.added, ["extra"]);
-        assert_eq!(d.backends.added, ["other"]);
-        assert_eq!(d.backends.changed, ["cp"]);
-        assert_eq!(d.servers.added, pairs(&[("other", "10.0.0.9:1")]));
-        assert_eq!(d.listeners.added.len(), 1);
-
-        let back = diff(&config(&new), &config(BASE));
-        assert_eq!(back.frontends.removed, ["extra"]);
-        assert_eq!(back.backends.removed, ["other"]);
-        assert_eq!(back.servers.removed, pairs(&[("other", "10.0.0.9:1")]));
-        assert_eq!(back.listeners.removed.len(), 1);
-    }
-
-    #[test]
-    fn frontend_settings_and_global_and_admin() {
-        let new = format!(
-            "[global]\ndrain_timeout = \"5s\"\n[admin]\nlisten = \"127.0.0.1:9000\"\n{}",
-            BASE.replace(
-                "backend = \"cp\"\n",
-                "backend = \"cp\"\nmax_connections = 10\n"
-            )
-        );
-        let d = diff(&config(BASE), &config(&new));
-        assert_eq!(d.frontends.changed, ["api"]);
-        assert!(d.listeners.is_empty());
-        assert!(d.global_changed && d.admin_changed);
-        assert!(d.describe().last().unwrap().contains("restart"));
-    }
-}
+mod tests;

@@ -109,7 +109,7 @@ impl Check for Fake {
 }
 
 /// A pool of `n` servers with these health settings, in a snapshot.
-fn snapshot(n: usize, health: &str) -> Snapshot {
+fn snapshot(n: usize, health: &str) -> Topology {
     let servers: String = (0..n)
         .map(|i| {
             format!(
@@ -130,15 +130,14 @@ fn snapshot(n: usize, health: &str) -> Snapshot {
             Arc::new(Server::new("b", &format!("s{i}"), addr, 1))
         })
         .collect();
-    Snapshot {
-        config: Arc::new(config),
+    Topology {
         pools: vec![Arc::new(Pool::new(spec, servers))],
         frontends: Vec::new(),
     }
 }
 
 /// Starts a task with a fake check for server `index` of the snapshot.
-fn start(checks: &HealthChecks, snapshot: &Snapshot, index: usize, fake: &Fake) -> Arc<Server> {
+fn start(checks: &HealthChecks, snapshot: &Topology, index: usize, fake: &Fake) -> Arc<Server> {
     checks.set_topology(snapshot);
     let pool = &snapshot.pools[0];
     let server = Arc::clone(&pool.servers[index]);
@@ -157,7 +156,7 @@ fn start(checks: &HealthChecks, snapshot: &Snapshot, index: usize, fake: &Fake) 
 
 /// Fresh health tasks checking server 0 of `snapshot` with a fake that
 /// gives `answer`.
-fn checking(snapshot: &Snapshot, answer: Answer) -> (HealthChecks, Fake, Arc<Server>) {
+fn checking(snapshot: &Topology, answer: Answer) -> (HealthChecks, Fake, Arc<Server>) {
     let checks = HealthChecks::new();
     let fake = Fake::new(answer);
     let server = start(&checks, snapshot, 0, &fake);
@@ -165,7 +164,7 @@ fn checking(snapshot: &Snapshot, answer: Answer) -> (HealthChecks, Fake, Arc<Ser
 }
 
 /// As [`checking`] with a passing fake, once the server is up.
-async fn checking_up(snapshot: &Snapshot) -> (HealthChecks, Fake, Arc<Server>) {
+async fn checking_up(snapshot: &Topology) -> (HealthChecks, Fake, Arc<Server>) {
     let (checks, fake, server) = checking(snapshot, Answer::Ok);
     wait_for(&server, Health::Up, Duration::from_secs(1)).await;
     (checks, fake, server)

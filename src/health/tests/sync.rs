@@ -15,7 +15,7 @@ async fn sync_starts_keeps_and_stops_tasks_with_the_snapshot() {
         .collect();
     first.pools = vec![Arc::new(Pool::new(pool.spec.clone(), servers.clone()))];
     let checks = HealthChecks::new();
-    checks.sync(&first);
+    checks.sync(&first, &BTreeSet::new());
     assert_eq!(checks.len(), 2);
     tokio::time::timeout(Duration::from_secs(5), checks.first_round())
         .await
@@ -28,7 +28,7 @@ async fn sync_starts_keeps_and_stops_tasks_with_the_snapshot() {
         first.pools[0].spec.clone(),
         vec![Arc::clone(&servers[0])],
     ))];
-    checks.sync(&second);
+    checks.sync(&second, &BTreeSet::new());
     assert_eq!(checks.len(), 1);
     assert!(checks.check_now(&servers[0]));
     assert!(!checks.check_now(&servers[1]));
@@ -37,7 +37,7 @@ async fn sync_starts_keeps_and_stops_tasks_with_the_snapshot() {
 
 /// `n` servers all listening nowhere (a port that was just closed): each
 /// first check is refused in microseconds, racing `sync`'s own loop.
-fn closed_port_snapshot(n: usize) -> Snapshot {
+fn closed_port_snapshot(n: usize) -> Topology {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -56,7 +56,7 @@ async fn the_first_round_ends_even_when_checks_finish_before_sync_returns() {
     for round in 0..5 {
         let snapshot = closed_port_snapshot(300);
         let checks = HealthChecks::new();
-        checks.sync(&snapshot);
+        checks.sync(&snapshot, &BTreeSet::new());
         tokio::time::timeout(Duration::from_secs(5), checks.first_round())
             .await
             .unwrap_or_else(|_| panic!("round {round}: the first round never ended"));
@@ -73,7 +73,7 @@ async fn the_first_round_ends_even_when_checks_finish_before_sync_returns() {
 
 /// A snapshot with the servers of `old` under other health settings, as a
 /// reload that changes `[backend.health]` makes.
-fn respecified(old: &Snapshot, health: &str) -> Snapshot {
+fn respecified(old: &Topology, health: &str) -> Topology {
     let mut new = snapshot(1, health);
     let spec = new.pools[0].spec.clone();
     new.pools = vec![Arc::new(Pool::new(spec, old.pools[0].servers.clone()))];
@@ -86,7 +86,7 @@ async fn a_task_replaced_during_the_first_round_holds_it_open_until_its_own_chec
     let server = Arc::clone(&first.pools[0].servers[0]);
     let checks = HealthChecks::new();
     let slow = Fake::slow(Answer::Ok, Duration::from_secs(3));
-    checks.sync_with(&first, |_, _| slow.clone());
+    checks.sync_with(&first, &BTreeSet::new(), |_, _| slow.clone());
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(slow.calls().len(), 1, "the first check is under way");
 
@@ -97,7 +97,9 @@ async fn a_task_replaced_during_the_first_round_holds_it_open_until_its_own_chec
         "fast_interval = \"100ms\"\ntimeout = \"5s\"\nrise = 3",
     );
     let replacing = Fake::slow(Answer::Ok, Duration::from_secs(3));
-    checks.sync_with(&second, |_, _| replacing.clone());
+    checks.sync_with(&second, &BTreeSet::from(["b".to_owned()]), |_, _| {
+        replacing.clone()
+    });
     assert!(
         tokio::time::timeout(Duration::from_secs(2), checks.first_round())
             .await

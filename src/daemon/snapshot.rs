@@ -1,0 +1,39 @@
+//! The running state the connection path and the admin plane read: built
+//! by `apply`, swapped in whole (ArcSwap), never locked per read.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::frontend::Frontend;
+use crate::pool::{Pool, Server};
+use crate::reload::Desired;
+
+/// The pools and frontends built from one desired state.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The desired state this snapshot was built from.
+    pub desired: Arc<Desired>,
+    /// Its config (the same as `desired.config`).
+    pub config: Arc<Config>,
+    /// One pool per backend, in config order.
+    pub pools: Vec<Arc<Pool>>,
+    /// Running frontends, in config order.
+    pub frontends: Vec<Arc<Frontend>>,
+}
+
+impl Snapshot {
+    /// The pool of the named backend.
+    pub fn pool(&self, backend: &str) -> Option<&Arc<Pool>> {
+        find_pool(&self.pools, backend)
+    }
+
+    /// The named server of the named backend.
+    pub fn server(&self, backend: &str, server: &str) -> Option<&Arc<Server>> {
+        self.pool(backend)?.server(server)
+    }
+}
+
+/// The pool of the named backend among `pools`.
+pub fn find_pool<'a>(pools: &'a [Arc<Pool>], backend: &str) -> Option<&'a Arc<Pool>> {
+    pools.iter().find(|p| p.spec.name == backend)
+}

@@ -79,10 +79,9 @@ pub struct Route {
     pub idle_timeout: Duration,
     /// Closes half-closed connections whose other side is silent this long.
     pub fin_timeout: Duration,
-    /// Accept queue length of listeners opened from now on. A socket
-    /// already listening keeps the one it was opened with, also when it
-    /// resumes after a pause (listen() again on an open socket would undo
-    /// a pause the accept loop relies on).
+    /// Accept queue length of the frontend's sockets: an accept loop uses it
+    /// when it resumes after a pause. A reload that changes it listens
+    /// again on the open sockets and restarts their accept loops.
     pub backlog: u32,
 }
 

@@ -135,9 +135,10 @@ pub fn build_pools(new: &Desired, plan: &Plan, previous: &[Arc<Pool>]) -> Vec<Ar
                             Arc::clone(server)
                         }
                         None => {
-                            let server = Server::new(&backend.name, &spec.name, spec.addr, spec.weight);
-                            let admin =
-                                pool_of(&backend.name).and_then(|p| inherited_admin(p, &spec.configured));
+                            let server =
+                                Server::new(&backend.name, &spec.name, spec.addr, spec.weight);
+                            let admin = pool_of(&backend.name)
+                                .and_then(|p| inherited_admin(p, &spec.configured));
                             if let Some(admin) = admin {
                                 server.set_admin(admin);
                             }

@@ -444,3 +444,74 @@ fn a_new_address_of_a_disabled_server_joins_disabled() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(admin_states(), [("cp".to_owned(), "disabled".to_owned())]);
 }
+
+/// The accept queue lengths `ss` shows for the sockets listening on `addr`.
+fn backlogs(addr: SocketAddr) -> Vec<u32> {
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", addr.port())])
+        .output()
+        .expect("ss (iproute2) runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| line.contains(&addr.to_string()))
+        .map(|line| line.split_whitespace().nth(2).unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_backlog_change_is_applied_to_the_open_sockets() {
+    if !support::have("ss") {
+        eprintln!("skipped: needs ss (iproute2) to read the accept queue length");
+        return;
+    }
+    let a = Backend::named("a");
+    let lbd = Lbd::start(&config_for(&[&a], "", "backlog = 16"));
+    let addr = lbd.addr("api");
+    let before = backlogs(addr);
+    assert!(
+        !before.is_empty() && before.iter().all(|&b| b == 16),
+        "{before:?}"
+    );
+
+    lbd.rewrite_config(&config_for(&[&a], "", "backlog = 64"));
+    let (code, body) = lbd.post("/api/v1/reload");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("listens with backlog 64"), "{body}");
+    let after = backlogs(addr);
+    assert_eq!(after.len(), before.len(), "the same sockets, none added");
+    assert!(after.iter().all(|&b| b == 64), "{after:?}");
+    assert_eq!(lbd.addr("api"), addr);
+    assert_eq!(greeting(addr).unwrap(), "a");
+}
+
+#[test]
+fn on_no_server_is_applied_by_reload() {
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = |on_no_server: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[frontend]]\nname = \"api\"\nlisten = [\"127.0.0.1:0\"]\nbackend = \"pool\"\n\n\
+             [[backend]]\nname = \"pool\"\non_no_server = \"{on_no_server}\"\nservers = [{{ name = \"dead\", address = \"{dead}\" }}]\n\
+             [backend.health]\nfall = 1\n"
+        )
+    };
+    let lbd = Lbd::start(&config("refuse"));
+    let addr = lbd.addr("api");
+    wait_until(Duration::from_secs(5), "the listener to refuse", || {
+        TcpStream::connect(addr).is_err()
+    });
+
+    lbd.rewrite_config(&config("panic"));
+    let (code, body) = lbd.post("/api/v1/reload");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("backend pool changed: on_no_server"),
+        "{body}"
+    );
+    // Panic mode tries the server anyway: the listener accepts again.
+    wait_until(Duration::from_secs(5), "the listener to accept", || {
+        TcpStream::connect(addr).is_ok()
+    });
+}

@@ -39,7 +39,8 @@ impl Daemon {
             .iter()
             .map(|spec| {
                 let pool = Arc::clone(
-                    find_pool(&pools, &spec.backend).expect("validation guarantees the backend exists"),
+                    find_pool(&pools, &spec.backend)
+                        .expect("validation guarantees the backend exists"),
                 );
                 match old.frontends.iter().find(|f| f.name == spec.name) {
                     Some(kept) => {

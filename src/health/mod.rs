@@ -330,11 +330,7 @@ impl HealthChecks {
             first_round: FirstRoundGuard::join(&self.shared),
             setup_warned: None,
         };
-        let handle = TaskHandle {
-            server,
-            stop,
-            wake,
-        };
+        let handle = TaskHandle { server, stop, wake };
         (handle, task)
     }
 }

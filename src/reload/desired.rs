@@ -90,7 +90,13 @@ impl Desired {
             let kept_before = previous.and_then(|p| p.servers_of(&backend.name));
             let mut list = Vec::new();
             for spec in &backend.servers {
-                list.extend(resolve_server(spec, kept_before, lookups, &backend.name, &mut report));
+                list.extend(resolve_server(
+                    spec,
+                    kept_before,
+                    lookups,
+                    &backend.name,
+                    &mut report,
+                ));
             }
             servers.push(list);
         }
@@ -112,7 +118,11 @@ impl Desired {
 
     /// The desired servers of the named backend.
     pub fn servers_of(&self, backend: &str) -> Option<&[DesiredServer]> {
-        let index = self.config.backends.iter().position(|b| b.name == backend)?;
+        let index = self
+            .config
+            .backends
+            .iter()
+            .position(|b| b.name == backend)?;
         self.servers.get(index).map(Vec::as_slice)
     }
 }

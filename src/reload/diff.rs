@@ -109,9 +109,13 @@ impl Plan {
     pub fn rebuilds_pool(&self, backend: &str) -> bool {
         let name = backend.to_owned();
         self.backends.touches(&name)
-            || [&self.servers.added, &self.servers.removed, &self.servers.changed]
-                .iter()
-                .any(|list| list.iter().any(|(b, _)| b == backend))
+            || [
+                &self.servers.added,
+                &self.servers.removed,
+                &self.servers.changed,
+            ]
+            .iter()
+            .any(|list| list.iter().any(|(b, _)| b == backend))
     }
 
     /// Whether server `name` of `backend` starts afresh (new, or readdressed).
@@ -127,7 +131,12 @@ pub fn diff(old: &Desired, new: &Desired, bound: &[BoundAddress]) -> Plan {
     let mut plan = Plan::default();
     let (before, after) = (&*old.config, &*new.config);
 
-    plan.frontends = by_name(&before.frontends, &after.frontends, |f| &f.name, |a, b| a != b);
+    plan.frontends = by_name(
+        &before.frontends,
+        &after.frontends,
+        |f| &f.name,
+        |a, b| a != b,
+    );
     for (name, old_f, new_f) in pairs(&before.frontends, &after.frontends, |f| &f.name) {
         if old_f != new_f {
             plan.lines.push(format!(
@@ -141,9 +150,12 @@ pub fn diff(old: &Desired, new: &Desired, bound: &[BoundAddress]) -> Plan {
     plan.listeners = listeners(after, bound);
     describe_listeners(&mut plan.lines, &plan.listeners);
 
-    plan.backends = by_name(&before.backends, &after.backends, |b| &b.name, |a, b| {
-        !backend_fields(a, b).is_empty()
-    });
+    plan.backends = by_name(
+        &before.backends,
+        &after.backends,
+        |b| &b.name,
+        |a, b| !backend_fields(a, b).is_empty(),
+    );
     added_removed(&mut plan.lines, "backend", &plan.backends);
     for (name, old_b, new_b) in pairs(&before.backends, &after.backends, |b| &b.name) {
         let fields = backend_fields(old_b, new_b);
@@ -212,9 +224,7 @@ fn listeners(config: &Config, bound: &[BoundAddress]) -> ListenerChanges {
         match moving {
             Some(index) => {
                 let (from, _) = close.remove(index);
-                changes
-                    .hand_over
-                    .push((from, to.clone(), *addr, *backlog));
+                changes.hand_over.push((from, to.clone(), *addr, *backlog));
                 false
             }
             None => true,
@@ -243,21 +253,25 @@ fn describe_listeners(lines: &mut Vec<String>, changes: &ListenerChanges) {
 
 /// Servers compared after DNS, so a name's new address is a change too.
 fn servers(plan: &mut Plan, old: &Desired, new: &Desired) {
-    let key = |backend: &Backend, server: &DesiredServer| (backend.name.clone(), server.name.clone());
+    let key =
+        |backend: &Backend, server: &DesiredServer| (backend.name.clone(), server.name.clone());
     let listed = |desired: &Desired| -> Vec<((String, String), DesiredServer)> {
         desired
             .config
             .backends
             .iter()
             .zip(&desired.servers)
-            .flat_map(|(backend, servers)| servers.iter().map(move |s| (key(backend, s), s.clone())))
+            .flat_map(|(backend, servers)| {
+                servers.iter().map(move |s| (key(backend, s), s.clone()))
+            })
             .collect()
     };
     let (before, after) = (listed(old), listed(new));
     for (name, server) in &after {
         match before.iter().find(|(n, _)| n == name) {
             None => {
-                plan.lines.push(format!("server {}/{} added", name.0, name.1));
+                plan.lines
+                    .push(format!("server {}/{} added", name.0, name.1));
                 plan.servers.added.push(name.clone());
             }
             Some((_, was)) if was.addr != server.addr || was.weight != server.weight => {
@@ -321,7 +335,10 @@ fn backend_fields(a: &Backend, b: &Backend) -> Vec<String> {
     a.servers.clone_from(&b.servers);
     let mut fields = differing!(a, *b; balance, connect_timeout, retries, on_no_server, health);
     if let Some(health) = fields.iter_mut().find(|f| *f == "health") {
-        *health = format!("health ({})", health_fields(&a.health, &b.health).join(", "));
+        *health = format!(
+            "health ({})",
+            health_fields(&a.health, &b.health).join(", ")
+        );
     }
     fields
 }

@@ -73,7 +73,10 @@ fn servers_added_removed_and_changed() {
     assert_eq!(p.servers.removed, pairs(&[("cp", "b")]));
     assert_eq!(p.servers.changed, pairs(&[("cp", "a")]));
     assert!(p.readdressed.is_empty(), "a weight change keeps the server");
-    assert!(p.backends.is_empty(), "server edits are not backend setting changes");
+    assert!(
+        p.backends.is_empty(),
+        "server edits are not backend setting changes"
+    );
     assert!(p.rebuilds_pool("cp"));
     assert!(p.checks.is_empty(), "no health setting changed");
     assert_eq!(
@@ -96,7 +99,10 @@ fn a_new_address_starts_the_server_afresh() {
 
 #[test]
 fn every_backend_setting_is_a_change_on_no_server_included() {
-    let new = BASE.replace("name = \"cp\"\n", "name = \"cp\"\non_no_server = \"panic\"\n");
+    let new = BASE.replace(
+        "name = \"cp\"\n",
+        "name = \"cp\"\non_no_server = \"panic\"\n",
+    );
     let p = plan(BASE, &new);
     assert_eq!(p.backends.changed, ["cp"]);
     assert_eq!(p.describe(), ["backend cp changed: on_no_server"]);
@@ -131,7 +137,10 @@ fn a_tls_file_whose_contents_changed_is_a_change_with_no_line_changed() {
     let running = bound(&text);
     let _ = std::fs::remove_dir_all(&dir);
     let p = diff(&before, &after, &running);
-    assert_eq!(p.describe(), ["backend cp changed: health (ca_file contents)"]);
+    assert_eq!(
+        p.describe(),
+        ["backend cp changed: health (ca_file contents)"]
+    );
     assert_eq!(p.checks, BTreeSet::from(["cp".to_owned()]));
 }
 
@@ -145,7 +154,10 @@ fn listeners_that_stay_are_not_touched_and_a_backlog_change_relistens() {
     let at = |a: &str| a.parse::<SocketAddr>().unwrap();
     assert_eq!(p.listeners.open, [("api".into(), at("127.0.0.1:7443"), 64)]);
     assert_eq!(p.listeners.close, [("api".into(), at("127.0.0.1:6443"))]);
-    assert_eq!(p.listeners.relisten, [("api".into(), at("127.0.0.1:0"), 64)]);
+    assert_eq!(
+        p.listeners.relisten,
+        [("api".into(), at("127.0.0.1:0"), 64)]
+    );
     assert_eq!(p.frontends.changed, ["api"]);
     assert_eq!(
         p.describe(),
@@ -176,7 +188,10 @@ fn a_fixed_address_moving_between_frontends_is_handed_over() {
     );
     let moved = two
         .replace("[\"127.0.0.1:6443\", \"127.0.0.1:0\"]", "[\"127.0.0.1:0\"]")
-        .replace("[\"127.0.0.1:8443\"]", "[\"127.0.0.1:8443\", \"127.0.0.1:6443\"]");
+        .replace(
+            "[\"127.0.0.1:8443\"]",
+            "[\"127.0.0.1:8443\", \"127.0.0.1:6443\"]",
+        );
     let p = plan(&two, &moved);
     let at = "127.0.0.1:6443".parse().unwrap();
     assert_eq!(
@@ -199,7 +214,10 @@ fn frontends_and_backends_added_removed_global_and_admin() {
     assert_eq!(p.servers.added, pairs(&[("other", "10.0.0.9:1")]));
     assert!(p.checks.contains("other"));
     assert!(p.global_changed && p.admin_changed);
-    assert!(p.describe().contains(&"[global] changed: drain_timeout".to_owned()));
+    assert!(
+        p.describe()
+            .contains(&"[global] changed: drain_timeout".to_owned())
+    );
     assert!(p.describe().last().unwrap().contains("restart"));
 
     let back = plan(&new, BASE);

@@ -298,7 +298,7 @@ fn reload_reports_changes_or_the_error_with_its_location() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(
         out.stdout,
-        "reloaded:\n  frontend api changed\n  server pool/b added\n"
+        "reloaded:\n  frontend api changed: idle_timeout\n  server pool/b added\n"
     );
     assert!(
         out.stderr.starts_with(&format!(

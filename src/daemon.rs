@@ -13,6 +13,7 @@
 mod apply;
 mod control;
 mod listeners;
+pub mod service;
 mod snapshot;
 
 use std::net::SocketAddr;

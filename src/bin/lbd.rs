@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use lbd::config::{self, AdminListen};
-use lbd::systemd::{self, InheritedListeners};
+use lbd::systemd::InheritedListeners;
 use lbd::{Daemon, demo, generate, runtime, signals};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -135,7 +135,7 @@ async fn serve(cli: Cli, inherited: InheritedListeners) -> ExitCode {
         eprintln!("{}", demo.instructions(frontend, &admin));
     }
     let service = CancellationToken::new();
-    systemd::service::announce(&daemon, &service);
+    lbd::daemon::service::announce(&daemon, &service);
     let served = signals::serve_with(signals, &daemon).await;
     service.cancel();
     if let Some(demo) = demo {

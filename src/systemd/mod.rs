@@ -7,7 +7,6 @@
 
 pub mod activation;
 pub mod notify;
-pub mod service;
 
 pub use activation::{ActivationError, Assignment, InheritedListeners, InheritedSocket};
 pub use notify::{Notifier, ReloadGuard, notifier};

@@ -7,7 +7,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::notify::{notifier, watchdog_interval};
+use crate::systemd::notify::{notifier, watchdog_interval};
 use crate::daemon::Daemon;
 use crate::pool::ServerCounts;
 

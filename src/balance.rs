@@ -14,12 +14,30 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use crate::config::Balance;
-use crate::pool::Server;
 
 /// Ring points per unit of weight for `source-hash`: enough for an even
 /// spread over a few servers, bounded by [`MAX_RING_POINTS`] for big pools.
 const POINTS_PER_WEIGHT: u64 = 100;
 const MAX_RING_POINTS: u64 = 1 << 20;
+
+/// What a balancer reads of a server: its load and its share. The pool's
+/// servers implement it; the balancer knows nothing else of them.
+pub trait Load {
+    /// Connections open to it right now.
+    fn active(&self) -> u64;
+    /// Its share of new connections.
+    fn weight(&self) -> u32;
+}
+
+impl<T: Load> Load for Arc<T> {
+    fn active(&self) -> u64 {
+        (**self).active()
+    }
+
+    fn weight(&self) -> u32 {
+        (**self).weight()
+    }
+}
 
 /// A pool's balancing state.
 #[derive(Debug)]
@@ -63,7 +81,7 @@ impl Balancer {
     /// considered (healthy servers before unchecked ones, say).
     pub fn pick(
         &self,
-        servers: &[Arc<Server>],
+        servers: &[impl Load],
         client: IpAddr,
         rank: impl Fn(usize) -> Option<u8>,
     ) -> Option<usize> {
@@ -148,7 +166,7 @@ fn rotated(n: usize, start: usize) -> impl Iterator<Item = usize> {
 /// The candidate of the lowest rank with the fewest active connections per
 /// unit of weight; the first one wins ties, so callers rotate the order.
 fn least_loaded(
-    servers: &[Arc<Server>],
+    servers: &[impl Load],
     candidates: impl Iterator<Item = usize>,
     rank: impl Fn(usize) -> Option<u8>,
 ) -> Option<usize> {
@@ -253,6 +271,7 @@ fn seed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::Server;
     use std::collections::HashMap;
     use std::net::{Ipv4Addr, SocketAddr};
 

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::balance::Balancer;
+use crate::balance::{Balancer, Load};
 use crate::config::{self, OnNoServer};
 use crate::counter::ShardedCounter;
 use crate::dial::DialErrorKind;
@@ -351,6 +351,16 @@ impl Server {
             (Health::Down, OnNoServer::Panic) => Some(2),
             (Health::Down, OnNoServer::Refuse) => None,
         }
+    }
+}
+
+impl Load for Server {
+    fn active(&self) -> u64 {
+        Server::active(self)
+    }
+
+    fn weight(&self) -> u32 {
+        Server::weight(self)
     }
 }
 

@@ -765,8 +765,10 @@ impl Checker<'_> {
     /// checks would fail on every server otherwise), and `sni` must be a
     /// name TLS can send. Returns the files' contents.
     fn tls_settings(&mut self, h: &RawHealth, check: CheckKind) -> TlsFileSettings {
-        let mut files = TlsFileSettings::default();
-        files.ca = self.read_file(&h.ca_file, "ca_file");
+        let mut files = TlsFileSettings {
+            ca: self.read_file(&h.ca_file, "ca_file"),
+            ..TlsFileSettings::default()
+        };
         if let (Some(ca), Some(located)) = (&files.ca, &h.ca_file)
             && let Err(e) = tls_files::parse_roots(ca)
         {

@@ -16,7 +16,7 @@ use super::raw::{
 use super::tls_files;
 use super::{
     Admin, AdminListen, Backend, Balance, CheckKind, Config, ConfigError, Frontend, Global, Health,
-    OnNoServer, Problem, ServerAddress, ServerSpec, format_duration,
+    OnNoServer, Problem, Process, RuntimeKind, ServerAddress, ServerSpec, format_duration,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -31,6 +31,10 @@ const MAX_PROBLEMS: usize = 50;
 /// Largest connection limit: far above what one host can hold, low enough
 /// that a typo (an extra zero or five) is caught.
 const MAX_CONNECTIONS: u64 = 10_000_000;
+
+/// Most threads `[global] threads` may ask for: far above any host lbd
+/// fronts a control plane on, low enough that a typo is caught.
+const MAX_THREADS: u64 = 1024;
 
 /// Longest unix socket path: `sun_path` holds 108 bytes with the final NUL.
 const MAX_UNIX_PATH: usize = 107;
@@ -232,6 +236,18 @@ impl Checker<'_> {
                 ) as usize
             }),
         };
+        let process = Process {
+            runtime: self.choice(
+                &raw.global.0.runtime,
+                "runtime",
+                &RuntimeKind::ALL,
+                RuntimeKind::as_str,
+            ),
+            threads: raw.global.0.threads.as_ref().map(|_| {
+                self.integer(&raw.global.0.threads, "threads", 1, 1..=MAX_THREADS) as usize
+            }),
+            splice: raw.global.0.splice.unwrap_or(true),
+        };
         let admin = self.admin(&raw.admin.0);
 
         if raw.frontends.0.is_empty() {
@@ -291,6 +307,7 @@ impl Checker<'_> {
         let backends = raw.backends.0.iter().map(|b| self.backend(b)).collect();
         Config {
             global,
+            process,
             admin,
             frontends,
             backends,
@@ -831,6 +848,26 @@ sni = "kubernetes"
         assert_eq!(
             config.summary(),
             "1 frontend (2 listeners), 1 backend, 2 servers"
+        );
+    }
+
+    #[test]
+    fn process_settings_default_and_parse() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.process, Process::default());
+        assert_eq!(config.process.runtime, RuntimeKind::PerCore);
+        assert!(config.process.splice);
+        let config = parse(&format!(
+            "[global]\nruntime = \"multi-thread\"\nthreads = 3\nsplice = false\n{GOOD}"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.process,
+            Process {
+                runtime: RuntimeKind::MultiThread,
+                threads: Some(3),
+                splice: false,
+            }
         );
     }
 

@@ -52,6 +52,9 @@ pub struct ConfigDiff {
     pub global_changed: bool,
     /// `[admin]` changed: it takes effect only at the next start.
     pub admin_changed: bool,
+    /// `[global]` `runtime`, `threads` or `splice` changed: they take effect
+    /// only at the next start.
+    pub process_changed: bool,
 }
 
 /// Compares the running config with a new one. Pure: no I/O, no clock.
@@ -61,6 +64,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         backends: by_name(&old.backends, &new.backends, |b| &b.name, settings_differ),
         global_changed: old.global != new.global,
         admin_changed: old.admin != new.admin,
+        process_changed: old.process != new.process,
         ..ConfigDiff::default()
     };
 
@@ -107,6 +111,7 @@ impl ConfigDiff {
             && self.servers.is_empty()
             && !self.global_changed
             && !self.admin_changed
+            && !self.process_changed
     }
 
     /// One short line per change, for logs and the reload answer.
@@ -155,6 +160,12 @@ impl ConfigDiff {
         }
         if self.admin_changed {
             lines.push("[admin] changed: takes effect when lbd restarts".into());
+        }
+        if self.process_changed {
+            lines.push(
+                "[global] runtime, threads or splice changed: takes effect when lbd restarts"
+                    .into(),
+            );
         }
         lines
     }
@@ -246,6 +257,17 @@ servers = [
         let d = diff(&config(BASE), &config(BASE));
         assert!(d.is_empty(), "{d:?}");
         assert!(d.describe().is_empty());
+    }
+
+    #[test]
+    fn process_settings_are_reported_as_taking_effect_at_restart() {
+        let new = format!("[global]\nsplice = false\n{BASE}");
+        let d = diff(&config(BASE), &config(&new));
+        assert!(d.process_changed && !d.global_changed, "{d:?}");
+        assert_eq!(
+            d.describe(),
+            ["[global] runtime, threads or splice changed: takes effect when lbd restarts"]
+        );
     }
 
     #[test]

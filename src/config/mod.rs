@@ -7,6 +7,7 @@
 //! ([`TlsFiles`]), so the start, a reload and `--check-config` all refuse a
 //! file the checks could not use. Nothing else in lbd sees an unvalidated value.
 
+mod address;
 mod duration;
 mod error;
 mod lint;

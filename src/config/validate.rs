@@ -13,11 +13,11 @@ use super::error::{LineIndex, quoted};
 use super::raw::{
     Count, Located, RawAdmin, RawBackend, RawConfig, RawFrontend, RawHealth, RawServer, Table,
 };
-use super::tls_files;
 use super::{
     Admin, AdminListen, Backend, Balance, CheckKind, Config, ConfigError, Frontend, Global, Health,
     OnNoServer, Problem, Process, RuntimeKind, ServerAddress, ServerSpec, format_duration,
 };
+use super::{address, tls_files};
 
 const SECOND: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -370,7 +370,20 @@ impl Checker<'_> {
             return AdminListen::Unix(PathBuf::from(path));
         }
         match text.parse() {
-            Ok(addr) => AdminListen::Tcp(addr),
+            Ok(addr) => {
+                if let Some(problem) = address::mapped_listen_problem(addr) {
+                    self.error(listen.span(), format!("admin listen {problem}"));
+                }
+                AdminListen::Tcp(addr)
+            }
+            Err(_) if address::zone_problem(text).is_some() => {
+                let problem = address::zone_problem(text).unwrap_or_default();
+                self.error(
+                    listen.span(),
+                    format!("admin listen {}: {problem}", quoted(text)),
+                );
+                AdminListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 8404)))
+            }
             Err(_) => {
                 self.error(listen.span(), format!("admin listen {} is not an address: expected \"IP:PORT\" such as \"127.0.0.1:8404\" or \"unix:/run/lbd/admin.sock\"", quoted(text)));
                 AdminListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 8404)))
@@ -394,12 +407,20 @@ impl Checker<'_> {
             .get_ref()
             .iter()
             .filter_map(|l| match l.get_ref().parse::<SocketAddr>() {
-                Ok(addr) => Some(addr),
+                Ok(addr) => match address::mapped_listen_problem(addr) {
+                    None => Some(addr),
+                    Some(problem) => {
+                        self.error(l.span(), format!("listen address {problem}"));
+                        None
+                    }
+                },
                 Err(_) => {
-                    self.error(l.span(), format!(
-                        "listen address {} is not IP:PORT: expected e.g. \"0.0.0.0:6443\" or \"[::]:6443\"",
-                        quoted(l.get_ref())
-                    ));
+                    let shown = quoted(l.get_ref());
+                    let message = match address::zone_problem(l.get_ref()) {
+                        Some(zone) => format!("listen address {shown}: {zone}"),
+                        None => format!("listen address {shown} is not IP:PORT: expected e.g. \"0.0.0.0:6443\" or \"[::]:6443\""),
+                    };
+                    self.error(l.span(), message);
                     None
                 }
             })
@@ -528,6 +549,10 @@ impl Checker<'_> {
                 .strip_prefix('[')
                 .and_then(|t| t.strip_suffix(']'))
                 .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        if let Some(zone) = address::zone_problem(text) {
+            self.error(raw.span(), format!("server address {shown}: {zone}"));
+            return unusable(text);
+        }
         let Some((host, port)) = text.rsplit_once(':').filter(|_| !bare_ip) else {
             let hint = if text.parse::<std::net::Ipv6Addr>().is_ok() {
                 "it reads as an IPv6 address: write \"[IPv6]:PORT\", e.g. \"[fd00::11]:6443\""

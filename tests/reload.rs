@@ -317,6 +317,9 @@ fn a_reload_that_cannot_bind_changes_nothing() {
     let (code, body) = lbd.post("/api/v1/reload");
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("cannot listen on"), "{body}");
+    // The port is in use: no hint about privileged ports.
+    assert!(body.contains("is already in use"), "{body}");
+    assert!(!body.contains("CAP_NET_BIND_SERVICE"), "{body}");
     assert_eq!(
         lbd.server_names("pool"),
         ["a"],

@@ -398,6 +398,22 @@ fn a_dns_name_with_two_addresses_is_two_servers_and_follows_changes() {
 }
 
 #[test]
+fn readyz_says_which_name_did_not_resolve() {
+    let config = "[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[frontend]]\nname = \"api\"\nlisten = [\"127.0.0.1:0\"]\nbackend = \"pool\"\n\n\
+         [[backend]]\nname = \"pool\"\nservers = [{ name = \"cp\", address = \"cp.lbd.test:6443\" }]\n";
+    let Some(lbd) = Lbd::start_with_hosts(config, "127.0.0.1 localhost\n") else {
+        return;
+    };
+    let (code, body) = lbd.get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("(cp: the name cp.lbd.test did not resolve, so it has no address)"),
+        "{body}"
+    );
+}
+
+#[test]
 fn a_new_address_of_a_disabled_server_joins_disabled() {
     let (_one, _two, port) = pair_on_one_port();
     let config = |address: &str| {

@@ -21,7 +21,22 @@ fn routes_methods_and_malformed_requests() {
     let admin = lbd.admin_addr();
     assert_eq!(lbd.get("/healthz"), (200, "ok\n".into()));
     assert_eq!(lbd.get("/readyz"), (200, "ready\n".into()));
-    assert_eq!(lbd.get("/nope").0, 404);
+    // A 404 points at the route list, in a file the repository has.
+    let (code, body) = lbd.get("/nope");
+    assert_eq!(code, 404, "{body}");
+    let cited = body
+        .split_whitespace()
+        .find(|w| w.ends_with(".md"))
+        .unwrap_or_else(|| panic!("no document cited: {body}"));
+    let cited = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(cited);
+    assert!(cited.is_file(), "{body} cites {}", cited.display());
+    assert!(
+        std::fs::read_to_string(&cited)
+            .unwrap()
+            .contains("| `GET /readyz` |"),
+        "{} should hold the route list",
+        cited.display()
+    );
     assert_eq!(lbd.get("/api/v1/backends/pool/servers/a/explode").0, 404);
     assert_eq!(lbd.post("/metrics").0, 405);
     assert_eq!(lbd.get("/api/v1/reload").0, 405);

@@ -500,8 +500,28 @@ impl Pool {
             }
         };
         why.push_str(" (");
-        for (i, server) in self.servers.iter().enumerate() {
+        // A DNS-named server whose name never resolved has no address, so
+        // no server: say so rather than list nothing.
+        let unresolved = self.spec.servers.iter().filter(|spec| {
+            spec.address.ip().is_none()
+                && !self.servers.iter().any(|s| {
+                    s.name
+                        .strip_prefix(spec.name.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('@'))
+                })
+        });
+        for (i, spec) in unresolved.enumerate() {
             if i > 0 {
+                why.push_str(", ");
+            }
+            let _ = write!(
+                why,
+                "{}: the name {} did not resolve, so it has no address",
+                spec.name, spec.address.host
+            );
+        }
+        for server in &self.servers {
+            if !why.ends_with('(') {
                 why.push_str(", ");
             }
             let _ = write!(why, "{} {}", server.name, server.state());

@@ -1,8 +1,8 @@
 //! How lbd spreads its connections over the CPUs.
 //!
-//! Two shapes, chosen at start by `LBD_RUNTIME`:
+//! Two shapes, chosen at start by `[global] runtime`:
 //! - `per-core` (the default): one current-thread tokio runtime per thread,
-//!   `LBD_THREADS` of them (default: the CPUs lbd may use). Every address lbd
+//!   `[global] threads` of them (default: the CPUs lbd may use). Every address lbd
 //!   binds gets one SO_REUSEPORT socket and one accept loop per runtime, so
 //!   the kernel spreads clients over them and a connection lives and dies on
 //!   one thread: no cross-thread wakeups, no shared run queue (HAProxy's
@@ -11,7 +11,7 @@
 //!   uneven, and a socket inherited from systemd has a single accept loop.
 //!   The first runtime also runs everything else (admin, health, signals,
 //!   reloads).
-//! - `multi-thread`: one work-stealing runtime with `LBD_THREADS` workers
+//! - `multi-thread`: one work-stealing runtime with `threads` workers
 //!   and one accept loop per address.
 //!
 //! Measured on the end-to-end benchmark (docs/benchmarks.md), per-core
@@ -26,6 +26,8 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::runtime::Handle;
+
+use crate::config::{Process, RuntimeKind};
 
 /// The per-core runtimes, the first one (which runs the daemon) at index 0,
 /// and the connections each carries; set once at start.
@@ -52,17 +54,15 @@ pub enum Shape {
 }
 
 impl Shape {
-    /// Reads `LBD_RUNTIME` (`per-core`, the default, or `multi-thread`) and
-    /// `LBD_THREADS` (default: the CPUs this process may use).
-    pub fn from_env() -> Shape {
-        let threads = std::env::var("LBD_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&n| n > 0)
+    /// The shape `[global] runtime` and `threads` ask for (threads unset:
+    /// the CPUs this process may use).
+    pub fn from_config(process: &Process) -> Shape {
+        let threads = process
+            .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        match std::env::var("LBD_RUNTIME").as_deref() {
-            Ok("multi-thread") => Shape::MultiThread(threads),
-            _ => Shape::PerCore(threads),
+        match process.runtime {
+            RuntimeKind::MultiThread => Shape::MultiThread(threads),
+            RuntimeKind::PerCore => Shape::PerCore(threads),
         }
     }
 

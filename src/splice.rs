@@ -8,16 +8,15 @@
 //! When a pipe cannot be had at full size (out of fds, or the per-user pipe
 //! quota shrank it), the relay falls back to its copy loop.
 //!
-//! `LBD_SPLICE=off` in the environment turns the zero-copy path off; the
-//! tests use it to cover the copy loop alone.
+//! `[global] splice = false` turns the zero-copy path off; the tests use it
+//! to cover the copy loop alone.
 
 use std::cell::RefCell;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::OnceLock;
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 /// Bytes a pipe holds: one splice moves up to this much. Larger pipes mean
 /// fewer syscalls per byte; the memory is only used while bytes are in flight.
@@ -46,15 +45,17 @@ thread_local! {
     static POOL: RefCell<Vec<PipeFds>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Whether the zero-copy path may be used (on unless `LBD_SPLICE=off`).
+/// Whether the zero-copy path may be used; `[global] splice`, set at start.
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Whether the zero-copy path may be used (on unless `[global] splice = false`).
 pub fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| {
-        !matches!(
-            std::env::var("LBD_SPLICE").as_deref(),
-            Ok("off" | "0" | "false" | "no")
-        )
-    })
+    ENABLED.load(Relaxed)
+}
+
+/// Allows or forbids the zero-copy path for connections from now on.
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Relaxed);
 }
 
 /// The two ends of an empty pipe, as pooled.

@@ -208,3 +208,54 @@ fn the_unix_socket_is_staged_privately_and_left_at_0660() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Runs `lbctl --admin ADDR ready` and gives it `within` to exit: its exit
+/// code, or `None` if it had not answered by then (killed).
+fn lbctl_ready_within(admin: SocketAddr, within: Duration) -> Option<i32> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        .args(["--admin", &admin.to_string(), "ready"])
+        .env_remove("LBD_ADMIN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn idle_connections_from_lbctls_own_address_cannot_starve_lbctl_ready() {
+    // keepalived's check is `lbctl ready`: if a flood of idle connections
+    // could make it fail, anyone who can connect could move the VIP.
+    let backend = Backend::named("b");
+    let lbd = Lbd::start(&config(&backend, ""));
+    let admin = lbd.admin_addr();
+    wait_until(Duration::from_secs(10), "lbd to be ready", || {
+        lbctl_ready_within(admin, Duration::from_secs(10)) == Some(0)
+    });
+    // 300 connections from 127.0.0.1, like lbctl itself, queued ahead of
+    // lbctl's and sending nothing (held for less than the 5 s header
+    // timeout, which would otherwise free them by itself).
+    let flood: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| std::net::TcpStream::connect(admin).unwrap())
+        .collect();
+    for round in 0..10 {
+        let answered = lbctl_ready_within(admin, Duration::from_secs(2));
+        assert_eq!(
+            answered,
+            Some(0),
+            "round {round}: lbctl ready under 300 idle connections (None: no answer within 2 s)"
+        );
+    }
+    drop(flood);
+}

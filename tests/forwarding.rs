@@ -198,9 +198,10 @@ fn a_mebibyte_is_echoed_exactly_with_client_half_close_through_splice() {
 #[test]
 fn a_mebibyte_is_echoed_exactly_with_client_half_close_through_the_copy_loop() {
     let backend = Backend::echo();
-    let lbd = Lbd::start_with(&config_for(&[&backend], "", ""), |command| {
-        command.env("LBD_SPLICE", "off");
-    });
+    let lbd = Lbd::start(&format!(
+        "[global]\nsplice = false\n\n{}",
+        config_for(&[&backend], "", "")
+    ));
     let closed = echo_a_mebibyte(&lbd);
     assert_eq!(field(&closed, "spliced"), Some("0"), "{closed}");
 }
@@ -210,9 +211,21 @@ fn a_mebibyte_is_echoed_exactly_with_client_half_close_through_the_copy_loop() {
 #[test]
 fn the_multi_thread_runtime_relays_and_drains_too() {
     let backend = Backend::echo();
-    let mut lbd = Lbd::start_with(&config_for(&[&backend], "", ""), |command| {
-        command.env("LBD_RUNTIME", "multi-thread");
-    });
+    let mut lbd = Lbd::start(&format!(
+        "[global]\nruntime = \"multi-thread\"\n\n{}",
+        config_for(&[&backend], "", "")
+    ));
+    // tokio names its work-stealing workers; the per-core runtimes are
+    // `lbd-worker-N` threads.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", lbd.pid()))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect();
+    assert!(
+        threads.iter().any(|t| t == "tokio-rt-worker"),
+        "runtime = \"multi-thread\" should run tokio's workers: {threads:?}"
+    );
     let closed = echo_a_mebibyte(&lbd);
     assert_eq!(field(&closed, "outcome"), Some("closed"), "{closed}");
     lbd.signal(libc::SIGTERM);

@@ -185,6 +185,12 @@ fn drain_disable_enable_and_ready() {
         out.stderr,
         "lbctl: lbd answered 404 Not Found: no server \"nope\" in backend \"pool\": see `lbctl status` for the names\n"
     );
+    let out = lbd.lbctl(&["drain", "nobackend/x"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        out.stderr,
+        "lbctl: lbd answered 404 Not Found: no backend \"nobackend\": the backends are pool\n"
+    );
     let out = lbd.lbctl(&["drain", "just-a-name"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("is not BACKEND/SERVER"), "{out:?}");

@@ -317,6 +317,9 @@ fn a_reload_that_cannot_bind_changes_nothing() {
     let (code, body) = lbd.post("/api/v1/reload");
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("cannot listen on"), "{body}");
+    // The port is in use: no hint about privileged ports.
+    assert!(body.contains("is already in use"), "{body}");
+    assert!(!body.contains("CAP_NET_BIND_SERVICE"), "{body}");
     assert_eq!(
         lbd.server_names("pool"),
         ["a"],
@@ -392,6 +395,22 @@ fn a_dns_name_with_two_addresses_is_two_servers_and_follows_changes() {
     wait_until(Duration::from_secs(10), "both addresses back", || {
         lbd.server_names("pool").len() == 2
     });
+}
+
+#[test]
+fn readyz_says_which_name_did_not_resolve() {
+    let config = "[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[frontend]]\nname = \"api\"\nlisten = [\"127.0.0.1:0\"]\nbackend = \"pool\"\n\n\
+         [[backend]]\nname = \"pool\"\nservers = [{ name = \"cp\", address = \"cp.lbd.test:6443\" }]\n";
+    let Some(lbd) = Lbd::start_with_hosts(config, "127.0.0.1 localhost\n") else {
+        return;
+    };
+    let (code, body) = lbd.get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("(cp: the name cp.lbd.test did not resolve, so it has no address)"),
+        "{body}"
+    );
 }
 
 #[test]

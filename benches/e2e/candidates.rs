@@ -210,11 +210,11 @@ impl Candidate {
         }
     }
 
-    /// lbd from `binary` with extra environment (`LBD_SPLICE=off`…).
+    /// lbd from `binary` with extra `[global]` settings (`splice = false`…).
     pub fn lbd(
         name: &str,
         binary: &Path,
-        env: &[(String, String)],
+        global: &[(String, String)],
         threads: usize,
         backends: &Backends,
         dir: &Workdir,
@@ -227,8 +227,12 @@ impl Candidate {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let extra: String = global
+            .iter()
+            .map(|(key, value)| format!("{key} = {value}\n"))
+            .collect();
         let config = format!(
-            "[global]\ndrain_timeout = \"1s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+            "[global]\ndrain_timeout = \"1s\"\nthreads = {threads}\n{extra}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
              [[frontend]]\nname = \"web\"\nlisten = [\"{web}\"]\nbackend = \"web\"\nmax_connections = 20000\n\n\
              [[frontend]]\nname = \"bulk\"\nlisten = [\"{bulk}\"]\nbackend = \"bulk\"\n\n\
              [[backend]]\nname = \"web\"\nbalance = \"round-robin\"\nservers = [{}]\n\n\
@@ -242,13 +246,8 @@ impl Candidate {
             .arg("--config")
             .arg(&path)
             .env("LBD_LOG_LEVEL", "warn")
-            .env("TOKIO_WORKER_THREADS", threads.to_string())
-            .env("LBD_THREADS", threads.to_string())
             .stdout(dir.log(&format!("{name}.out")))
             .stderr(dir.log(&format!("{name}.err")));
-        for (key, value) in env {
-            command.env(key, value);
-        }
         let proc = spawn(&mut command, "lbd");
         wait_listening(web, name, dir);
         Candidate {

@@ -12,7 +12,8 @@
 //! threads, 2), E2E_WRK_THREADS (1), E2E_CONNECTIONS (50), E2E_STREAMS (4),
 //! E2E_IDLE (9000), E2E_TESTS (keepalive,churn,bulk,idle), E2E_CANDIDATES
 //! (direct,lbd,haproxy,nginx), E2E_LBD (binary), E2E_LBD_VARIANTS
-//! (`name=PATH:KEY=VALUE:…,…`, an empty PATH meaning the default binary),
+//! (`name=PATH:KEY=VALUE:…,…`, an empty PATH meaning the default binary and
+//! each KEY=VALUE a `[global]` setting, e.g. `copy=:splice=false`),
 //! E2E_KEEP (keep the work dir).
 
 mod candidates;
@@ -25,11 +26,11 @@ use std::time::{Duration, Instant};
 
 use candidates::{Backends, Candidate, Kind, Workdir};
 
-/// An extra lbd to compare: a name, a binary, extra environment.
+/// An extra lbd to compare: a name, a binary, extra `[global]` settings.
 struct Variant {
     name: String,
     binary: PathBuf,
-    env: Vec<(String, String)>,
+    global: Vec<(String, String)>,
 }
 
 struct Settings {
@@ -73,14 +74,14 @@ impl Settings {
                 let (name, rest) = spec.split_once('=').unwrap_or((&spec, ""));
                 let mut parts = rest.split(':');
                 let path = parts.next().filter(|p| !p.is_empty()).map(PathBuf::from);
-                let env = parts
+                let global = parts
                     .filter_map(|kv| kv.split_once('='))
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
                     .collect();
                 Variant {
                     name: name.to_owned(),
                     binary: path.unwrap_or_else(|| lbd.clone()),
-                    env,
+                    global,
                 }
             })
             .collect();
@@ -225,7 +226,7 @@ fn main() {
         cands.push(Candidate::lbd(
             &variant.name,
             &variant.binary,
-            &variant.env,
+            &variant.global,
             settings.threads,
             &backends,
             &dir,

@@ -4,10 +4,12 @@
 //!
 //! - [`server`]: binding, the accept loop, and the one place a request is authorized.
 //! - [`auth`]: the access policy: bearer token, anonymous read-only probes.
+//! - [`connections`]: the connection caps, and which idle connection makes room.
 //! - [`routes`]: the routes and their handlers.
 //! - [`status`]: the JSON of `/api/v1/status`, shared with `lbctl`.
 
 pub mod auth;
+pub mod connections;
 pub mod routes;
 pub mod server;
 pub mod status;

@@ -1,4 +1,4 @@
-//! The admin API's routes (DESIGN.md §3.3) and their handlers. Unknown
+//! The admin API's routes (docs/operations.md, "Admin API") and their handlers. Unknown
 //! paths get 404, known paths with the wrong method 405, oversized bodies
 //! 413; a handler never panics on what a client sends.
 
@@ -202,7 +202,9 @@ pub(super) fn error(status: StatusCode, message: &str) -> Answer {
 fn not_found(path: &str) -> Answer {
     error(
         StatusCode::NOT_FOUND,
-        &format!("no such route: {path} (see DESIGN.md §3.3 for the admin API)"),
+        &format!(
+            "no such route: {path} (the routes are listed in docs/operations.md under \"Admin API\")"
+        ),
     )
 }
 

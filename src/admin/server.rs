@@ -17,20 +17,21 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::auth::{Policy, TokenFileError};
+use super::connections::{Connections, Slot};
 use super::routes::{self, Context};
 use crate::config::AdminListen;
 use crate::daemon::Daemon;
 
-/// Admin connections served at once; more get a plain 503 at accept.
-const MAX_CONNECTIONS: usize = 256;
 /// A client has this long to send its request headers (and an idle
 /// keep-alive connection this long to start its next request).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection let go to make room closes at once if it is idle; one
+/// still sending its headers (or being sent its last answer) gets this long.
+const EVICTED_GRACE: Duration = Duration::from_secs(1);
 /// Mode of the unix socket: owner and group may talk to lbd.
 const SOCKET_MODE: u32 = 0o660;
 
@@ -169,7 +170,7 @@ pub fn serve(listener: AdminListener, daemon: Daemon) -> AdminServer {
     let stop = CancellationToken::new();
     let policy = Policy::new(&daemon.snapshot().config.admin);
     let context = Arc::new(Shared::new(daemon, policy));
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let limit = Connections::new();
     let unix_path = match listener {
         AdminListener::Tcp(listener) => {
             let local = listener
@@ -195,7 +196,7 @@ pub fn serve(listener: AdminListener, daemon: Daemon) -> AdminServer {
 async fn accept_tcp(
     listener: TcpListener,
     context: Arc<Shared>,
-    limit: Arc<Semaphore>,
+    limit: Arc<Connections>,
     stop: CancellationToken,
 ) {
     loop {
@@ -216,7 +217,7 @@ async fn accept_tcp(
 async fn accept_unix(
     listener: UnixListener,
     context: Arc<Shared>,
-    limit: Arc<Semaphore>,
+    limit: Arc<Connections>,
     stop: CancellationToken,
 ) {
     loop {
@@ -240,25 +241,29 @@ async fn accept_failed(error: &io::Error, stop: &CancellationToken) {
     }
 }
 
-fn spawn_connection<S>(stream: S, peer: Peer, shared: &Arc<Shared>, limit: &Arc<Semaphore>)
+fn spawn_connection<S>(stream: S, peer: Peer, shared: &Arc<Shared>, limit: &Arc<Connections>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Ok(permit) = Arc::clone(limit).try_acquire_owned() else {
-        debug!(?peer, "admin API: too many connections; answering 503");
+    let source = match &peer {
+        Peer::Tcp(addr) => Some(addr.ip()),
+        Peer::Unix => None,
+    };
+    let Some(slot) = limit.admit(source) else {
+        debug!(
+            ?peer,
+            "admin API: every connection is answering a request; answering 503"
+        );
         tokio::spawn(refuse_busy(stream));
         return;
     };
     let shared = Arc::clone(shared);
-    tokio::spawn(async move {
-        serve_connection(stream, peer, shared).await;
-        drop(permit);
-    });
+    tokio::spawn(serve_in_slot(stream, peer, shared, Some(slot)));
 }
 
-/// Tells a client over the connection limit why it is turned away (a
-/// keepalived check should log "busy", not "broken answer"), without
-/// reading its request.
+/// Tells a client that finds every admin connection answering a request
+/// why it is turned away (a keepalived check should log "busy", not
+/// "broken answer"), without reading its request.
 async fn refuse_busy<S: AsyncWrite + Unpin>(mut stream: S) {
     const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
 content-length: 42\r\nconnection: close\r\nretry-after: 1\r\n\r\nadmin API busy: too many open connections\n";
@@ -288,19 +293,52 @@ pub async fn serve_connection<S>(stream: S, peer: Peer, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    serve_in_slot(stream, peer, shared, None).await;
+}
+
+/// Serves one connection holding `slot`: marked busy while a request is
+/// answered, closed when the slot is chosen to make room.
+async fn serve_in_slot<S>(stream: S, peer: Peer, shared: Arc<Shared>, slot: Option<Slot>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let evicted = slot.as_ref().map(|s| s.evicted().clone());
+    let slot = slot.map(Arc::new);
+    let who = peer.clone();
     let service = service_fn(move |request| {
         let shared = Arc::clone(&shared);
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(handle(&shared.context, &shared.policy, &peer, request).await) }
+        let busy = slot.as_ref().map(|s| s.busy());
+        async move {
+            let answer = handle(&shared.context, &shared.policy, &peer, request).await;
+            drop(busy);
+            Ok::<_, Infallible>(answer)
+        }
     });
-    let served = http1::Builder::new()
+    let connection = http1::Builder::new()
         // `printf 'GET …' | nc` closes its write side after the request.
         .half_close(true)
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(routes::MAX_HEAD_BYTES)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let served = match evicted {
+        None => connection.await,
+        Some(evicted) => tokio::select! {
+            served = connection.as_mut() => served,
+            () = evicted.cancelled() => {
+                debug!(peer = ?who, "admin API: idle connection let go to make room");
+                // Closes an idle connection at once; lets an answer being
+                // written finish.
+                connection.as_mut().graceful_shutdown();
+                match tokio::time::timeout(EVICTED_GRACE, connection).await {
+                    Ok(served) => served,
+                    Err(_) => Ok(()),
+                }
+            }
+        },
+    };
     if let Err(error) = served {
         debug!(%error, "admin API connection ended with an error");
     }

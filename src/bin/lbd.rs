@@ -70,6 +70,15 @@ fn main() -> ExitCode {
         };
     }
     init_logging(cli.log_level.as_deref());
+    for (variable, key) in [
+        ("LBD_RUNTIME", "runtime"),
+        ("LBD_THREADS", "threads"),
+        ("LBD_SPLICE", "splice"),
+    ] {
+        if std::env::var_os(variable).is_some() {
+            tracing::warn!("{variable} is no longer read: set [global] {key} in the config file");
+        }
+    }
     // SAFETY: called once, before the runtime below starts any thread (it
     // unsets LISTEN_* and takes ownership of the fds systemd passed).
     let inherited = match unsafe { InheritedListeners::take_from_env() } {
@@ -79,7 +88,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match runtime::Shape::from_env().build() {
+    // `[global] runtime`, `threads` and `splice` shape the process, so they
+    // are read before it starts; a file that does not load is reported by
+    // the daemon's own start below, as usual.
+    let process = match (&cli.check_config, cli.demo) {
+        (None, false) => config::Config::load(&cli.config)
+            .map(|c| c.process)
+            .unwrap_or_default(),
+        _ => config::Process::default(),
+    };
+    lbd::splice::set_enabled(process.splice);
+    let runtime = match runtime::Shape::from_config(&process).build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("lbd: cannot start the async runtime: {err}");

@@ -11,7 +11,9 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 pub struct HumanDuration(pub Duration);
 
 /// Parses `"1h30m"`, `"500ms"`, `"0s"`: one or more `<integer><unit>` parts,
-/// units `ms`, `s`, `m`, `h`, `d`.
+/// units `d`, `h`, `m`, `s`, `ms`, each used at most once and largest first
+/// (`"1m30s"`; `"1s1s"` and `"30s1m"` are errors). No fractions: `"1500ms"`,
+/// not `"1.5s"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let expected = "expected a duration such as \"500ms\", \"2s\", \"1m30s\" or \"1h\"";
     let mut rest = text.trim();
@@ -19,6 +21,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("empty duration, {expected}"));
     }
     let mut total = Duration::ZERO;
+    // The previous part's unit, in milliseconds: each must be smaller.
+    let mut previous: Option<(&str, u64)> = None;
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
@@ -28,31 +32,90 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("duration {text:?} is too large"))?;
         rest = &rest[digits..];
+        if rest.starts_with('.') {
+            return Err(fraction(text));
+        }
+        if rest.starts_with(char::is_whitespace) {
+            let joined: String = text.split_whitespace().collect();
+            return Err(format!(
+                "duration {text:?} has a space in it: write {joined:?}"
+            ));
+        }
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let seconds_per_unit = match &rest[..unit_len] {
-            "ms" => None,
-            "s" => Some(1),
-            "m" => Some(60),
-            "h" => Some(3600),
-            "d" => Some(86400),
-            "" => return Err(format!("duration {text:?} lacks a unit, {expected}")),
-            other => {
+        let unit = &rest[..unit_len];
+        let Some(unit_millis) = unit_millis(unit) else {
+            return Err(if unit.is_empty() {
+                format!("duration {text:?} lacks a unit, {expected}")
+            } else {
+                format!("unknown unit {unit:?} in duration {text:?}, {expected}")
+            });
+        };
+        if let Some((before, before_millis)) = previous {
+            if before_millis == unit_millis {
                 return Err(format!(
-                    "unknown unit {other:?} in duration {text:?}, {expected}"
+                    "duration {text:?} gives unit {unit:?} twice: write each unit once, largest first, as in \"1m30s\""
                 ));
             }
-        };
-        rest = &rest[unit_len..];
-        let part = match seconds_per_unit {
-            None => Some(Duration::from_millis(value)),
-            Some(size) => value.checked_mul(size).map(Duration::from_secs),
+            if before_millis < unit_millis {
+                return Err(format!(
+                    "duration {text:?} has {unit:?} after {before:?}: write the units largest first, as in \"1m30s\""
+                ));
+            }
         }
-        .ok_or_else(|| format!("duration {text:?} is too large"))?;
+        previous = Some((unit, unit_millis));
+        rest = &rest[unit_len..];
+        let part = value
+            .checked_mul(unit_millis)
+            .map(Duration::from_millis)
+            .or_else(|| {
+                // Past u64 milliseconds, whole seconds still fit.
+                (unit_millis >= 1000)
+                    .then(|| value.checked_mul(unit_millis / 1000))
+                    .flatten()
+                    .map(Duration::from_secs)
+            })
+            .ok_or_else(|| format!("duration {text:?} is too large"))?;
         total = total
             .checked_add(part)
             .ok_or_else(|| format!("duration {text:?} is too large"))?;
     }
     Ok(total)
+}
+
+fn unit_millis(unit: &str) -> Option<u64> {
+    Some(match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    })
+}
+
+/// The message for `"1.5s"`: fractions are not taken; name the same
+/// duration in a smaller unit when it has one.
+fn fraction(text: &str) -> String {
+    let suggestion = text
+        .trim()
+        .split_once('.')
+        .and_then(|(whole, rest)| {
+            let decimals = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let unit = unit_millis(&rest[decimals..])?;
+            let scale = 10u64.checked_pow(u32::try_from(decimals).ok()?)?;
+            let number: u64 = format!("{whole}{}", &rest[..decimals]).parse().ok()?;
+            let millis = number.checked_mul(unit)?;
+            let millis = (millis % scale == 0).then_some(millis / scale)?;
+            Some(if millis % 1000 == 0 {
+                format_duration(Duration::from_millis(millis))
+            } else {
+                format!("{millis}ms")
+            })
+        })
+        .map_or(String::new(), |d| format!(": write {d:?}"));
+    format!(
+        "duration {text:?} has a fraction, which lbd does not take: use a smaller unit{suggestion}"
+    )
 }
 
 /// Renders a duration the way a config would write it (`1m30s`, `500ms`,
@@ -110,6 +173,41 @@ mod tests {
         for bad in ["", "2", "s", "2x", "1.5s", "-1s", "99999999999999999999s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn each_unit_once_and_largest_first() {
+        assert_eq!(
+            parse_duration("1d2h3m4s5ms").unwrap().as_millis(),
+            93_784_005
+        );
+        let twice = parse_duration("1s1s").unwrap_err();
+        assert!(twice.contains("gives unit \"s\" twice"), "{twice}");
+        let order = parse_duration("30s1m").unwrap_err();
+        assert!(order.contains("has \"m\" after \"s\""), "{order}");
+        assert!(parse_duration("1s500ms").is_ok());
+    }
+
+    #[test]
+    fn a_fraction_is_named_with_what_to_write_instead() {
+        let message = parse_duration("1.5s").unwrap_err();
+        assert_eq!(
+            message,
+            "duration \"1.5s\" has a fraction, which lbd does not take: use a smaller unit: write \"1500ms\""
+        );
+        assert!(
+            parse_duration("0.25m")
+                .unwrap_err()
+                .ends_with("write \"15s\"")
+        );
+        // No whole number of milliseconds: no suggestion.
+        assert!(
+            parse_duration("0.0001s")
+                .unwrap_err()
+                .ends_with("use a smaller unit")
+        );
+        let spaced = parse_duration("2 s").unwrap_err();
+        assert!(spaced.ends_with("write \"2s\""), "{spaced}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! ([`TlsFiles`]), so the start, a reload and `--check-config` all refuse a
 //! file the checks could not use. Nothing else in lbd sees an unvalidated value.
 
+mod address;
 mod duration;
 mod error;
 mod lint;
@@ -42,6 +43,9 @@ pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 pub struct Config {
     /// Process-wide settings.
     pub global: Global,
+    /// How the process runs (`[global]` `runtime`, `threads`, `splice`):
+    /// read at start only.
+    pub process: Process,
     /// Where the admin API listens.
     pub admin: Admin,
     /// Listening endpoints, in file order.
@@ -60,6 +64,53 @@ pub struct Global {
     /// Connections served at once over all frontends; more wait in the
     /// kernel backlog. Unset: as many as RLIMIT_NOFILE allows.
     pub max_connections: Option<usize>,
+}
+
+/// How the process runs, from `[global]`: set once at start (a reload that
+/// changes them says they take effect when lbd restarts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Process {
+    /// The shape of the async runtime.
+    pub runtime: RuntimeKind,
+    /// Threads to run connections on. Unset: the CPUs lbd may use.
+    pub threads: Option<usize>,
+    /// Whether bulk bytes may take the zero-copy splice(2) path (else the
+    /// copy loop carries everything).
+    pub splice: bool,
+}
+
+impl Default for Process {
+    fn default() -> Self {
+        Process {
+            runtime: RuntimeKind::default(),
+            threads: None,
+            splice: true,
+        }
+    }
+}
+
+/// `[global] runtime`: how connections are spread over the threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RuntimeKind {
+    /// One current-thread runtime per thread, an SO_REUSEPORT socket and
+    /// accept loop each.
+    #[default]
+    PerCore,
+    /// One work-stealing runtime, one accept loop per address.
+    MultiThread,
+}
+
+impl RuntimeKind {
+    /// Every choice.
+    pub const ALL: [RuntimeKind; 2] = [RuntimeKind::PerCore, RuntimeKind::MultiThread];
+
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::PerCore => "per-core",
+            RuntimeKind::MultiThread => "multi-thread",
+        }
+    }
 }
 
 /// The admin API's settings (`[admin]`).

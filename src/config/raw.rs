@@ -120,6 +120,9 @@ pub(super) struct RawGlobal {
     pub drain_timeout: Located<HumanDuration>,
     pub resolve_interval: Located<HumanDuration>,
     pub max_connections: Located<Count>,
+    pub runtime: Located<String>,
+    pub threads: Located<Count>,
+    pub splice: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -13,11 +13,12 @@ use super::error::{LineIndex, quoted};
 use super::raw::{
     Count, Located, RawAdmin, RawBackend, RawConfig, RawFrontend, RawHealth, RawServer, Table,
 };
-use super::tls_files::{self, FileContents};
+use super::tls_files::FileContents;
 use super::{
     Admin, AdminListen, Backend, Balance, CheckKind, Config, ConfigError, Frontend, Global, Health,
-    OnNoServer, Problem, ServerAddress, ServerSpec, format_duration,
+    OnNoServer, Problem, Process, RuntimeKind, ServerAddress, ServerSpec, format_duration,
 };
+use super::{address, tls_files};
 
 const SECOND: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -31,6 +32,10 @@ const MAX_PROBLEMS: usize = 50;
 /// Largest connection limit: far above what one host can hold, low enough
 /// that a typo (an extra zero or five) is caught.
 const MAX_CONNECTIONS: u64 = 10_000_000;
+
+/// Most threads `[global] threads` may ask for: far above any host lbd
+/// fronts a control plane on, low enough that a typo is caught.
+const MAX_THREADS: u64 = 1024;
 
 /// Longest unix socket path: `sun_path` holds 108 bytes with the final NUL.
 const MAX_UNIX_PATH: usize = 107;
@@ -232,6 +237,18 @@ impl Checker<'_> {
                 ) as usize
             }),
         };
+        let process = Process {
+            runtime: self.choice(
+                &raw.global.0.runtime,
+                "runtime",
+                &RuntimeKind::ALL,
+                RuntimeKind::as_str,
+            ),
+            threads: raw.global.0.threads.as_ref().map(|_| {
+                self.integer(&raw.global.0.threads, "threads", 1, 1..=MAX_THREADS) as usize
+            }),
+            splice: raw.global.0.splice.unwrap_or(true),
+        };
         let admin = self.admin(&raw.admin.0);
 
         if raw.frontends.0.is_empty() {
@@ -291,6 +308,7 @@ impl Checker<'_> {
         let backends = raw.backends.0.iter().map(|b| self.backend(b)).collect();
         Config {
             global,
+            process,
             admin,
             frontends,
             backends,
@@ -353,7 +371,20 @@ impl Checker<'_> {
             return AdminListen::Unix(PathBuf::from(path));
         }
         match text.parse() {
-            Ok(addr) => AdminListen::Tcp(addr),
+            Ok(addr) => {
+                if let Some(problem) = address::mapped_listen_problem(addr) {
+                    self.error(listen.span(), format!("admin listen {problem}"));
+                }
+                AdminListen::Tcp(addr)
+            }
+            Err(_) if address::zone_problem(text).is_some() => {
+                let problem = address::zone_problem(text).unwrap_or_default();
+                self.error(
+                    listen.span(),
+                    format!("admin listen {}: {problem}", quoted(text)),
+                );
+                AdminListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 8404)))
+            }
             Err(_) => {
                 self.error(listen.span(), format!("admin listen {} is not an address: expected \"IP:PORT\" such as \"127.0.0.1:8404\" or \"unix:/run/lbd/admin.sock\"", quoted(text)));
                 AdminListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 8404)))
@@ -377,12 +408,20 @@ impl Checker<'_> {
             .get_ref()
             .iter()
             .filter_map(|l| match l.get_ref().parse::<SocketAddr>() {
-                Ok(addr) => Some(addr),
+                Ok(addr) => match address::mapped_listen_problem(addr) {
+                    None => Some(addr),
+                    Some(problem) => {
+                        self.error(l.span(), format!("listen address {problem}"));
+                        None
+                    }
+                },
                 Err(_) => {
-                    self.error(l.span(), format!(
-                        "listen address {} is not IP:PORT: expected e.g. \"0.0.0.0:6443\" or \"[::]:6443\"",
-                        quoted(l.get_ref())
-                    ));
+                    let shown = quoted(l.get_ref());
+                    let message = match address::zone_problem(l.get_ref()) {
+                        Some(zone) => format!("listen address {shown}: {zone}"),
+                        None => format!("listen address {shown} is not IP:PORT: expected e.g. \"0.0.0.0:6443\" or \"[::]:6443\""),
+                    };
+                    self.error(l.span(), message);
                     None
                 }
             })
@@ -511,6 +550,10 @@ impl Checker<'_> {
                 .strip_prefix('[')
                 .and_then(|t| t.strip_suffix(']'))
                 .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        if let Some(zone) = address::zone_problem(text) {
+            self.error(raw.span(), format!("server address {shown}: {zone}"));
+            return unusable(text);
+        }
         let Some((host, port)) = text.rsplit_once(':').filter(|_| !bare_ip) else {
             let hint = if text.parse::<std::net::Ipv6Addr>().is_ok() {
                 "it reads as an IPv6 address: write \"[IPv6]:PORT\", e.g. \"[fd00::11]:6443\""
@@ -865,6 +908,26 @@ sni = "kubernetes"
         assert_eq!(
             config.summary(),
             "1 frontend (2 listeners), 1 backend, 2 servers"
+        );
+    }
+
+    #[test]
+    fn process_settings_default_and_parse() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.process, Process::default());
+        assert_eq!(config.process.runtime, RuntimeKind::PerCore);
+        assert!(config.process.splice);
+        let config = parse(&format!(
+            "[global]\nruntime = \"multi-thread\"\nthreads = 3\nsplice = false\n{GOOD}"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.process,
+            Process {
+                runtime: RuntimeKind::MultiThread,
+                threads: Some(3),
+                splice: false,
+            }
         );
     }
 

@@ -92,14 +92,25 @@ impl ReloadError {
     }
 }
 
-/// No server of that name in that backend.
+/// No such server to change: the backend or the server does not exist.
 #[derive(Debug, thiserror::Error)]
-#[error("no server {server:?} in backend {backend:?}: see `lbctl status` for the names")]
-pub struct UnknownServer {
-    /// The backend asked for.
-    pub backend: String,
-    /// The server asked for.
-    pub server: String,
+pub enum UnknownServer {
+    /// No backend of that name.
+    #[error("no backend {backend:?}: the backends are {}", known.join(", "))]
+    Backend {
+        /// The backend asked for.
+        backend: String,
+        /// The backends there are.
+        known: Vec<String>,
+    },
+    /// The backend exists; no server of that name in it.
+    #[error("no server {server:?} in backend {backend:?}: see `lbctl status` for the names")]
+    Server {
+        /// The backend asked for.
+        backend: String,
+        /// The server asked for.
+        server: String,
+    },
 }
 
 /// One server's admin state before and after an operator's request.
@@ -275,11 +286,16 @@ impl Daemon {
     ) -> Result<Vec<AdminChange>, UnknownServer> {
         let _swap = self.shared.reload_lock.lock().await;
         let snapshot = self.snapshot();
-        let unknown = || UnknownServer {
+        let unknown = || UnknownServer::Server {
             backend: backend.to_owned(),
             server: server.to_owned(),
         };
-        let pool = snapshot.pool(backend).ok_or_else(unknown)?;
+        let pool = snapshot
+            .pool(backend)
+            .ok_or_else(|| UnknownServer::Backend {
+                backend: backend.to_owned(),
+                known: snapshot.pools.iter().map(|p| p.spec.name.clone()).collect(),
+            })?;
         let targets: Vec<&Arc<Server>> = pool
             .servers
             .iter()

@@ -31,9 +31,7 @@ use crate::socket;
 
 /// A listen address could not be bound.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "frontend {frontend:?}: cannot listen on {addr}: {source} (is another process using the port, or does binding below 1024 need CAP_NET_BIND_SERVICE?)"
-)]
+#[error("frontend {frontend:?}: cannot listen on {addr}: {source}{}", bind_hint(*.addr, .source))]
 pub struct BindError {
     /// The frontend that owns the address.
     pub frontend: String,
@@ -41,6 +39,20 @@ pub struct BindError {
     pub addr: SocketAddr,
     /// The OS error.
     pub source: std::io::Error,
+}
+
+/// What to do about a bind error, for the errors that have one answer.
+fn bind_hint(addr: SocketAddr, error: &std::io::Error) -> String {
+    let port = addr.port();
+    match error.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM) if port < 1024 => {
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE, which the shipped lbd.service grants)".into()
+        }
+        Some(libc::EADDRINUSE) => format!(
+            " (port {port} is already in use: `ss -ltnp 'sport = :{port}'` shows by what)"
+        ),
+        _ => String::new(),
+    }
 }
 
 /// A bound listening socket, its accept loop, and the token that stops it.
@@ -284,4 +296,33 @@ fn duplicate(listener: &std::net::TcpListener) -> std::io::Result<std::net::TcpL
     let socket = SockRef::from(listener).try_clone()?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod bind_hint_tests {
+    use super::*;
+
+    fn message(addr: &str, errno: i32) -> String {
+        BindError {
+            frontend: "api".into(),
+            addr: addr.parse().unwrap(),
+            source: std::io::Error::from_raw_os_error(errno),
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn the_capability_hint_is_only_for_a_refused_port_below_1024() {
+        assert!(message("0.0.0.0:443", libc::EACCES).contains("CAP_NET_BIND_SERVICE"));
+        assert!(message("0.0.0.0:443", libc::EPERM).contains("CAP_NET_BIND_SERVICE"));
+        assert!(!message("0.0.0.0:6443", libc::EACCES).contains("CAP_NET_BIND_SERVICE"));
+        let in_use = message("0.0.0.0:443", libc::EADDRINUSE);
+        assert!(in_use.contains("port 443 is already in use"), "{in_use}");
+        assert!(!in_use.contains("CAP_NET_BIND_SERVICE"), "{in_use}");
+        let other = message("10.9.9.9:6443", libc::EADDRNOTAVAIL);
+        assert!(
+            other.ends_with(&std::io::Error::from_raw_os_error(libc::EADDRNOTAVAIL).to_string()),
+            "{other}"
+        );
+    }
 }

@@ -89,6 +89,9 @@ pub struct Plan {
     pub global_changed: bool,
     /// `[admin]` changed: it takes effect only at the next start.
     pub admin_changed: bool,
+    /// `[global]` `runtime`, `threads` or `splice` changed: they take effect
+    /// only at the next start.
+    pub process_changed: bool,
     /// One line per change, in the order above.
     lines: Vec<String>,
 }
@@ -182,6 +185,12 @@ pub fn diff(old: &Desired, new: &Desired, bound: &[BoundAddress]) -> Plan {
         plan.admin_changed = true;
         plan.lines
             .push("[admin] changed: takes effect when lbd restarts".into());
+    }
+    if before.process != after.process {
+        plan.process_changed = true;
+        plan.lines.push(
+            "[global] runtime, threads or splice changed: takes effect when lbd restarts".into(),
+        );
     }
     plan
 }

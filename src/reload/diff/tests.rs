@@ -226,3 +226,14 @@ fn frontends_and_backends_added_removed_global_and_admin() {
     assert_eq!(back.servers.removed, pairs(&[("other", "10.0.0.9:1")]));
     assert_eq!(back.listeners.close.len(), 1);
 }
+
+#[test]
+fn process_settings_are_reported_as_taking_effect_at_restart() {
+    let new = format!("[global]\nsplice = false\n{BASE}");
+    let p = plan(BASE, &new);
+    assert!(p.process_changed && !p.global_changed, "{p:?}");
+    assert_eq!(
+        p.describe(),
+        ["[global] runtime, threads or splice changed: takes effect when lbd restarts"]
+    );
+}

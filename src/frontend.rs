@@ -22,10 +22,12 @@ pub enum RejectReason {
     /// Every dial (first and retries) failed.
     DialFailed,
     /// The frontend's `max_connections` was full: a listener paused
-    /// accepting and new clients waited in the kernel backlog.
+    /// accepting and new clients waited in the kernel backlog. Names the
+    /// wait in logs; a wait turns no client away, so it is never counted.
     MaxConnections,
     /// The global `max_connections` (or the descriptor budget) was full:
     /// a listener paused accepting and new clients waited in the backlog.
+    /// Like `MaxConnections`, logged and never counted.
     GlobalMaxConnections,
     /// The client's address already held `max_connections_per_source`
     /// connections; this one was refused with a reset.

@@ -220,7 +220,9 @@ fn hand_over(
 }
 
 /// A slot of `limit` for an accepted client, waiting for one if need be
-/// (counted under `reason`); `None` once `stop` fires.
+/// (logged under `reason`); `None` once `stop` fires. A wait is not a
+/// rejection: the client is served once the slot comes, so it is not
+/// counted in `rejected_total`, which counts refused or reset clients only.
 async fn take(
     limit: &ConnectionLimit,
     frontend: &Frontend,
@@ -230,7 +232,6 @@ async fn take(
     if let Some(permit) = limit.try_take() {
         return Some(permit);
     }
-    frontend.count_rejected(reason);
     debug!(frontend = %frontend.name, reason = reason.as_str(), "connection limit full; an accepted client waits for a slot");
     tokio::select! {
         () = stop.cancelled() => None,
@@ -249,8 +250,10 @@ enum Slot {
 }
 
 /// Waits until `limit` has a free slot (the slot itself is handed back at
-/// once); a wait is a pause of the listener, counted under `reason`, while
-/// clients wait in the backlog.
+/// once); a wait is a pause of the listener, logged under `reason`, while
+/// clients wait in the backlog. Not a rejection: every accept loop of the
+/// address (one per runtime) waits at once, and their clients are served
+/// later, so nothing is counted in `rejected_total`.
 async fn slot(
     limit: &ConnectionLimit,
     frontend: &Frontend,
@@ -261,7 +264,6 @@ async fn slot(
     if let Some(permit) = limit.try_take() {
         return Slot::Taken(permit);
     }
-    frontend.count_rejected(reason);
     debug!(frontend = %frontend.name, reason = reason.as_str(), "connection limit full; new clients wait in the backlog");
     tokio::select! {
         () = stop.cancelled() => Slot::Stopped,

@@ -109,15 +109,45 @@ fn a_server_killed_mid_transfer_ends_only_its_own_connections() {
     assert!(lbd.logs_matching("panicked").is_empty());
 }
 
+/// lbd whose health checks cannot have noticed that a server now refuses:
+/// `refusing` passed its first check, then stopped listening; the next check
+/// is an hour away and passive health is off.
+fn refusing_server_believed_up(retries: u32) -> (Lbd, Backend, Backend) {
+    let refusing = Backend::named("refusing");
+    let alive = Backend::named("alive");
+    let config = config_for(&[&refusing, &alive], &format!("retries = {retries}"), "")
+        + "[backend.health]\ninterval = \"1h\"\npassive = false\n";
+    let lbd = Lbd::start(&config);
+    refusing.stop();
+    (lbd, refusing, alive)
+}
+
+/// `lbd_server_connect_errors_total{kind="refused"}` of `server`.
+fn refused_dials(lbd: &Lbd, server: &str) -> f64 {
+    support::metrics::value(
+        &lbd.metrics(),
+        "lbd_server_connect_errors_total",
+        &[("server", server), ("kind", "refused")],
+    )
+}
+
 #[test]
 fn a_refusing_server_costs_a_retry_not_a_failed_client() {
-    let dead = Backend::named("dead");
-    dead.stop();
-    let alive = Backend::named("alive");
-    let lbd = Lbd::start(&config_for(&[&dead, &alive], "retries = 1", ""));
+    let (lbd, _refusing, _alive) = refusing_server_believed_up(1);
     let (failed, why) = failed_connections(lbd.addr("api"), 100);
     assert_eq!(failed, 0, "{why:?}");
-    assert!(!lbd.logs_matching("refused").is_empty());
+    // Clients' dials met the refusal (the checks never did: it is still up).
+    assert!(refused_dials(&lbd, "refusing") >= 1.0);
+    assert!(lbd.logs_matching(" refusing down").is_empty());
+}
+
+#[test]
+fn a_refusing_server_fails_clients_when_retries_are_off() {
+    // The control: without the retry the same refusal reaches clients.
+    let (lbd, _refusing, _alive) = refusing_server_believed_up(0);
+    let (failed, _) = failed_connections(lbd.addr("api"), 100);
+    assert!(failed >= 1, "no client failed with retries = 0");
+    assert_eq!(refused_dials(&lbd, "refusing"), failed as f64);
 }
 
 #[test]

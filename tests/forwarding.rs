@@ -232,15 +232,61 @@ fn the_multi_thread_runtime_relays_and_drains_too() {
     assert!(lbd.wait_exit(Duration::from_secs(10)).success());
 }
 
+/// lbd with `dead` and `alive` behind round-robin, both checked up once,
+/// then `dead` stopped: with the next check an hour away and passive health
+/// off, lbd still believes `dead` is up, so only the connection path's own
+/// dial and retry stand between a client and the refused port.
+fn dead_server_believed_up(retries: u32) -> (Lbd, Backend, Backend) {
+    let dead = Backend::named("dead");
+    let alive = Backend::named("alive");
+    let config = config_for(
+        &[&dead, &alive],
+        &format!("balance = \"round-robin\"\nretries = {retries}"),
+        "",
+    ) + "[backend.health]\ninterval = \"1h\"\npassive = false\n";
+    let lbd = Lbd::start(&config);
+    assert_eq!(server_health(&lbd, "dead"), "up");
+    dead.stop();
+    (lbd, dead, alive)
+}
+
+/// The `health` of a server of the backend `pool` in the status API.
+fn server_health(lbd: &Lbd, server: &str) -> String {
+    let status = lbd.status();
+    status["backends"][0]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == server)
+        .map(|s| s["health"].as_str().unwrap().to_owned())
+        .unwrap_or_else(|| panic!("no server {server} in {status}"))
+}
+
 #[test]
 fn a_failed_dial_is_retried_on_the_next_server() {
-    let dead = Backend::named("dead");
-    dead.stop();
-    let alive = Backend::named("alive");
-    let lbd = Lbd::start(&config_for(&[&dead, &alive], "retries = 1", ""));
+    let (lbd, _dead, _alive) = dead_server_believed_up(1);
     for _ in 0..10 {
         assert_eq!(greeting(lbd.addr("api")).unwrap(), "alive");
     }
+    // The dials to dead were the connection path's, not a check's: dead
+    // still counts as up, and every other client dialled it first.
+    assert_eq!(server_health(&lbd, "dead"), "up");
+    let dials = lbd.logs_matching("dial failed");
+    assert!(
+        dials.len() >= 5 && dials.iter().all(|l| l.contains("server=dead")),
+        "{dials:?}"
+    );
+}
+
+#[test]
+fn without_the_retry_the_same_refused_dial_fails_the_client() {
+    // The control for the test above: the same scenario, retries = 0.
+    let (lbd, _dead, _alive) = dead_server_believed_up(0);
+    let failed = (0..10)
+        .filter(|_| greeting(lbd.addr("api")).is_err())
+        .count();
+    assert_eq!(failed, 5, "round-robin sends every other client to dead");
+    assert_eq!(server_health(&lbd, "dead"), "up");
 }
 
 #[test]

@@ -115,9 +115,11 @@ fn the_global_limit_parks_clients_of_every_frontend_in_the_backlog() {
     );
     assert_eq!(lbd.active_connections(), 2);
     lbd.wait_for_log("reason=\"global_max_connections\"", Duration::from_secs(5));
-    assert!(rejected(&lbd, "api", "global_max_connections") >= 1);
     drop(two);
     assert_eq!(greeted(&mut third), Ok("b".into()));
+    // Waiting turned no client away.
+    assert_eq!(rejected(&lbd, "api", "global_max_connections"), 0);
+    assert_eq!(rejected(&lbd, "other", "global_max_connections"), 0);
 }
 
 #[test]
@@ -132,4 +134,62 @@ fn a_global_limit_above_the_descriptor_budget_is_lowered_with_a_warning() {
     assert!(warning.contains("configured=1000000"), "{warning}");
     let using: usize = support::field(&warning, "using").unwrap().parse().unwrap();
     assert!(using < 128, "{warning}");
+}
+
+/// `rejected_total` of the frontend `api` in `/api/v1/status`, and the sum
+/// of its `lbd_frontend_rejected_total` over every reason in `/metrics`.
+fn rejected_everywhere(lbd: &Lbd) -> (u64, f64) {
+    let status = lbd.status();
+    let in_status = status["frontends"][0]["rejected_total"].as_u64().unwrap();
+    let in_metrics = lbd
+        .metrics()
+        .iter()
+        .filter(|s| {
+            s.name == "lbd_frontend_rejected_total"
+                && s.labels.get("frontend").is_some_and(|f| f == "api")
+        })
+        .map(|s| s.value)
+        .sum();
+    (in_status, in_metrics)
+}
+
+#[test]
+fn clients_that_only_wait_for_max_connections_are_not_counted_as_rejected() {
+    let backend = Backend::named("b");
+    // Several accept loops: two addresses, and four per-core runtimes with a
+    // socket and a loop each per address. Every loop meets the full limit.
+    let config = config_for(&[&backend], "", "max_connections = 1").replace(
+        r#"listen = ["127.0.0.1:0"]"#,
+        r#"listen = ["127.0.0.1:0", "127.0.0.2:0"]"#,
+    );
+    let lbd = Lbd::start_with(&config, |command| {
+        command
+            .env("LBD_RUNTIME", "per-core")
+            .env("LBD_THREADS", "4");
+    });
+    let addrs = lbd.addrs("api");
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+
+    let mut first = TcpStream::connect(addrs[0]).unwrap();
+    assert_eq!(greeted(&mut first), Ok("b".into()));
+    let mut second = TcpStream::connect(addrs[1]).unwrap();
+    lbd.wait_for_log("connection limit full", Duration::from_secs(5));
+    assert_eq!(
+        rejected_everywhere(&lbd),
+        (0, 0.0),
+        "while the client waits"
+    );
+
+    drop(first);
+    assert_eq!(greeted(&mut second), Ok("b".into()));
+    let mut third = TcpStream::connect(addrs[0]).unwrap();
+    drop(second);
+    assert_eq!(greeted(&mut third), Ok("b".into()));
+    assert_eq!(
+        rejected_everywhere(&lbd),
+        (0, 0.0),
+        "every client was served"
+    );
+    let text = lbd.lbctl(&["status"]);
+    assert!(text.stdout.contains(" 0 rejected"), "{}", text.stdout);
 }

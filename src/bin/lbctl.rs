@@ -97,6 +97,9 @@ enum Command {
     },
     /// Dial endpoints (or every server of a config) and explain what is wrong with them.
     Probe(lbd::probe::ProbeArgs),
+    /// Walk `kubeadm join`'s token discovery through an endpoint, step by
+    /// step: replace `kubeadm join` with `lbctl join-check` in a join command.
+    JoinCheck(lbd::join_check::JoinCheckArgs),
     /// Write man pages (`man DIR`) or a completion script (`completion SHELL`).
     #[command(hide = true)]
     Generate {
@@ -163,6 +166,14 @@ fn main() -> ExitCode {
             Ok(lbd::probe::Verdict::SomeFailed) => 1,
             Err(err) => {
                 eprintln!("lbctl probe: {err}");
+                2
+            }
+        },
+        Command::JoinCheck(args) => match lbd::join_check::run(args) {
+            Ok(lbd::join_check::Verdict::Passes) => 0,
+            Ok(lbd::join_check::Verdict::Fails) => 1,
+            Err(err) => {
+                eprintln!("lbctl join-check: {err}");
                 2
             }
         },

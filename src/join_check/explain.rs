@@ -52,16 +52,21 @@ pub(crate) fn get_failed(error: &str) -> String {
 
 /// Step 3: an answer other than 200.
 pub(crate) fn cluster_info_status(status: u16, body: &str) -> (String, String) {
-    let said = if body.is_empty() || body.len() > 200 {
+    // kube-apiserver answers errors with a Status object; its message is the point.
+    let message = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|status| status["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.to_owned());
+    let said = if message.is_empty() || message.len() > 300 {
         String::new()
     } else {
-        format!(" ({body})")
+        format!(" ({message})")
     };
     match status {
         401 => (
             format!(
                 "anonymous GET of cluster-info answered 401{said}: anonymous discovery is \
-                 disabled — kube-apiserver runs with --anonymous-auth=false"
+                 disabled, kube-apiserver runs with --anonymous-auth=false"
             ),
             format!(
                 "allow anonymous requests to this one path (an AuthenticationConfiguration with \
@@ -72,7 +77,7 @@ pub(crate) fn cluster_info_status(status: u16, body: &str) -> (String, String) {
         403 => (
             format!(
                 "anonymous GET of cluster-info answered 403{said}: anonymous discovery is \
-                 disabled — RBAC no longer lets system:anonymous get it"
+                 disabled, RBAC no longer lets system:anonymous get it"
             ),
             "restore kubeadm's Role and RoleBinding kubeadm:bootstrap-signer-clusterinfo in \
              kube-public: kubeadm init phase bootstrap-token on a control-plane node"

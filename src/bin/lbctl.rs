@@ -99,6 +99,14 @@ enum Command {
     Probe(lbd::probe::ProbeArgs),
     /// Walk `kubeadm join`'s token discovery through an endpoint, step by
     /// step: replace `kubeadm join` with `lbctl join-check` in a join command.
+    ///
+    /// One line per step, with its result, meaning and fix: dial, tls,
+    /// cluster-info (the anonymous GET), token (its jws-kubeconfig-ID),
+    /// signature (HS256 with the secret), ca-pin, serving-cert (against
+    /// cluster-info's CA, the endpoint's host in its SANs), server
+    /// (cluster-info's server:), certificate-key. kubeadm join's other
+    /// flags are accepted with a note. Exit 0 only if kubeadm's discovery
+    /// would succeed, 1 if a step fails, 2 if the flags are not kubeadm's.
     JoinCheck(lbd::join_check::JoinCheckArgs),
     /// Write man pages (`man DIR`) or a completion script (`completion SHELL`).
     #[command(hide = true)]

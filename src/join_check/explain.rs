@@ -166,7 +166,7 @@ pub(crate) fn no_pin(subjects: &str, real: &str) -> (String, String) {
              pin; the CA in cluster-info ({subjects}) has the pin {real}"
         ),
         format!(
-            "check that pin on a control-plane node ({NEW_JOIN_COMMAND} prints it), then add \
+            "check that pin {NEW_JOIN_COMMAND} prints it, then add \
              --discovery-token-ca-cert-hash {real}"
         ),
     )

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::cluster_info::ClusterInfo;
-use super::steps::CLUSTER_INFO_PATH;
+use super::network::CLUSTER_INFO_PATH;
 use crate::config::format_duration;
 use crate::probe::cert::CertInfo;
 use crate::probe::tls::TlsReport;

@@ -2,19 +2,22 @@
 //! through the control-plane endpoint, saying which step fails and the fix.
 //!
 //! It takes `kubeadm join`'s own flags (`kubeadm_flags` keeps the ones
-//! discovery does not use), checks them as kubeadm does (`token`, `pin`),
-//! then `steps` dials with [`crate::dial`] and shakes hands with the
-//! probe's TLS code, GETs `cluster-info` (`cluster_info`), checks the
-//! token's signature (`jws`), pins the CA, verifies the serving
-//! certificate and compares the advertised server. `explain` holds the
-//! sentences, `render` prints lines or JSON.
+//! discovery does not use) and checks them as kubeadm does (`token`,
+//! `pin`). `steps` walks discovery: `network` dials with [`crate::dial`],
+//! shakes hands with the probe's TLS code and GETs `cluster-info`
+//! (`cluster_info`); then the token's signature (`jws`), the CA pin, the
+//! serving certificate and the advertised server are checked. Each step
+//! adds a line to the `report`; `explain` holds the sentences, `render`
+//! prints lines or JSON.
 
 mod cluster_info;
 mod explain;
 mod jws;
 mod kubeadm_flags;
+mod network;
 mod pin;
 mod render;
+mod report;
 mod steps;
 mod token;
 

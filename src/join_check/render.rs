@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use super::steps::{NAMES, Report};
+use super::report::{NAMES, Report, Status};
 
 /// Prints one line per step, then the notes and the verdict.
 pub(crate) fn lines(out: &mut impl Write, report: &Report) -> io::Result<()> {
@@ -29,7 +29,7 @@ pub(crate) fn lines(out: &mut impl Write, report: &Report) -> io::Result<()> {
     let failed: Vec<String> = report
         .steps
         .iter()
-        .filter(|s| s.result == super::steps::Status::Fail)
+        .filter(|s| s.result == Status::Fail)
         .map(|s| format!("{} {}", s.step, s.name))
         .collect();
     if failed.is_empty() {

@@ -3,49 +3,22 @@
 //! the first failure still run when they have what they need, so one run
 //! names every problem it can see; those without their input are skipped.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use http_body_util::Empty;
-use hyper::Request;
-use hyper::body::Bytes;
-use hyper::header::{ACCEPT, HOST, USER_AGENT};
 use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use serde::Serialize;
-use tokio::net::TcpStream;
 
 use super::cluster_info::{ClusterInfo, Kubeconfig};
 use super::explain;
 use super::jws;
+use super::network::{cluster_info_step, dial_step, tls_step};
 use super::pin::Pin;
+use super::report::{Report, Status};
 use super::token::{BootstrapToken, certificate_key_problem};
-use crate::dial::{self, DialErrorKind};
-use crate::http_client::{self, BodyEnd};
 use crate::probe::cert::CertInfo;
-use crate::probe::tls::{self, ProbeTlsStream, TlsReport, TlsSettings};
-
-/// The path kubeadm GETs, anonymously.
-pub(crate) const CLUSTER_INFO_PATH: &str = "/api/v1/namespaces/kube-public/configmaps/cluster-info";
-
-/// A cluster-info with a CA and many signatures is a few KiB; this is plenty.
-const BODY_LIMIT: usize = 1024 * 1024;
-
-/// The steps' names, in order: `step` N is `NAMES[N - 1]`.
-pub(crate) const NAMES: [&str; 9] = [
-    "dial",
-    "tls",
-    "cluster-info",
-    "token",
-    "signature",
-    "ca-pin",
-    "serving-cert",
-    "server",
-    "certificate-key",
-];
 
 /// The checked flags of one run.
 #[derive(Debug)]
@@ -70,106 +43,6 @@ pub(crate) struct Inputs {
     pub timeout: Duration,
     /// Notes on the flags, printed after the steps.
     pub notes: Vec<String>,
-}
-
-/// How a step ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Status {
-    /// As kubeadm needs it.
-    Ok,
-    /// kubeadm's discovery (or the join right after it) fails here.
-    Fail,
-    /// kubeadm goes on, but something is likely not what was meant.
-    Warn,
-    /// Not run: what it needs is missing, or it does not apply.
-    Skip,
-}
-
-impl Status {
-    /// The word of the human output.
-    pub(crate) fn word(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::Fail => "FAIL",
-            Status::Warn => "warn",
-            Status::Skip => "skip",
-        }
-    }
-}
-
-/// One step's line.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Step {
-    /// From 1.
-    pub step: usize,
-    /// One of [`NAMES`].
-    pub name: &'static str,
-    /// How it ended.
-    pub result: Status,
-    /// What was found and what it means.
-    pub detail: String,
-    /// What to do, when something is to be done.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fix: Option<String>,
-}
-
-/// Everything one run found.
-#[derive(Debug, Serialize)]
-pub(crate) struct Report {
-    /// ENDPOINT as given.
-    pub endpoint: String,
-    /// The address connected to (or the first one tried).
-    pub address: Option<SocketAddr>,
-    /// The token ID checked (never the secret).
-    pub token_id: String,
-    /// Whether no step failed: kubeadm's discovery would succeed.
-    pub passed: bool,
-    /// The steps, in order.
-    pub steps: Vec<Step>,
-    /// What the endpoint presented.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<TlsReport>,
-    /// The real pins of the CA certificates in cluster-info.
-    pub ca_cert_hashes: Vec<String>,
-    /// cluster-info's `server:`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server: Option<String>,
-    /// Notes on the flags given.
-    pub notes: Vec<String>,
-}
-
-impl Report {
-    fn add(&mut self, result: Status, detail: String, fix: Option<String>) {
-        let step = self.steps.len() + 1;
-        self.steps.push(Step {
-            step,
-            name: NAMES[step - 1],
-            result,
-            detail,
-            fix,
-        });
-    }
-
-    fn ok(&mut self, detail: String) {
-        self.add(Status::Ok, detail, None);
-    }
-
-    fn fail(&mut self, detail: String, fix: Option<String>) {
-        self.add(Status::Fail, detail, fix);
-    }
-
-    fn skip(&mut self, detail: String) {
-        self.add(Status::Skip, detail, None);
-    }
-
-    /// Skips every network step (up to `server`) not run yet.
-    fn skip_network_rest(&mut self) {
-        let failed = self.steps.len();
-        while self.steps.len() < NAMES.len() - 1 {
-            self.skip(format!("not run: step {failed} failed"));
-        }
-    }
 }
 
 /// Walks every step against the endpoint.
@@ -209,166 +82,6 @@ async fn network_steps(inputs: &Inputs, report: &mut Report) {
     };
     serving_cert_step(inputs, &chain, &kubeconfig.ca, report);
     server_step(inputs, kubeconfig.server.as_deref(), report);
-}
-
-/// Step 1: resolve and dial, with the daemon's classifier and the probe's words.
-async fn dial_step(inputs: &Inputs, report: &mut Report) -> Option<TcpStream> {
-    let addresses = match dial::resolve(&inputs.host, inputs.port).await {
-        Ok(addresses) => addresses,
-        Err(error) => {
-            report.fail(crate::probe::explain::dns(&error), None);
-            return None;
-        }
-    };
-    let mut first_failure = None;
-    for address in addresses {
-        let started = Instant::now();
-        match dial::connect(address, inputs.timeout).await {
-            Ok(stream) => {
-                report.address = Some(address);
-                report.ok(format!(
-                    "connected to {address} in {}",
-                    crate::probe::explain::elapsed(started.elapsed())
-                ));
-                return Some(stream);
-            }
-            Err(e) => {
-                first_failure.get_or_insert(e);
-            }
-        }
-    }
-    let e = first_failure?;
-    report.address = Some(e.addr);
-    let detail = match e.kind {
-        // connect(2) reports a reset only after the handshake: the
-        // accept-first proxy, as the probe names it.
-        DialErrorKind::Reset => crate::probe::explain::accepted_closed("reset", e.elapsed, false),
-        kind => crate::probe::explain::dial(kind, e.addr, inputs.timeout, &e.detail),
-    };
-    report.fail(format!("{detail} ({})", e.detail), None);
-    None
-}
-
-/// Step 2: the TLS handshake kubeadm's first, insecure client makes; the
-/// chain is kept for step 7.
-async fn tls_step(
-    inputs: &Inputs,
-    stream: TcpStream,
-    report: &mut Report,
-) -> Option<(ProbeTlsStream, Vec<CertificateDer<'static>>)> {
-    let settings = match TlsSettings::load(None, None, None, None, true) {
-        Ok(settings) => settings,
-        Err(e) => {
-            report.fail(format!("cannot set up TLS on this host: {e}"), None);
-            return None;
-        }
-    };
-    // An IP gives an IP server name (no SNI), as Go's client does.
-    let server_name = match ServerName::try_from(inputs.host.clone()) {
-        Ok(name) => name,
-        Err(e) => {
-            report.fail(
-                format!("{:?} is not a TLS server name: {e}", inputs.host),
-                None,
-            );
-            return None;
-        }
-    };
-    match tls::handshake(stream, &settings, server_name, inputs.timeout).await {
-        Ok((stream, tls_report)) => {
-            let chain = tls_report.der_chain.clone();
-            report.ok(explain::tls_ok(&tls_report));
-            report.tls = Some(tls_report);
-            Some((stream, chain))
-        }
-        Err(failure) => {
-            let detail = crate::probe::explain::tls_failure(
-                &failure.kind,
-                inputs.timeout,
-                false,
-                false,
-                &failure.error,
-            );
-            report.fail(format!("{detail} ({})", failure.error), None);
-            report.tls = Some(failure.report);
-            None
-        }
-    }
-}
-
-/// Step 3: the anonymous GET of cluster-info.
-async fn cluster_info_step(
-    inputs: &Inputs,
-    stream: ProbeTlsStream,
-    report: &mut Report,
-) -> Option<ClusterInfo> {
-    let authority = if inputs.host.contains(':') {
-        format!("[{}]:{}", inputs.host, inputs.port)
-    } else {
-        format!("{}:{}", inputs.host, inputs.port)
-    };
-    let request = Request::get(CLUSTER_INFO_PATH)
-        .header(HOST, authority)
-        .header(ACCEPT, "application/json")
-        .header(
-            USER_AGENT,
-            concat!("lbctl-join-check/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Empty::<Bytes>::new());
-    let request = match request {
-        Ok(request) => request,
-        Err(e) => {
-            report.fail(format!("cannot build the GET of cluster-info: {e}"), None);
-            return None;
-        }
-    };
-    let exchange = http_client::exchange(stream, request, BODY_LIMIT);
-    let answer = match tokio::time::timeout(inputs.timeout, exchange).await {
-        Err(_) => {
-            report.fail(explain::get_timeout(inputs.timeout), None);
-            return None;
-        }
-        Ok(Err(e)) => {
-            report.fail(explain::get_failed(&e.to_string()), None);
-            return None;
-        }
-        Ok(Ok(answer)) => answer,
-    };
-    let status = answer.status.as_u16();
-    if status != 200 {
-        let body = String::from_utf8_lossy(&answer.body);
-        let (detail, fix) = explain::cluster_info_status(status, body.trim());
-        report.fail(detail, Some(fix));
-        return None;
-    }
-    if !matches!(answer.ended, BodyEnd::Whole) {
-        report.fail(
-            format!(
-                "GET {CLUSTER_INFO_PATH} answered 200, but the body ended early or passed \
-                 {BODY_LIMIT} bytes: {:?}",
-                answer.ended
-            ),
-            None,
-        );
-        return None;
-    }
-    let info = match ClusterInfo::from_json(&answer.body) {
-        Ok(info) => info,
-        Err(e) => {
-            report.fail(
-                format!("GET {CLUSTER_INFO_PATH} answered 200, but {e}: is this kube-apiserver?"),
-                None,
-            );
-            return None;
-        }
-    };
-    if info.kubeconfig.as_deref().is_none_or(str::is_empty) {
-        let (detail, fix) = explain::no_kubeconfig();
-        report.fail(detail, Some(fix));
-        return None;
-    }
-    report.ok(explain::cluster_info_ok(&info));
-    Some(info)
 }
 
 /// Steps 4 and 5: the token's signature is there, and the secret made it.

@@ -550,3 +550,64 @@ fn malformed_flags_are_usage_errors() {
         assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
     }
 }
+
+#[test]
+fn a_named_endpoint_is_checked_by_name() {
+    let ca = ClusterCa::new();
+    let named = ApiServer::start(&ca, &["kubernetes", "localhost"], &ca, healthy_spec());
+    let endpoint = format!("localhost:{}", named.addr.port());
+    let args = [
+        "join-check",
+        &endpoint,
+        "--token",
+        TOKEN,
+        "--discovery-token-ca-cert-hash",
+        &ca.hash,
+    ];
+    let out = lbctl(&args);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        step_line(&out, 7).contains("localhost is in its SANs"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        step_line(&out, 8).contains(&format!("https://{endpoint}, the endpoint in use")),
+        "{}",
+        out.stdout
+    );
+
+    let unnamed = apiserver(&ca, healthy_spec());
+    let endpoint = format!("localhost:{}", unnamed.addr.port());
+    let args = [
+        "join-check",
+        &endpoint,
+        "--token",
+        TOKEN,
+        "--discovery-token-ca-cert-hash",
+        &ca.hash,
+    ];
+    let out = lbctl(&args);
+    assert_failed_at("direct", &out, 7, "serving-cert");
+    assert!(
+        step_line(&out, 7).contains("--apiserver-cert-extra-sans=localhost"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn discovery_token_takes_precedence_over_token() {
+    let ca = ClusterCa::new();
+    let server = apiserver(&ca, healthy_spec());
+    let args = [
+        "--token",
+        "zzzzzz.zzzzzzzzzzzzzzzz",
+        "--discovery-token",
+        TOKEN,
+        "--discovery-token-ca-cert-hash",
+        &ca.hash,
+    ];
+    let out = run(server.addr, &args);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+}

@@ -38,6 +38,7 @@
 //! - [`demo`]: `lbd --demo`, stand-in apiservers for a first run.
 //! - [`ctl`]: `lbctl`'s admin API client and commands.
 //! - [`probe`]: `lbctl probe`, which dials endpoints and explains what is wrong.
+//! - [`join_check`]: `lbctl join-check`, kubeadm's token discovery walked step by step.
 //! - [`generate`]: man pages and shell completions from the binaries' clap definitions.
 
 pub mod admin;
@@ -56,6 +57,7 @@ pub mod generate;
 pub mod health;
 pub mod histogram;
 pub mod http_client;
+pub mod join_check;
 pub mod limit;
 pub mod listener;
 pub mod metrics;

@@ -97,6 +97,17 @@ enum Command {
     },
     /// Dial endpoints (or every server of a config) and explain what is wrong with them.
     Probe(lbd::probe::ProbeArgs),
+    /// Walk `kubeadm join`'s token discovery through an endpoint, step by
+    /// step: replace `kubeadm join` with `lbctl join-check` in a join command.
+    ///
+    /// One line per step, with its result, meaning and fix: dial, tls,
+    /// cluster-info (the anonymous GET), token (its jws-kubeconfig-ID),
+    /// signature (HS256 with the secret), ca-pin, serving-cert (against
+    /// cluster-info's CA, the endpoint's host in its SANs), server
+    /// (cluster-info's server:), certificate-key. kubeadm join's other
+    /// flags are accepted with a note. Exit 0 only if kubeadm's discovery
+    /// would succeed, 1 if a step fails, 2 if the flags are not kubeadm's.
+    JoinCheck(lbd::join_check::JoinCheckArgs),
     /// Write man pages (`man DIR`) or a completion script (`completion SHELL`).
     #[command(hide = true)]
     Generate {
@@ -163,6 +174,14 @@ fn main() -> ExitCode {
             Ok(lbd::probe::Verdict::SomeFailed) => 1,
             Err(err) => {
                 eprintln!("lbctl probe: {err}");
+                2
+            }
+        },
+        Command::JoinCheck(args) => match lbd::join_check::run(args) {
+            Ok(lbd::join_check::Verdict::Passes) => 0,
+            Ok(lbd::join_check::Verdict::Fails) => 1,
+            Err(err) => {
+                eprintln!("lbctl join-check: {err}");
                 2
             }
         },

@@ -9,12 +9,12 @@
 //! or JSON Lines and the ping-like summary.
 
 mod attempt;
-mod cert;
-mod explain;
+pub(crate) mod cert;
+pub(crate) mod explain;
 mod http;
 mod render;
-mod target;
-mod tls;
+pub(crate) mod target;
+pub(crate) mod tls;
 
 use std::io::{self, Write};
 use std::path::PathBuf;

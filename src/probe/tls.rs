@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{AlertDescription, ClientConfig, InvalidMessage};
 use serde::Serialize;
@@ -155,6 +155,10 @@ pub(crate) struct TlsReport {
     pub name_in_sans: Option<bool>,
     /// The certificate could not be parsed.
     pub certificate_error: Option<String>,
+    /// The certificates as sent, the leaf first: `lbctl join-check`
+    /// verifies them against the CA it learns later.
+    #[serde(skip)]
+    pub der_chain: Vec<CertificateDer<'static>>,
 }
 
 /// Why a handshake failed, in the terms the operator acts on.
@@ -335,6 +339,7 @@ fn recorded_report(recorded: &Mutex<RecordedChain>, with_ca: bool) -> TlsReport 
             .iter()
             .map(|der| CertInfo::parse(der).map_or_else(|e| e, |info| info.subject))
             .collect();
+        report.der_chain.clone_from(&recorded.chain);
         if with_ca {
             report.chain_verified = Some(recorded.chain_error.is_none());
             report.chain_error.clone_from(&recorded.chain_error);

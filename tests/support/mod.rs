@@ -2,6 +2,7 @@
 //! child process, backends on 127.0.0.1, and polling instead of sleeping.
 #![allow(dead_code)]
 
+pub mod apiserver;
 pub mod blackhole;
 mod echo_client;
 pub mod faulty;

@@ -5,9 +5,11 @@
 //! - [`server`]: binding, the accept loop, and the one place a request is authorized.
 //! - [`auth`]: the access policy: bearer token, anonymous read-only probes.
 //! - [`routes`]: the routes and their handlers.
+//! - [`page`]: the status page served at `/`.
 //! - [`status`]: the JSON of `/api/v1/status`, shared with `lbctl`.
 
 pub mod auth;
+pub mod page;
 pub mod routes;
 pub mod server;
 pub mod status;

@@ -614,7 +614,9 @@ impl Snapshot {
 
 /// Milliseconds since the Unix epoch (0 for a clock set before it).
 fn unix_millis(time: SystemTime) -> u64 {
-    let since = time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -332,7 +332,11 @@ mod tests {
     fn the_status_page_shell_needs_no_token() {
         let (policy, _) = policy("the_status_page_shell_needs_no_token", false);
         assert!(policy.authorize(&Method::GET, "/", &headers(None)).is_ok());
-        assert!(policy.authorize(&Method::POST, "/", &headers(None)).is_err());
+        assert!(
+            policy
+                .authorize(&Method::POST, "/", &headers(None))
+                .is_err()
+        );
         assert!(
             policy
                 .authorize(&Method::GET, "/api/v1/status", &headers(None))

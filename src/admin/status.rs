@@ -176,7 +176,12 @@ impl ServerStatus {
             address: server.addr.to_string(),
             // Names in the file cannot hold `@`; lbd names each address of a
             // DNS-named server `name@ip` (see reload.rs).
-            source: if server.name.contains('@') { "dns" } else { "config" }.to_owned(),
+            source: if server.name.contains('@') {
+                "dns"
+            } else {
+                "config"
+            }
+            .to_owned(),
             health: server.health().as_str().to_owned(),
             admin: server.admin().as_str().to_owned(),
             state: server.state().to_owned(),

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod blackhole;
+pub mod browser;
 mod echo_client;
 pub mod faulty;
 pub mod https;

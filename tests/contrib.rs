@@ -41,7 +41,9 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut i = 0;
     while i < bytes.len() {
         if word(bytes[i]) && (i == 0 || !word(bytes[i - 1])) {
-            let end = (i..bytes.len()).find(|&j| !word(bytes[j])).unwrap_or(bytes.len());
+            let end = (i..bytes.len())
+                .find(|&j| !word(bytes[j]))
+                .unwrap_or(bytes.len());
             let name = &expr[i..end];
             if name.starts_with("lbd_") || name.starts_with("process_") {
                 names.insert(name.to_owned());
@@ -64,7 +66,9 @@ fn label_names(expr: &str) -> BTreeSet<String> {
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
         let rest = part[name.len()..].trim_start();
-        let is_matcher = ["=~", "!~", "!=", "="].iter().any(|op| rest.starts_with(op));
+        let is_matcher = ["=~", "!~", "!=", "="]
+            .iter()
+            .any(|op| rest.starts_with(op));
         let is_grouping = rest.starts_with(',') || rest.starts_with(')');
         if !name.is_empty() && (is_matcher || is_grouping) && !name.starts_with("lbd_") {
             labels.insert(name);
@@ -95,9 +99,10 @@ const NOT_LBD_LABELS: [&str; 3] = ["instance", "job", "le"];
 #[test]
 fn the_dashboard_and_rules_use_only_what_lbd_exports() {
     let (exported, exported_labels) = scraped_names();
-    let dashboard: Value =
-        serde_json::from_str(&std::fs::read_to_string(contrib("contrib/grafana/lbd.json")).unwrap())
-            .expect("contrib/grafana/lbd.json is valid JSON");
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(contrib("contrib/grafana/lbd.json")).unwrap(),
+    )
+    .expect("contrib/grafana/lbd.json is valid JSON");
 
     let mut exprs = Vec::new();
     queries(&dashboard, &mut exprs);
@@ -142,7 +147,10 @@ fn the_dashboard_and_rules_use_only_what_lbd_exports() {
         "lbd_server_bytes_total",
         "lbd_config_reloads_total",
     ] {
-        assert!(used.contains(family), "the dashboard has no panel on {family}");
+        assert!(
+            used.contains(family),
+            "the dashboard has no panel on {family}"
+        );
     }
     // A datasource variable, and frontend and backend variables that
     // every panel's data source and queries follow.
@@ -163,7 +171,11 @@ fn the_dashboard_and_rules_use_only_what_lbd_exports() {
         if panel["type"] == "row" {
             continue;
         }
-        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{}", panel["title"]);
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "{}",
+            panel["title"]
+        );
         for target in panel["targets"].as_array().unwrap() {
             let expr = target["expr"].as_str().unwrap();
             let names = metric_names(expr);
@@ -213,7 +225,11 @@ fn every_alert_has_a_summary_and_a_runbook_section() {
             .trim_matches('"')
             .strip_prefix("docs/alerts.md#")
             .unwrap_or_else(|| panic!("{name}: {link} is not a docs/alerts.md section"));
-        assert_eq!(anchor, name.to_lowercase(), "{name}'s runbook is its own section");
+        assert_eq!(
+            anchor,
+            name.to_lowercase(),
+            "{name}'s runbook is its own section"
+        );
         assert!(
             anchors.contains(anchor),
             "{name}: docs/alerts.md has no section #{anchor} ({anchors:?})"

@@ -124,8 +124,21 @@ fn the_page_shows_servers_follows_changes_and_its_buttons_drain() {
     assert_eq!(page.eval("window.__cspViolations"), json!([]));
 
     if let Some(dir) = browser::screenshot_dir() {
-        // Sparklines need a few refreshes to draw a line.
-        std::thread::sleep(Duration::from_secs(6));
+        // Something to look at: a drained server, connections coming and
+        // going for the sparklines (a refresh every 2 s draws a point).
+        assert_eq!(lbd.post("/api/v1/backends/pool/servers/b/drain").0, 200);
+        let mut more = Vec::new();
+        for round in 0..8 {
+            if round < 5 {
+                more.extend((0..3).map(|_| hold(lbd.addr("api"))));
+            } else {
+                more.truncate(more.len().saturating_sub(5));
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        page.eval(
+            "document.activeElement.blur(); document.getElementById('notice').textContent = ''",
+        );
         page.screenshot(&dir.join("status-page.png"));
     }
     drop((held, b));

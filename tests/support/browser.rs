@@ -313,6 +313,14 @@ impl Browser {
 
     /// A PNG screenshot of the whole page, written to `path`.
     pub fn screenshot(&mut self, path: &Path) {
+        let width = self.eval("document.documentElement.clientWidth");
+        let height = self.eval(
+            "Math.ceil(Math.max(...[...document.body.children].map(e => e.getBoundingClientRect().bottom))) + 24",
+        );
+        self.command(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false }),
+        );
         let shot = self.command(
             "Page.captureScreenshot",
             json!({ "format": "png", "captureBeyondViewport": true }),

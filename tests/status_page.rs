@@ -120,6 +120,54 @@ fn the_page_shows_servers_follows_changes_and_its_buttons_drain() {
     page.wait_for(PATIENCE, "a up again", &row_state("a", "up"));
     assert_eq!(page.eval("window.__sameDocument === true"), json!(true));
 
+    // What needs attention: a frontend whose backend has no server left
+    // to take a connection (c is down, a and b disabled)…
+    for server in ["a", "b"] {
+        let path = format!("/api/v1/backends/pool/servers/{server}/disable");
+        assert_eq!(lbd.post(&path).0, 200);
+    }
+    page.wait_for(
+        PATIENCE,
+        "frontend api shown paused",
+        "document.querySelector('tr[data-frontend=\"api\"] .badge').textContent === 'paused' \
+         && document.getElementById('attention-list').innerText.includes('frontend api is paused')",
+    );
+    for server in ["a", "b"] {
+        let path = format!("/api/v1/backends/pool/servers/{server}/enable");
+        assert_eq!(lbd.post(&path).0, 200);
+    }
+    // … and a reload that failed, with where in the file.
+    let good = std::fs::read_to_string(&lbd.config_path).unwrap();
+    std::fs::write(&lbd.config_path, format!("{good}\n[oops\n")).unwrap();
+    assert_eq!(lbd.post("/api/v1/reload").0, 422);
+    let line = good.lines().count() + 2;
+    let place = format!("lbd.toml:{line}:");
+    page.wait_for(
+        PATIENCE,
+        "the failed reload with its file:line",
+        &format!(
+            "document.getElementById('attention-list').innerText.includes('reload failed') \
+             && document.getElementById('attention-list').innerText.includes('{place}')"
+        ),
+    );
+    std::fs::write(&lbd.config_path, good).unwrap();
+    assert_eq!(lbd.post("/api/v1/reload").0, 200);
+    page.wait_for(
+        PATIENCE,
+        "the failed reload gone",
+        "!document.getElementById('attention-list').innerText.includes('reload failed')",
+    );
+
+    // On a phone: the tables become cards, nothing is wider than the screen.
+    page.resize(390, 800, true);
+    page.wait_for(
+        PATIENCE,
+        "a phone-width layout",
+        "innerWidth === 390 && document.documentElement.scrollWidth <= innerWidth \
+         && getComputedStyle(document.querySelector('tr[data-server=\"pool/a\"]')).display === 'block'",
+    );
+    page.resize(1280, 900, false);
+
     // The policy let everything the page needs run.
     assert_eq!(page.eval("window.__cspViolations"), json!([]));
 

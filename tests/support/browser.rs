@@ -141,10 +141,7 @@ impl Browser {
             json!({ "targetId": target, "flatten": true }),
         );
         browser.session = attached["sessionId"].as_str().unwrap().to_owned();
-        browser.command(
-            "Emulation.setDeviceMetricsOverride",
-            json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false }),
-        );
+        browser.resize(width, height, false);
         browser.command("Page.enable", json!({}));
         // Counts what the Content-Security-Policy blocked, from the start
         // of every document.
@@ -209,6 +206,15 @@ impl Browser {
                 }
             }
         }
+    }
+
+    /// Gives the page a viewport of `width`×`height` CSS pixels; `mobile`
+    /// also makes it lay out as a phone does (the viewport meta tag counts).
+    pub fn resize(&mut self, width: u32, height: u32, mobile: bool) {
+        self.command(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile }),
+        );
     }
 
     /// What chromium wrote to stderr, for failure messages.

@@ -113,7 +113,8 @@ impl Demo {
              curl -s http://{frontend}/            # answered by cp1, cp2, cp3 in turn\n  \
              nc -v {ip} {port}                     # the control-plane endpoint answers\n  \
              curl -s http://{admin}/api/v1/status  # health and counters (JSON)\n  \
-             cargo run --release --bin lbctl -- --admin {admin} status   # the same, as a table\n\n\
+             cargo run --release --bin lbctl -- --admin {admin} status   # the same, as a table\n  \
+             open http://{admin}/                 # the same, live in a browser\n\n\
              kill a stand-in (it comes back after {down}s) and watch traffic move:\n",
             ip = frontend.ip(),
             port = frontend.port(),

@@ -167,6 +167,9 @@ pub struct Server {
     /// When the server's health task last turned ([`monotonic_millis`]):
     /// the watchdog's evidence that health checking is alive.
     health_beat: AtomicU64,
+    /// When its health or admin state last changed (or it was created),
+    /// in milliseconds since the Unix epoch: the status page's "since".
+    state_changed: AtomicU64,
 }
 
 /// Dial failures met by client traffic, waiting for the health checker to
@@ -194,6 +197,7 @@ impl Server {
             passive: PassiveReports::default(),
             down_signal: ArcSwap::from_pointee(CancellationToken::new()),
             health_beat: AtomicU64::new(monotonic_millis()),
+            state_changed: AtomicU64::new(unix_millis(SystemTime::now())),
         }
     }
 
@@ -266,7 +270,11 @@ impl Server {
 
     /// Records a new health, returning the previous one.
     pub fn set_health(&self, health: Health) -> Health {
-        Health::from_u8(self.health.swap(health as u8, Relaxed))
+        let previous = Health::from_u8(self.health.swap(health as u8, Relaxed));
+        if previous != health {
+            self.stamp_state_change();
+        }
+        previous
     }
 
     /// The operator's admin state.
@@ -276,7 +284,21 @@ impl Server {
 
     /// Changes the admin state, returning the previous one.
     pub fn set_admin(&self, admin: AdminState) -> AdminState {
-        AdminState::from_u8(self.admin.swap(admin as u8, Relaxed))
+        let previous = AdminState::from_u8(self.admin.swap(admin as u8, Relaxed));
+        if previous != admin {
+            self.stamp_state_change();
+        }
+        previous
+    }
+
+    /// When its health or admin state last changed, or it was created.
+    pub fn changed_at(&self) -> SystemTime {
+        std::time::UNIX_EPOCH + Duration::from_millis(self.state_changed.load(Relaxed))
+    }
+
+    fn stamp_state_change(&self) {
+        self.state_changed
+            .store(unix_millis(SystemTime::now()), Relaxed);
     }
 
     /// Whether new connections may come here on health alone: ready, and up
@@ -596,6 +618,14 @@ impl Availability {
     pub fn can_serve(self) -> bool {
         self != Availability::Unavailable
     }
+}
+
+/// Milliseconds since the Unix epoch (0 for a clock set before it).
+fn unix_millis(time: SystemTime) -> u64 {
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Milliseconds on a process-wide monotonic clock (cheap to store in an atomic).

@@ -119,13 +119,21 @@ fn status_has_every_contract_field() {
             "active_connections",
             "address",
             "admin",
+            "changed_at",
             "connections_total",
             "health",
             "last_check",
             "name",
+            "source",
             "state"
         ]
     );
+    assert_eq!(server["source"], "config");
+    assert_eq!(frontend["paused"], false);
+    // The first verdict (unknown -> up) is a change of state.
+    let changed_at = server["changed_at"].as_str().unwrap();
+    assert!(changed_at.ends_with('Z'), "{changed_at}");
+    assert!(changed_at >= last["at"].as_str().unwrap(), "{server}");
     assert_eq!(server["name"], "a");
     assert_eq!(server["address"], a.addr.to_string());
     // Lbd::start waits for the first health checks, so the verdict is in.

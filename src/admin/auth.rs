@@ -5,7 +5,14 @@
 //!   permits that on a loopback address or a unix socket (mode 0660);
 //! - with `token_file`, every request must carry `Authorization: Bearer
 //!   <token>`, except `GET /metrics`, `/healthz` and `/readyz` when
-//!   `anonymous_read_only` is set.
+//!   `anonymous_read_only` is set;
+//! - `GET /`, the status page, is always served: it is a fixed shell that
+//!   holds no data and fetches everything from `/api/v1/status` with the
+//!   token the operator types in;
+//! - a request that changes lbd and carries `Origin` (sent by a browser)
+//!   is refused unless it comes from lbd's own status page: same origin,
+//!   and, without a token, an origin a DNS name cannot fake (an IP literal
+//!   or `localhost`).
 //!
 //! The token is read from its file on each request (rotating it is
 //! replacing the file), compared in constant time, and never logged or
@@ -15,7 +22,7 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use hyper::header::{self, HeaderMap, ORIGIN};
+use hyper::header::{self, HOST, HeaderMap, ORIGIN};
 use hyper::{Method, StatusCode};
 use tracing::warn;
 
@@ -81,11 +88,18 @@ impl Policy {
         // A web page the operator happens to have open may POST to
         // 127.0.0.1:8404 (a cross-site request needs no CORS approval to be
         // sent); browsers mark such requests with Origin, lbctl and curl do not.
-        if method != Method::GET && method != Method::HEAD && headers.contains_key(ORIGIN) {
+        let changes = method != Method::GET && method != Method::HEAD;
+        if changes
+            && headers.contains_key(ORIGIN)
+            && !from_own_page(headers, self.token_file.is_some())
+        {
             return Err(Refusal {
                 status: StatusCode::FORBIDDEN,
                 reason: "requests from web pages (with an Origin header) may not change lbd; use lbctl or curl".into(),
             });
+        }
+        if method == Method::GET && path == "/" {
+            return Ok(());
         }
         let Some(token_file) = &self.token_file else {
             return Ok(());
@@ -119,6 +133,38 @@ impl Policy {
             Err(unauthorized("wrong bearer token"))
         }
     }
+}
+
+/// Whether a browser request comes from the status page lbd served: its
+/// `Origin` is `http://` and the very `Host` it was sent to. That alone
+/// would let a DNS-rebinding page (evil.example resolving to 127.0.0.1)
+/// pass, since to the browser it is same-origin; so without a token the
+/// host must also be one no DNS answer can stand for. With a token, the
+/// rebinding page cannot read it: the tab keeps it per origin.
+fn from_own_page(headers: &HeaderMap, token_required: bool) -> bool {
+    let (Some(origin), Some(host)) = (headers.get(ORIGIN), headers.get(HOST)) else {
+        return false;
+    };
+    let (Ok(origin), Ok(host)) = (origin.to_str(), host.to_str()) else {
+        return false;
+    };
+    let same = origin
+        .strip_prefix("http://")
+        .is_some_and(|rest| rest.eq_ignore_ascii_case(host));
+    same && (token_required || names_this_host_literally(host))
+}
+
+/// Whether `host` (a `Host` header: name or address, optional port) is an
+/// IP address or `localhost`, which resolve without asking DNS.
+fn names_this_host_literally(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port)) if port.is_empty() || port.starts_with(':') => v6,
+            _ => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.parse::<std::net::IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost")
 }
 
 /// The routes `anonymous_read_only` opens: they show state, change nothing.
@@ -273,6 +319,75 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    fn browser(origin: &str, host: &str, authorization: Option<&str>) -> HeaderMap {
+        let mut headers = headers(authorization);
+        headers.insert(ORIGIN, origin.parse().unwrap());
+        headers.insert(HOST, host.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn the_status_page_shell_needs_no_token() {
+        let (policy, _) = policy("the_status_page_shell_needs_no_token", false);
+        assert!(policy.authorize(&Method::GET, "/", &headers(None)).is_ok());
+        assert!(
+            policy
+                .authorize(&Method::POST, "/", &headers(None))
+                .is_err()
+        );
+        assert!(
+            policy
+                .authorize(&Method::GET, "/api/v1/status", &headers(None))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn only_the_own_page_may_post_from_a_browser() {
+        let open = Policy {
+            token_file: None,
+            anonymous_read_only: false,
+        };
+        let drain = "/api/v1/backends/pool/servers/a/drain";
+        let post = |headers: &HeaderMap| open.authorize(&Method::POST, drain, headers);
+        for (origin, host) in [
+            ("http://127.0.0.1:8404", "127.0.0.1:8404"),
+            ("http://[::1]:8404", "[::1]:8404"),
+            ("http://localhost:8404", "localhost:8404"),
+        ] {
+            assert!(post(&browser(origin, host, None)).is_ok(), "{origin}");
+        }
+        for (origin, host) in [
+            // Another site, another port, another scheme.
+            ("http://evil.example", "127.0.0.1:8404"),
+            ("http://127.0.0.1:9999", "127.0.0.1:8404"),
+            ("https://127.0.0.1:8404", "127.0.0.1:8404"),
+            ("null", "127.0.0.1:8404"),
+            // DNS rebinding: same origin to the browser, but a name.
+            ("http://evil.example:8404", "evil.example:8404"),
+            ("http://[::1]x:8404", "[::1]x:8404"),
+        ] {
+            let refused = post(&browser(origin, host, None)).unwrap_err();
+            assert_eq!(refused.status, StatusCode::FORBIDDEN, "{origin} {host}");
+        }
+        // With a token a named host is fine: the token is what is checked.
+        let (policy, _) = policy("only_the_own_page_may_post_from_a_browser", false);
+        let named = browser(
+            "http://lb.example:8404",
+            "lb.example:8404",
+            Some(&format!("Bearer {TOKEN}")),
+        );
+        assert!(policy.authorize(&Method::POST, drain, &named).is_ok());
+        let tokenless = browser("http://lb.example:8404", "lb.example:8404", None);
+        assert_eq!(
+            policy
+                .authorize(&Method::POST, drain, &tokenless)
+                .unwrap_err()
+                .status,
+            StatusCode::UNAUTHORIZED
+        );
     }
 
     #[test]

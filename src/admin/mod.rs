@@ -6,10 +6,12 @@
 //! - [`auth`]: the access policy: bearer token, anonymous read-only probes.
 //! - [`connections`]: the connection caps, and which idle connection makes room.
 //! - [`routes`]: the routes and their handlers.
+//! - [`page`]: the status page served at `/`.
 //! - [`status`]: the JSON of `/api/v1/status`, shared with `lbctl`.
 
 pub mod auth;
 pub mod connections;
+pub mod page;
 pub mod routes;
 pub mod server;
 pub mod status;

@@ -58,6 +58,14 @@ async fn route(context: &Context, method: &Method, path: &str, query: Option<&st
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
     let daemon = &context.daemon;
     match segments.as_slice() {
+        [""] => only(method, Method::GET, || {
+            super::page::answer().unwrap_or_else(|| {
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "no randomness for the page's nonce",
+                )
+            })
+        }),
         ["metrics"] => only(method, Method::GET, || metrics_answer(context)),
         ["healthz"] => only(method, Method::GET, || text(StatusCode::OK, "ok\n".into())),
         ["readyz"] => only(method, Method::GET, || {

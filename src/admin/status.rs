@@ -60,6 +60,10 @@ pub struct FrontendStatus {
     pub connections_total: u64,
     /// Connections turned away since start (no server, or every dial failed).
     pub rejected_total: u64,
+    /// Whether its listeners stopped accepting because no server of its
+    /// backend can take a connection (new clients wait in the backlog).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// One backend and its servers.
@@ -78,6 +82,10 @@ pub struct ServerStatus {
     pub name: String,
     /// `IP:port` connections go to.
     pub address: String,
+    /// Where the server comes from: `config` (an address in the file) or
+    /// `dns` (one address of a name in the file).
+    #[serde(default)]
+    pub source: String,
     /// `unknown`, `up` or `down`: what the checks found.
     pub health: String,
     /// `ready`, `drain` or `disabled`: what the operator asked.
@@ -88,6 +96,10 @@ pub struct ServerStatus {
     pub active_connections: u64,
     /// Connections established since the server was first configured.
     pub connections_total: u64,
+    /// When its health or admin state last changed (or it was added),
+    /// RFC 3339 UTC.
+    #[serde(default)]
+    pub changed_at: String,
     /// The latest health check, `null` before the first.
     pub last_check: Option<CheckStatus>,
 }
@@ -129,6 +141,7 @@ impl Status {
                 active_connections: f.stats.active.load(Relaxed),
                 connections_total: f.stats.total.load(Relaxed),
                 rejected_total: f.stats.rejected.iter().map(|r| r.load(Relaxed)).sum(),
+                paused: !f.route.load().pool.availability().can_serve(),
             })
             .collect();
         let backends = snapshot
@@ -161,11 +174,20 @@ impl ServerStatus {
         ServerStatus {
             name: server.name.clone(),
             address: server.addr.to_string(),
+            // Names in the file cannot hold `@`; lbd names each address of a
+            // DNS-named server `name@ip` (see reload.rs).
+            source: if server.name.contains('@') {
+                "dns"
+            } else {
+                "config"
+            }
+            .to_owned(),
             health: server.health().as_str().to_owned(),
             admin: server.admin().as_str().to_owned(),
             state: server.state().to_owned(),
             active_connections: server.active(),
             connections_total: server.stats.total.load(Relaxed),
+            changed_at: clock::rfc3339(server.changed_at()),
             last_check: server.last_check().map(|check| CheckStatus {
                 result: check.result,
                 check: check.check.to_owned(),

@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod blackhole;
+pub mod browser;
 mod echo_client;
 pub mod faulty;
 pub mod https;

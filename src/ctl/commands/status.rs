@@ -190,11 +190,13 @@ mod tests {
         let server = |name: &str, state: &str, check: Option<CheckStatus>| ServerStatus {
             name: name.into(),
             address: "10.0.0.1:6443".into(),
+            source: "config".into(),
             health: "up".into(),
             admin: "ready".into(),
             state: state.into(),
             active_connections: 3,
             connections_total: 120,
+            changed_at: "2023-11-14T22:14:00.000Z".into(),
             last_check: check,
         };
         let status = Status {
@@ -214,6 +216,7 @@ mod tests {
                 active_connections: 3,
                 connections_total: 120,
                 rejected_total: 0,
+                paused: false,
             }],
             backends: vec![BackendStatus {
                 name: "cp".into(),

@@ -50,7 +50,7 @@ pub async fn handle(
             socket::reset(client);
             if reason == RejectReason::NoServer {
                 // The listener should be paused by now: make sure it looks.
-                frontend.availability_changed();
+                pool.availability_changed();
             }
             return;
         };

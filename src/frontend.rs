@@ -1,6 +1,7 @@
 //! A frontend's running state: its counters, its connection limits, the
 //! route (backend pool and timeouts) that reloads swap under it, and the
-//! signal that tells its accept loops the backend's availability changed.
+//! watch that tells its accept loops the backend's availability changed
+//! (the backend publishes it; it knows nothing of frontends).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -100,8 +101,9 @@ pub struct Frontend {
     pub limit: ConnectionLimit,
     /// Open connections per client address: `max_connections_per_source`.
     pub source_limit: Arc<SourceLimit>,
-    /// Bumped whenever the backend's availability may have changed.
-    availability: watch::Sender<u64>,
+    /// Bumped whenever a reload swaps the route (another pool, or the same
+    /// one with other settings).
+    routes: watch::Sender<u64>,
 }
 
 impl Frontend {
@@ -113,14 +115,14 @@ impl Frontend {
             route: ArcSwap::from_pointee(Route::new(spec, pool)),
             limit: ConnectionLimit::new(spec.max_connections),
             source_limit: Arc::new(SourceLimit::new(spec.max_connections_per_source)),
-            availability: watch::Sender::new(0),
+            routes: watch::Sender::new(0),
         }
     }
 
     /// Applies a reloaded spec: new route, new connection limits.
     pub fn update(&self, spec: &config::Frontend, pool: Arc<Pool>) {
         self.route.store(Arc::new(Route::new(spec, pool)));
-        self.availability_changed();
+        self.routes.send_modify(|n| *n = n.wrapping_add(1));
         self.limit.resize(spec.max_connections);
         self.source_limit.set(spec.max_connections_per_source);
     }
@@ -154,15 +156,45 @@ impl Frontend {
             .map_err(|why| format!("backend {}: {why}", route.pool.spec.name))
     }
 
-    /// Tells the accept loops to look at the backend's availability again:
-    /// called on health transitions, admin changes and route swaps.
-    pub fn availability_changed(&self) {
-        self.availability.send_modify(|n| *n = n.wrapping_add(1));
+    /// A watch that wakes when the frontend's backend may have become able
+    /// or unable to serve: the pool's own publication, or a route swap.
+    pub fn watch_availability(self: &Arc<Self>) -> AvailabilityWatch {
+        AvailabilityWatch {
+            routes: self.routes.subscribe(),
+            pool: self.route.load().pool.watch_availability(),
+            frontend: Arc::clone(self),
+        }
     }
+}
 
-    /// A receiver that wakes on every [`Frontend::availability_changed`].
-    pub fn watch_availability(&self) -> watch::Receiver<u64> {
-        self.availability.subscribe()
+/// Follows a frontend's backend availability across route swaps.
+#[derive(Debug)]
+pub struct AvailabilityWatch {
+    frontend: Arc<Frontend>,
+    routes: watch::Receiver<u64>,
+    pool: watch::Receiver<u64>,
+}
+
+impl AvailabilityWatch {
+    /// Completes when the availability may have changed.
+    pub async fn changed(&mut self) {
+        tokio::select! {
+            routed = self.routes.changed() => {
+                if routed.is_ok() {
+                    // Another pool, perhaps: follow its publication from now on.
+                    self.pool = self.frontend.route.load().pool.watch_availability();
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            }
+            published = self.pool.changed() => {
+                if published.is_err() {
+                    // The pool was replaced; the route swap wakes us.
+                    let _ = self.routes.changed().await;
+                    self.pool = self.frontend.route.load().pool.watch_availability();
+                }
+            }
+        }
     }
 }
 

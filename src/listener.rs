@@ -21,13 +21,13 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::forward;
-use crate::frontend::{Frontend, RejectReason};
+use crate::frontend::{AvailabilityWatch, Frontend, RejectReason};
 use crate::limit::{ConnectionLimit, ConnectionSlot};
 use crate::pausable::PausableListener;
 use crate::runtime;
@@ -114,7 +114,7 @@ impl AcceptLoop {
             }
             let accepted = tokio::select! {
                 () = stop.cancelled() => return,
-                () = changed(&mut changes) => continue,
+                () = changes.changed() => continue,
                 accepted = listener.accept() => accepted,
             };
             match accepted {
@@ -259,7 +259,7 @@ async fn slot(
     frontend: &Frontend,
     reason: RejectReason,
     stop: &CancellationToken,
-    changes: &mut watch::Receiver<u64>,
+    changes: &mut AvailabilityWatch,
 ) -> Slot {
     if let Some(permit) = limit.try_take() {
         return Slot::Taken(permit);
@@ -267,7 +267,7 @@ async fn slot(
     debug!(frontend = %frontend.name, reason = reason.as_str(), "connection limit full; new clients wait in the backlog");
     tokio::select! {
         () = stop.cancelled() => Slot::Stopped,
-        () = changed(changes) => Slot::Changed,
+        () = changes.changed() => Slot::Changed,
         permit = limit.take() => match permit {
             Ok(permit) => Slot::Taken(permit),
             Err(_) => Slot::Stopped,
@@ -289,7 +289,7 @@ enum Paused {
 async fn pause_while_unavailable(
     listener: &mut PausableListener,
     frontend: &Frontend,
-    changes: &mut watch::Receiver<u64>,
+    changes: &mut AvailabilityWatch,
     stop: &CancellationToken,
 ) -> Paused {
     let address = listener.local_addr();
@@ -309,7 +309,7 @@ async fn pause_while_unavailable(
                 let _ = listener.resume();
                 return Paused::Stopped;
             }
-            () = changed(changes) => {}
+            () = changes.changed() => {}
             () = tokio::time::sleep(PAUSED_RECHECK) => {}
         }
         if !frontend.can_serve() {
@@ -324,14 +324,6 @@ async fn pause_while_unavailable(
             Err(e) => warn!(frontend = %frontend.name, %address, error = %e,
                 "cannot listen again; retrying (is another process bound to this port?)"),
         }
-    }
-}
-
-/// Completes when the frontend's availability may have changed; never if
-/// the frontend is gone (it cannot be while its accept loop runs).
-async fn changed(changes: &mut watch::Receiver<u64>) {
-    if changes.changed().await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::balance::{Balancer, Load};
@@ -439,6 +439,10 @@ pub struct Pool {
     /// The servers, in config order (a DNS name adds one per address).
     pub servers: Vec<Arc<Server>>,
     balancer: Balancer,
+    /// Bumped whenever a server's health or admin state may have changed
+    /// whether the pool can serve: the backend publishes its availability,
+    /// and whoever routes to it (accept loops) subscribes.
+    availability: watch::Sender<u64>,
 }
 
 impl Pool {
@@ -456,7 +460,18 @@ impl Pool {
             spec,
             servers,
             balancer,
+            availability: watch::Sender::new(0),
         }
+    }
+
+    /// Tells the subscribers to look at [`Pool::availability`] again.
+    pub fn availability_changed(&self) {
+        self.availability.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that wakes on every [`Pool::availability_changed`].
+    pub fn watch_availability(&self) -> watch::Receiver<u64> {
+        self.availability.subscribe()
     }
 
     /// Picks a server for a client, skipping those in `tried`. Returns its index.

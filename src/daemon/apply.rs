@@ -76,7 +76,6 @@ impl Daemon {
     pub(super) fn sync_health_checks(&self, snapshot: &Snapshot, plan: &Plan) {
         let topology = Topology {
             pools: snapshot.pools.clone(),
-            frontends: snapshot.frontends.clone(),
         };
         self.shared.health.sync(&topology, &plan.checks);
     }

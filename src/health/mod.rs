@@ -6,8 +6,9 @@
 //! results to a rise/fall state machine (`machine.rs`). Failed dials on client
 //! traffic (passive health) feed the same machine at once. The verdict is
 //! stored on the [`Server`] (an atomic the data path reads); every change is
-//! logged at info with its reason, counted, and wakes the frontends so they
-//! can pause their listeners when no server is left.
+//! logged at info with its reason, counted, and published by the pool, so
+//! the accept loops routing to it can pause their listeners when no server
+//! is left.
 //!
 //! [`HealthChecks`] owns the tasks: the daemon creates it and calls
 //! [`HealthChecks::sync`] after every snapshot swap (start and reload), so
@@ -40,7 +41,6 @@ use tracing::{info, warn};
 
 use crate::config;
 use crate::dial::DialError;
-use crate::frontend::Frontend;
 use crate::pool::{Availability, Pool, Server};
 
 pub use active::{ActiveCheck, CheckFactory, CheckSetup};
@@ -157,13 +157,11 @@ struct TaskHandle {
     wake: Arc<Notify>,
 }
 
-/// The pools and frontends of the latest snapshot, for the tasks to consult.
+/// The pools of the latest snapshot, for the tasks to consult.
 #[derive(Debug, Default)]
 pub struct Topology {
     /// Every backend's pool.
     pub pools: Vec<Arc<Pool>>,
-    /// The frontends to wake when a backend's availability changes.
-    pub frontends: Vec<Arc<Frontend>>,
 }
 
 impl Default for HealthChecks {
@@ -189,7 +187,7 @@ impl HealthChecks {
         }
     }
 
-    /// Follows the pools and frontends an apply installed: starts a task for
+    /// Follows the pools an apply installed: starts a task for
     /// every server not checked yet (its first check runs at once), restarts
     /// those of the backends in `rebuild` (the plan's: their health settings
     /// or TLS files changed), and stops those no longer listed.
@@ -252,14 +250,14 @@ impl HealthChecks {
         });
         drop(tasks);
         drop(first_round);
-        for frontend in &self.shared.topology.load().frontends {
-            frontend.availability_changed();
+        for pool in &self.shared.topology.load().pools {
+            pool.availability_changed();
         }
     }
 
-    /// Checks `server` at once (a newly enabled server) and tells its
-    /// frontends to look at their backend again (its admin state may have
-    /// changed). Returns whether the server has a task.
+    /// Checks `server` at once (a newly enabled server) and publishes its
+    /// pool's availability again (its admin state may have changed). Returns
+    /// whether the server has a task.
     pub fn check_now(&self, server: &Arc<Server>) -> bool {
         let found = self
             .shared
@@ -307,7 +305,6 @@ impl HealthChecks {
     fn set_topology(&self, topology: &Topology) {
         self.shared.topology.store(Arc::new(Topology {
             pools: topology.pools.clone(),
-            frontends: topology.frontends.clone(),
         }));
     }
 
@@ -367,7 +364,8 @@ impl Shared {
     }
 
     /// A server of `backend` changed health or admin state: log the
-    /// backend's availability if it changed, and wake its frontends.
+    /// backend's availability if it changed, and publish it (the accept
+    /// loops routing to the backend wake).
     fn pool_changed(&self, backend: &str) {
         let topology = self.topology.load();
         if let Some(pool) = topology.pools.iter().find(|p| p.spec.name == backend) {
@@ -395,11 +393,7 @@ impl Shared {
                     Availability::Healthy | Availability::Unchecked => {}
                 }
             }
-        }
-        for frontend in &topology.frontends {
-            if frontend.route.load().pool.spec.name == backend {
-                frontend.availability_changed();
-            }
+            pool.availability_changed();
         }
     }
 }

@@ -132,7 +132,6 @@ fn snapshot(n: usize, health: &str) -> Topology {
         .collect();
     Topology {
         pools: vec![Arc::new(Pool::new(spec, servers))],
-        frontends: Vec::new(),
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod duration;
 mod error;
+mod http_path;
 mod lint;
 mod raw;
 mod tls_files;

@@ -38,7 +38,7 @@ pub async fn handle(
     let route = frontend.route.load_full();
     let pool = &route.pool;
     let mut tried = Tried::default();
-    let (server, upstream, _server_connection) = loop {
+    let (server, upstream, _server_connection, server_down) = loop {
         let Some(index) = pool.pick(peer.ip(), &tried) else {
             let reason = if tried.is_empty() {
                 RejectReason::NoServer
@@ -57,6 +57,12 @@ pub async fn handle(
         tried.insert(index);
         let server = &pool.servers[index];
         let attempt = server.connection();
+        // Before the dial: a mark-down during it must close this connection too.
+        let down_signal = pool
+            .spec
+            .health
+            .close_on_down
+            .map(|window| (pool.down_signal(index), window));
         let dial_started = Instant::now();
         let dialed = tokio::select! {
             dialed = dial::connect(server.addr, pool.spec.connect_timeout) => dialed,
@@ -72,7 +78,7 @@ pub async fn handle(
                     .stats
                     .connect_duration
                     .observe(dial_started.elapsed());
-                break (server, stream, attempt);
+                break (server, stream, attempt, down_signal);
             }
             Err(err) => {
                 drop(attempt);
@@ -100,11 +106,6 @@ pub async fn handle(
         to_server: [&server.stats.bytes_to_server, &frontend.stats.bytes_in],
         to_client: [&server.stats.bytes_to_client, &frontend.stats.bytes_out],
     };
-    let server_down = pool
-        .spec
-        .health
-        .close_on_down
-        .map(|window| (server.down_signal(), window));
     let closed = closed(&cancel, server_down);
     let relayed = relay::relay(&client, &upstream, timeouts, counters, closed).await;
     debug!(

@@ -6,7 +6,7 @@
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Bytes, Incoming};
-use hyper::{Request, StatusCode};
+use hyper::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -30,6 +30,50 @@ pub enum BodyEnd {
     TooLong,
     /// The connection failed before the end.
     Broken(hyper::Error),
+}
+
+/// A request lbd cannot build: its target or a header is not valid HTTP.
+/// The fault is lbd's (its config), never the server's.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the request GET {target}: {source}")]
+pub struct BadRequest {
+    /// The target as given, escaped and cut short for a log line.
+    pub target: String,
+    /// What the HTTP types refused.
+    #[source]
+    pub source: hyper::http::Error,
+}
+
+/// Longest part of a refused target quoted in a [`BadRequest`].
+const TARGET_QUOTED: usize = 80;
+
+/// `GET target` with `Host: host`, `User-Agent: user_agent` and
+/// `Connection: close`, no body.
+pub fn get(
+    target: &str,
+    host: &str,
+    user_agent: &str,
+) -> Result<Request<Empty<Bytes>>, BadRequest> {
+    Request::get(target)
+        .header(header::HOST, host)
+        .header(header::USER_AGENT, user_agent)
+        .header(header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|source| BadRequest {
+            target: quoted_target(target),
+            source,
+        })
+}
+
+/// `target` in quotes with control characters escaped, at most
+/// [`TARGET_QUOTED`] characters of it, then how long it really is.
+fn quoted_target(target: &str) -> String {
+    let shown: String = target.chars().take(TARGET_QUOTED).collect();
+    let mut quoted = format!("{shown:?}");
+    if shown.len() < target.len() {
+        quoted.push_str(&format!("… ({} bytes)", target.len()));
+    }
+    quoted
 }
 
 /// Sends `request` over `stream` and reads the answer's body up to
@@ -92,6 +136,19 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+
+    #[test]
+    fn a_target_that_is_not_a_uri_path_cannot_be_built_and_is_quoted_short() {
+        assert!(get("/readyz?verbose", "kubernetes", "lbd").is_ok());
+        for bad in ["/ready z", "/readyz\r\nX-Evil: 1", "readyz\u{7f}"] {
+            let err = get(bad, "kubernetes", "lbd").unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+        let long = format!("/{}", " ".repeat(100_000));
+        let err = get(&long, "kubernetes", "lbd").unwrap_err().to_string();
+        assert!(err.len() < 300, "{err}");
+        assert!(err.contains("(100001 bytes)"), "{err}");
+    }
 
     /// Answers one request on a fresh in-memory stream with `raw`, then
     /// keeps the stream open until the client is done.

@@ -237,14 +237,16 @@ impl Server {
     }
 
     /// The token a relay watches to close its connection when this server is
-    /// marked down with `close_on_down`; one clone per connection.
+    /// marked down with `close_on_down`; one clone per connection, taken
+    /// before its dial (see [`Pool::down_signal`]).
     pub fn down_signal(&self) -> CancellationToken {
         CancellationToken::clone(&self.down_signal.load())
     }
 
-    /// Tells every connection open to this server that it went down (each
-    /// closes after its own random delay) and arms a fresh signal for
-    /// connections made later (panic mode may still send some here).
+    /// Tells every connection open to this server, or being dialled to it,
+    /// that it went down (each closes after its own random delay) and arms a
+    /// fresh signal for connections picked later (panic mode may still send
+    /// some here).
     pub fn signal_down(&self) {
         self.down_signal
             .swap(Arc::new(CancellationToken::new()))
@@ -485,6 +487,24 @@ impl Pool {
         })
     }
 
+    /// The `close_on_down` signal for a connection to server `index`, taken
+    /// before its dial: a mark-down while the dial is in flight (a server
+    /// whose `/readyz` fails while its port still accepts) cancels this very
+    /// token, so the connection is closed like those already open. Had the
+    /// server been marked down between the pick and this call, the token is
+    /// already a fresh one: then, unless panic mode picked a down server on
+    /// purpose, the returned token is cancelled.
+    pub fn down_signal(&self, index: usize) -> CancellationToken {
+        let server = &self.servers[index];
+        let signal = server.down_signal();
+        if server.health() == Health::Down && self.availability() != Availability::Panic {
+            let marked_down = CancellationToken::new();
+            marked_down.cancel();
+            return marked_down;
+        }
+        signal
+    }
+
     /// What a new connection would meet right now; cheap (a few atomic loads
     /// per server), allocation-free.
     pub fn availability(&self) -> Availability {
@@ -674,6 +694,28 @@ mod tests {
 
     fn pick(pool: &Pool) -> Option<usize> {
         pool.pick(IpAddr::from([10, 0, 0, 1]), &Tried::default())
+    }
+
+    #[test]
+    fn a_connection_to_a_server_already_marked_down_gets_a_cancelled_down_signal() {
+        let pool = pool(OnNoServer::Refuse, 2);
+        pool.servers[0].set_health(Health::Up);
+        pool.servers[1].set_health(Health::Up);
+        let before = pool.down_signal(0);
+        assert!(!before.is_cancelled());
+        // Marked down after the pick, before the connection took its signal.
+        pool.servers[0].set_health(Health::Down);
+        pool.servers[0].signal_down();
+        assert!(before.is_cancelled(), "a dial in flight is told");
+        assert!(pool.down_signal(0).is_cancelled(), "a late taker is told");
+        assert!(!pool.down_signal(1).is_cancelled());
+
+        // Panic mode sends connections to down servers on purpose: kept.
+        let panic = self::pool(OnNoServer::Panic, 1);
+        panic.servers[0].set_health(Health::Down);
+        panic.servers[0].signal_down();
+        assert_eq!(panic.availability(), Availability::Panic);
+        assert!(!panic.down_signal(0).is_cancelled());
     }
 
     #[test]

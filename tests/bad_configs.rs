@@ -213,6 +213,27 @@ fn a_megabyte_line_of_mistakes_is_reported_briefly() {
 }
 
 #[test]
+fn a_100_kib_health_path_is_refused_without_being_quoted() {
+    let text = format!(
+        "[[frontend]]\nname = \"api\"\nlisten = [\"127.0.0.1:6443\"]\nbackend = \"cp\"\n\n\
+         [[backend]]\nname = \"cp\"\nservers = [{{ address = \"10.0.0.11:6443\" }}]\n\
+         [backend.health]\ncheck = \"https\"\npath = \"/readyz?{}\"\n",
+        "x".repeat(100 * 1024)
+    );
+    let dir = TempDir::new("long-path");
+    let path = dir.write("long-path.toml", &text);
+    let expect = "11:8: health `path` is 102408 bytes long; at most 2048 are allowed";
+    check_expectations(&path, expect, &load_rejects(&path).to_string());
+    let out = Command::new(env!("CARGO_BIN_EXE_lbd"))
+        .arg("--check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    check_expectations(&path, expect, &String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn windows_line_endings_and_a_bom_are_accepted() {
     let shipped =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lbd.toml"))

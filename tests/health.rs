@@ -364,6 +364,74 @@ fn close_on_down_closes_open_connections_within_the_window() {
 }
 
 #[test]
+fn close_on_down_closes_a_connection_whose_dial_completes_after_the_mark_down() {
+    // An apiserver whose /readyz starts failing while a client's dial to its
+    // data port is still in flight: the port's accept queue is full, so the
+    // SYN is dropped and retransmitted, and the handshake completes only
+    // after the mark-down. That connection must be closed like the others.
+    let pki = Pki::new(&["kubernetes", "127.0.0.1"]);
+    let ready = HttpsServer::start(&pki, 200);
+    let data = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .unwrap();
+    data.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    data.listen(0).unwrap();
+    let data_addr = data.local_addr().unwrap().as_socket().unwrap();
+    let queued = support::blackhole::fill_accept_queue(data_addr);
+    let config = format!(
+        "[[frontend]]\nname = \"api\"\nlisten = [\"127.0.0.1:0\"]\nbackend = \"pool\"\n\n\
+         [[backend]]\nname = \"pool\"\nconnect_timeout = \"15s\"\n\
+         servers = [{{ name = \"slow\", address = \"{data_addr}\" }}]\n\
+         [backend.health]\ncheck = \"https\"\nport = {}\nsni = \"kubernetes\"\nca_file = {:?}\n\
+         interval = \"200ms\"\nfall = 1\nrise = 100\npassive = false\nclose_on_down = \"500ms\"\n",
+        ready.addr.port(),
+        pki.ca_file
+    );
+    let lbd = Lbd::start(&config);
+
+    let mut client = TcpStream::connect(lbd.addr("api")).unwrap();
+    wait_until(Duration::from_secs(5), "lbd dialling slow", || {
+        lbd.status()["backends"][0]["servers"][0]["active_connections"] == 1
+    });
+    ready.set_status(500);
+    wait_for_transition(&lbd, "slow", "down", 1, Duration::from_secs(5));
+    // Make room in the queue: the next retransmitted SYN completes the dial.
+    drop(queued);
+    let _first = data.accept().unwrap();
+    let served = std::thread::spawn(move || {
+        let (mut upstream, _) = data.accept().unwrap();
+        upstream.write_all(b"slow\n").unwrap();
+        // Hold the connection until lbd closes it.
+        let _ = upstream.read_to_end(&mut Vec::new());
+    });
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut greeting = [0u8; 5];
+    client.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting, b"slow\n");
+
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let read = client.read(&mut [0u8; 1]);
+    assert!(
+        matches!(&read, Ok(0))
+            || read
+                .as_ref()
+                .is_err_and(|e| !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "the connection dialled across the mark-down was kept: {read:?}"
+    );
+    let closed = lbd.wait_for_log("connection closed", Duration::from_secs(5));
+    assert!(closed.contains("server_down"), "{closed}");
+    served.join().unwrap();
+}
+
+#[test]
 fn server_health_in_metrics_tells_down_from_not_checked() {
     let a = Backend::named("a");
     let b = Backend::named("b");

@@ -10,6 +10,7 @@
 mod address;
 mod duration;
 mod error;
+mod http_path;
 mod lint;
 mod raw;
 mod tls_files;

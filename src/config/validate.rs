@@ -660,15 +660,9 @@ impl Checker<'_> {
             );
         }
         if let Some(path) = &h.path
-            && !path.get_ref().starts_with('/')
+            && let Some(problem) = super::http_path::problem(path.get_ref())
         {
-            self.error(
-                path.span(),
-                format!(
-                    "health `path` {} must start with '/', e.g. \"/readyz\"",
-                    quoted(path.get_ref())
-                ),
-            );
+            self.error(path.span(), problem);
         }
         let interval = self.duration(
             &h.interval,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use http_body_util::Empty;
 use hyper::body::Bytes;
-use hyper::{Request, StatusCode, header};
+use hyper::{Request, StatusCode};
 use tokio::time::Instant;
 
 use super::tls::{TlsClient, TlsProbe, TlsSetupError};
@@ -51,10 +51,13 @@ impl HttpsProbe {
     }
 
     /// Connects, shakes hands and asks for the path, all within `timeout`.
+    /// A request lbd cannot build is its own failure (`check_error`), found
+    /// before any dial: it says nothing of the server.
     pub async fn check(&self, addr: SocketAddr, timeout: Duration) -> Result<Alive, CheckError> {
+        let request = self.request()?;
         let deadline = Instant::now() + timeout;
         let tls = self.tls.connect(addr, timeout).await?;
-        match tokio::time::timeout_at(deadline, self.exchange(tls)).await {
+        match tokio::time::timeout_at(deadline, self.exchange(tls, request)).await {
             Ok(result) => result,
             Err(_) => Err(CheckError::Http(format!(
                 "GET {}: no answer within {}",
@@ -64,19 +67,26 @@ impl HttpsProbe {
         }
     }
 
+    /// The check's request, or why lbd cannot build it (validation refuses
+    /// such a `path`; this is the backstop).
+    fn request(&self) -> Result<Request<Empty<Bytes>>, CheckError> {
+        http_client::get(
+            &self.path,
+            &self.host,
+            concat!("lbd/", env!("CARGO_PKG_VERSION")),
+        )
+        .map_err(|e| {
+            CheckError::Setup(format!(
+                "{e}: fix the health check's `path` (or `sni`) in the config"
+            ))
+        })
+    }
+
     async fn exchange(
         &self,
         tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        request: Request<Empty<Bytes>>,
     ) -> Result<Alive, CheckError> {
-        let request = Request::get(self.path.as_str())
-            .header(header::HOST, &self.host)
-            .header(
-                header::USER_AGENT,
-                concat!("lbd/", env!("CARGO_PKG_VERSION")),
-            )
-            .header(header::CONNECTION, "close")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| CheckError::Http(format!("GET {}: bad request: {e}", self.path)))?;
         let answer = http_client::exchange(tls, request, BODY_EXCERPT)
             .await
             .map_err(|e| CheckError::Http(format!("GET {}: {e}", self.path)))?;
@@ -157,5 +167,22 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(p.verdict(StatusCode::NOT_FOUND, b"").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_request_lbd_cannot_build_is_a_check_error_and_dials_nothing() {
+        // Nothing listens on port 1: a check that dialled would be refused.
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        for path in ["/ready z", "/readyz\r\nHost: evil", "/\u{0}"] {
+            let mut p = probe();
+            p.path = path.to_owned();
+            match p.check(addr, Duration::from_secs(1)).await {
+                Err(err @ CheckError::Setup(_)) => {
+                    assert_eq!(err.result(), "check_error");
+                    assert!(err.to_string().contains("`path`"), "{err}");
+                }
+                other => panic!("{path:?}: {other:?}"),
+            }
+        }
     }
 }

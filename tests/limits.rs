@@ -158,15 +158,12 @@ fn clients_that_only_wait_for_max_connections_are_not_counted_as_rejected() {
     let backend = Backend::named("b");
     // Several accept loops: two addresses, and four per-core runtimes with a
     // socket and a loop each per address. Every loop meets the full limit.
-    let config = config_for(&[&backend], "", "max_connections = 1").replace(
-        r#"listen = ["127.0.0.1:0"]"#,
-        r#"listen = ["127.0.0.1:0", "127.0.0.2:0"]"#,
-    );
-    let lbd = Lbd::start_with(&config, |command| {
-        command
-            .env("LBD_RUNTIME", "per-core")
-            .env("LBD_THREADS", "4");
-    });
+    let config = "[global]\nruntime = \"per-core\"\nthreads = 4\n\n".to_owned()
+        + &config_for(&[&backend], "", "max_connections = 1").replace(
+            r#"listen = ["127.0.0.1:0"]"#,
+            r#"listen = ["127.0.0.1:0", "127.0.0.2:0"]"#,
+        );
+    let lbd = Lbd::start(&config);
     let addrs = lbd.addrs("api");
     assert_eq!(addrs.len(), 2, "{addrs:?}");
 

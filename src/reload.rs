@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
-use crate::config::Config;
+use crate::config::{Config, is_address_of};
 use crate::dial;
 use crate::pool::{AdminState, Pool, Server};
 
@@ -174,20 +174,6 @@ pub fn has_dns_names(config: &Config) -> bool {
         .iter()
         .flat_map(|b| &b.servers)
         .any(|s| s.address.ip().is_none())
-}
-
-/// The name of one address of a DNS-named server: `cp3@10.0.0.13`.
-pub fn dns_server_name(configured: &str, addr: SocketAddr) -> String {
-    format!("{configured}@{}", addr.ip())
-}
-
-/// Whether the server named `server` is configured server `configured`: the
-/// same name (an IP literal), or one of its DNS addresses (`cp3@10.0.0.13`).
-/// Configured names cannot contain `@`, so the answer is never ambiguous.
-pub fn is_address_of(server: &str, configured: &str) -> bool {
-    server
-        .strip_prefix(configured)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('@'))
 }
 
 #[cfg(test)]
@@ -346,17 +332,5 @@ mod tests {
         assert_eq!(failed.dns.failures.len(), 1);
         assert_eq!(failed.dns.failures[0].kept, 1);
         assert!(Arc::ptr_eq(&failed.pools[0], &one.pools[0]));
-    }
-
-    #[test]
-    fn names_a_configured_server_stands_for() {
-        assert!(is_address_of("cp3", "cp3"));
-        assert!(is_address_of("cp3@10.0.0.13", "cp3"));
-        assert!(is_address_of("cp3@::1", "cp3"));
-        assert!(is_address_of("cp3@10.0.0.13", "cp3@10.0.0.13"));
-        assert!(!is_address_of("cp3@10.0.0.13", "cp"));
-        assert!(!is_address_of("cp30", "cp3"));
-        assert!(!is_address_of("cp3@10.0.0.130", "cp3@10.0.0.13"));
-        assert!(!is_address_of("cp", "cp3"));
     }
 }

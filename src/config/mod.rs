@@ -13,6 +13,7 @@ mod error;
 mod http_path;
 mod lint;
 mod raw;
+mod server_names;
 mod tls_files;
 mod validate;
 
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use error::{ConfigError, Problem};
 pub use lint::{APISERVER_SHUTDOWN_WINDOW, MIN_IDLE_TIMEOUT};
+pub use server_names::{dns_server_name, is_address_of};
 pub use tls_files::{FileContents, TlsFileError, TlsFiles};
 
 /// The largest `retries` a backend may ask for; also sizes the per-connection

@@ -299,7 +299,7 @@ impl Daemon {
         let targets: Vec<&Arc<Server>> = pool
             .servers
             .iter()
-            .filter(|s| reload::is_address_of(&s.name, server))
+            .filter(|s| crate::config::is_address_of(&s.name, server))
             .collect();
         if targets.is_empty() {
             return Err(unknown());

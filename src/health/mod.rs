@@ -408,7 +408,7 @@ fn host_of(pool: &Pool, server: &Server) -> String {
     pool.spec
         .servers
         .iter()
-        .find(|spec| crate::reload::is_address_of(&server.name, &spec.name))
+        .find(|spec| crate::config::is_address_of(&server.name, &spec.name))
         .filter(|spec| spec.address.ip().is_none())
         .map_or_else(
             || server.addr.ip().to_string(),

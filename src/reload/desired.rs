@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::{Lookups, dns_server_name, is_address_of};
-use crate::config::{self, Config};
+use super::Lookups;
+use crate::config::{self, Config, dns_server_name, is_address_of};
 
 /// Everything lbd should be running, as pure data.
 #[derive(Debug, Clone)]

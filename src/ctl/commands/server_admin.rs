@@ -7,8 +7,8 @@ use hyper::StatusCode;
 
 use super::{EXIT_FAILED, EXIT_OK, refused, unreachable};
 use crate::admin::status::Status;
+use crate::config::is_address_of;
 use crate::ctl::client::AdminClient;
-use crate::reload::is_address_of;
 
 /// What `lbctl drain|enable|disable` asks of a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,9 +14,10 @@
 //! "connection refused" instead of a handshake followed by a reset, and the
 //! listener resumes as soon as a server is back.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -297,8 +298,11 @@ async fn pause_while_unavailable(
             "cannot pause the listener; clients will be accepted and reset while no server is available");
         return Paused::Failed;
     }
-    info!(frontend = %frontend.name, %address,
-        "frontend {} paused on {address} until a server is back; {why}", frontend.name);
+    let mark = PausedMark::new(&frontend.name, address);
+    if mark.first {
+        info!(frontend = %frontend.name, %address,
+            "frontend {} paused on {address} until a server is back; {why}", frontend.name);
+    }
     loop {
         tokio::select! {
             () = stop.cancelled() => {
@@ -315,14 +319,71 @@ async fn pause_while_unavailable(
         }
         match listener.resume() {
             Ok(()) => {
-                info!(frontend = %frontend.name, %address,
-                    "frontend {} resumed on {address}: a server can take connections again", frontend.name);
+                if mark.last() {
+                    info!(frontend = %frontend.name, %address,
+                        "frontend {} resumed on {address}: a server can take connections again", frontend.name);
+                }
                 return Paused::Resumed;
             }
             Err(e) => warn!(frontend = %frontend.name, %address, error = %e,
                 "cannot listen again; retrying (is another process bound to this port?)"),
         }
     }
+}
+
+/// Sockets paused now per (frontend, address): a per-core runtime has a
+/// socket of its own for every address, and all of them pause and resume
+/// together, but the log should say it once per address.
+static PAUSED: Mutex<BTreeMap<(String, SocketAddr), usize>> = Mutex::new(BTreeMap::new());
+
+/// One paused socket, counted in [`PAUSED`] until dropped.
+struct PausedMark {
+    /// Taken when the socket is unmarked.
+    key: Option<(String, SocketAddr)>,
+    /// No other socket of the address was paused: log "paused".
+    first: bool,
+}
+
+impl PausedMark {
+    fn new(frontend: &str, address: SocketAddr) -> PausedMark {
+        let key = (frontend.to_owned(), address);
+        let mut paused = PAUSED.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = paused.entry(key.clone()).or_default();
+        *count += 1;
+        PausedMark {
+            first: *count == 1,
+            key: Some(key),
+        }
+    }
+
+    /// Unmarks the socket; true if it was the address's last paused one
+    /// (log "resumed").
+    fn last(mut self) -> bool {
+        self.key.take().is_some_and(|key| unmark(&key))
+    }
+}
+
+impl Drop for PausedMark {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            unmark(&key);
+        }
+    }
+}
+
+/// Counts one socket of `key` as no longer paused, in one step so that of
+/// sockets resuming at once exactly one sees itself as the last.
+fn unmark(key: &(String, SocketAddr)) -> bool {
+    let mut paused = PAUSED.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(count) = paused.get_mut(key) else {
+        return false;
+    };
+    *count -= 1;
+    let last = *count == 0;
+    if last {
+        paused.remove(key);
+    }
+    last
 }
 
 /// Completes when the frontend's availability may have changed; never if

@@ -17,6 +17,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -58,6 +59,8 @@ pub struct AcceptLoop {
     /// connections live there unless another runtime carries clearly fewer
     /// (see [`runtime::place`]).
     pub home: usize,
+    /// Shared by the accept loops of this loop's address.
+    pub paused: Arc<PausedSockets>,
 }
 
 impl AcceptLoop {
@@ -70,6 +73,7 @@ impl AcceptLoop {
             tracker,
             close,
             home,
+            paused,
         } = self;
         let runtimes = runtime::handles();
         // A relay polls its close token on every wake, and polling a token
@@ -93,7 +97,15 @@ impl AcceptLoop {
         let mut backoff = BACKOFF_START;
         'accepting: loop {
             if can_pause && !frontend.can_serve() {
-                match pause_while_unavailable(&mut listener, &frontend, &mut changes, &stop).await {
+                match pause_while_unavailable(
+                    &mut listener,
+                    &frontend,
+                    &mut changes,
+                    &stop,
+                    &paused,
+                )
+                .await
+                {
                     Paused::Resumed => {}
                     Paused::Stopped => return,
                     Paused::Failed => can_pause = false,
@@ -291,6 +303,7 @@ async fn pause_while_unavailable(
     frontend: &Frontend,
     changes: &mut AvailabilityWatch,
     stop: &CancellationToken,
+    paused: &PausedSockets,
 ) -> Paused {
     let address = listener.local_addr();
     let why = frontend.readiness().err().unwrap_or_default();
@@ -299,8 +312,11 @@ async fn pause_while_unavailable(
             "cannot pause the listener; clients will be accepted and reset while no server is available");
         return Paused::Failed;
     }
-    info!(frontend = %frontend.name, %address,
-        "frontend {} paused on {address} until a server is back; {why}", frontend.name);
+    let mark = PausedMark::new(paused);
+    if mark.first {
+        info!(frontend = %frontend.name, %address,
+            "frontend {} paused on {address} until a server is back; {why}", frontend.name);
+    }
     loop {
         tokio::select! {
             () = stop.cancelled() => {
@@ -317,12 +333,55 @@ async fn pause_while_unavailable(
         }
         match listener.resume() {
             Ok(()) => {
-                info!(frontend = %frontend.name, %address,
-                    "frontend {} resumed on {address}: a server can take connections again", frontend.name);
+                if mark.last() {
+                    info!(frontend = %frontend.name, %address,
+                        "frontend {} resumed on {address}: a server can take connections again", frontend.name);
+                }
                 return Paused::Resumed;
             }
             Err(e) => warn!(frontend = %frontend.name, %address, error = %e,
                 "cannot listen again; retrying (is another process bound to this port?)"),
+        }
+    }
+}
+
+/// How many of one address's sockets are paused now: a per-core runtime
+/// has a socket of its own for every address, and all of them pause and
+/// resume together, but the log should say it once per address. Shared by
+/// the accept loops of one address.
+#[derive(Debug, Default)]
+pub struct PausedSockets(AtomicUsize);
+
+/// One paused socket, counted in its address's [`PausedSockets`] until dropped.
+struct PausedMark<'a> {
+    /// Cleared when the socket is unmarked.
+    sockets: Option<&'a PausedSockets>,
+    /// No other socket of the address was paused: log "paused".
+    first: bool,
+}
+
+impl PausedMark<'_> {
+    fn new(sockets: &PausedSockets) -> PausedMark<'_> {
+        let before = sockets.0.fetch_add(1, Ordering::AcqRel);
+        PausedMark {
+            sockets: Some(sockets),
+            first: before == 0,
+        }
+    }
+
+    /// Unmarks the socket; true if it was the address's last paused one
+    /// (log "resumed"). Of sockets resuming at once exactly one sees that.
+    fn last(mut self) -> bool {
+        self.sockets
+            .take()
+            .is_some_and(|s| s.0.fetch_sub(1, Ordering::AcqRel) == 1)
+    }
+}
+
+impl Drop for PausedMark<'_> {
+    fn drop(&mut self) {
+        if let Some(sockets) = self.sockets.take() {
+            sockets.0.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }

@@ -540,7 +540,8 @@ impl Pool {
     }
 
     /// `Ok` when a healthy server takes new connections; otherwise why not,
-    /// naming each server's state and its latest check (for `/readyz`, logs).
+    /// naming each server's state and its latest check (the first
+    /// [`MAX_LISTED`], then a count), for `/readyz` and logs.
     pub fn readiness(&self) -> Result<(), String> {
         let availability = self.availability();
         let mut why = match availability {
@@ -567,35 +568,44 @@ impl Pool {
                         .is_some_and(|rest| rest.is_empty() || rest.starts_with('@'))
                 })
         });
-        for (i, spec) in unresolved.enumerate() {
-            if i > 0 {
-                why.push_str(", ");
-            }
-            let _ = write!(
-                why,
-                "{}: the name {} did not resolve, so it has no address",
-                spec.name, spec.address.host
-            );
-        }
-        for server in &self.servers {
-            if !why.ends_with('(') {
-                why.push_str(", ");
-            }
-            let _ = write!(why, "{} {}", server.name, server.state());
+        let mut entries: Vec<String> = unresolved
+            .map(|spec| {
+                format!(
+                    "{}: the name {} did not resolve, so it has no address",
+                    spec.name, spec.address.host
+                )
+            })
+            .collect();
+        let total = entries.len() + self.servers.len();
+        for server in self
+            .servers
+            .iter()
+            .take(MAX_LISTED.saturating_sub(entries.len()))
+        {
+            let mut entry = format!("{} {}", server.name, server.state());
             if let Some(check) = server.last_check()
                 && server.health() == Health::Down
             {
-                let _ = write!(why, ": {}", check.result);
+                let _ = write!(entry, ": {}", check.result);
                 if !check.detail.is_empty() {
-                    let _ = write!(why, " ({})", check.detail);
+                    let _ = write!(entry, " ({})", check.detail);
                 }
             }
+            entries.push(entry);
+        }
+        entries.truncate(MAX_LISTED);
+        why.push_str(&entries.join(", "));
+        if total > entries.len() {
+            let _ = write!(why, " and {} more", total - entries.len());
         }
         why.push(')');
         Err(why)
     }
 }
 
+/// Servers a readiness answer names one by one; the rest are counted, so
+/// `/readyz` and the log lines that quote it stay short for any pool.
+pub const MAX_LISTED: usize = 10;
 /// Servers counted by what they can take, for one-line summaries such as
 /// systemd's status: `2/3 servers up (1 draining)`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

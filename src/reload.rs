@@ -15,13 +15,14 @@ mod diff;
 pub use desired::{Desired, DesiredServer, DnsFailure, DnsReport, ServerSource};
 pub use diff::{BoundAddress, Changes, ListenerChanges, Plan, diff};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::task::JoinSet;
+use tracing::warn;
 
 use crate::config::{Config, is_address_of};
 use crate::dial;
@@ -36,7 +37,19 @@ type Lookup = Pin<Box<dyn Future<Output = LookupResult> + Send>>;
 /// stand-in where a test needs a resolver it controls. Each lookup must end
 /// on its own (the system resolver gives up after [`dial::RESOLVE_TIMEOUT`]).
 #[derive(Clone)]
-pub struct Resolver(Arc<dyn Fn(String, u16) -> Lookup + Send + Sync>);
+pub struct Resolver {
+    lookup: Arc<dyn Fn(String, u16) -> Lookup + Send + Sync>,
+    /// Names whose answer was cut to [`MAX_ADDRESSES_PER_NAME`], so the
+    /// warning is logged when that starts, not at every lookup.
+    capped: Arc<Mutex<HashSet<(String, u16)>>>,
+}
+
+/// Most addresses one DNS name contributes to a backend (the first ones in
+/// address order). Each address is a server with its own health check,
+/// status entry and metric series; a name that resolves to hundreds is a
+/// mistake (a wildcard, a whole subnet) that must not grow those without
+/// bound.
+pub const MAX_ADDRESSES_PER_NAME: usize = 64;
 
 impl Resolver {
     /// The operating system's resolver ([`dial::resolve`]).
@@ -50,11 +63,38 @@ impl Resolver {
         F: Fn(String, u16) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = LookupResult> + Send + 'static,
     {
-        Resolver(Arc::new(move |host, port| Box::pin(lookup(host, port))))
+        Resolver {
+            lookup: Arc::new(move |host, port| Box::pin(lookup(host, port))),
+            capped: Arc::default(),
+        }
     }
 
     fn lookup(&self, host: String, port: u16) -> Lookup {
-        (self.0)(host, port)
+        (self.lookup)(host, port)
+    }
+
+    /// Keeps at most [`MAX_ADDRESSES_PER_NAME`] of a name's addresses (the
+    /// lowest, so the choice is stable), warning when a name starts being cut.
+    fn cap(&self, host: &str, port: u16, mut addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        addrs.sort_unstable();
+        addrs.dedup();
+        let key = (host.to_owned(), port);
+        let mut capped = self.capped.lock().unwrap_or_else(PoisonError::into_inner);
+        if addrs.len() <= MAX_ADDRESSES_PER_NAME {
+            capped.remove(&key);
+            return addrs;
+        }
+        if capped.insert(key) {
+            warn!(
+                name = %host,
+                port,
+                addresses = addrs.len(),
+                kept = MAX_ADDRESSES_PER_NAME,
+                "DNS name has more addresses than lbd takes from one name; using the first {MAX_ADDRESSES_PER_NAME} in address order"
+            );
+        }
+        addrs.truncate(MAX_ADDRESSES_PER_NAME);
+        addrs
     }
 }
 
@@ -100,6 +140,7 @@ pub async fn resolve_names(config: &Config, resolver: &Resolver) -> Lookups {
     // A lookup task that panicked leaves its name out: it counts as failed.
     while let Some(joined) = lookups.join_next().await {
         if let Ok((key, answer)) = joined {
+            let answer = answer.map(|addrs| resolver.cap(&key.0, key.1, addrs));
             answers.insert(key, answer);
         }
     }
@@ -253,6 +294,33 @@ mod tests {
         assert_eq!(names, ["a.test", "b.test", "c.test"]);
         assert!(lookups.get("a.test", 6443).is_err());
         assert!(lookups.get("never.asked", 6443).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_name_with_a_thousand_addresses_gives_a_bounded_pool_and_readiness() {
+        let config = config("{ name = \"cp\", address = \"many.test:6443\" }");
+        // 1000 addresses, in no particular order.
+        let resolver = Resolver::new(|_host, port| async move {
+            Ok((0..1000u32)
+                .rev()
+                .map(|i| SocketAddr::from(((0x0a00_0000 + i).to_be_bytes(), port)))
+                .collect())
+        });
+        let lookups = resolve_names(&config, &resolver).await;
+        let snapshot = snapshot(config, &lookups, None);
+        let pool = snapshot.pool("pool").unwrap();
+        assert_eq!(pool.servers.len(), MAX_ADDRESSES_PER_NAME);
+        // The lowest addresses, so the same ones at every lookup.
+        assert_eq!(pool.servers[0].name, "cp@10.0.0.0");
+        let why = pool.readiness().unwrap_err();
+        assert!(
+            why.ends_with(&format!(
+                "cp@10.0.0.9 unknown and {} more)",
+                MAX_ADDRESSES_PER_NAME - crate::pool::MAX_LISTED
+            )),
+            "{why}"
+        );
+        assert!(why.len() < 1000, "{} bytes: {why}", why.len());
     }
 
     #[test]

@@ -45,6 +45,15 @@ fn routes_methods_and_malformed_requests() {
     assert_eq!(lbd.post("/api/v1/backends/nope/servers/a/drain").0, 404);
     assert_eq!(lbd.post("/api/v1/backends/pool/servers/%zz/drain").0, 400);
 
+    // An HTTP/2 client (curl --http2-prior-knowledge) hears why, not a
+    // silent close.
+    let answer = http_raw(
+        admin,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    assert!(answer.ends_with("HTTP/1.1 only\n"), "{answer:?}");
+
     // Garbage, a huge body, huge headers: 4xx answers, and lbd lives on.
     let answer = http_raw(admin, b"HELLO\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");

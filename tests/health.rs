@@ -279,10 +279,10 @@ fn a_tls_check_with_ca_file_refuses_a_certificate_for_another_name() {
 fn with_every_server_down_clients_are_refused_at_once_until_one_is_back() {
     let a = Backend::named("a");
     let b = Backend::named("b");
-    let lbd = Lbd::start(&with_health(
-        &[&a, &b],
-        "",
-        "interval = \"500ms\"\nfall = 2",
+    // Four per-core runtimes: four sockets on the address, one log line.
+    let lbd = Lbd::start(&format!(
+        "[global]\nthreads = 4\n\n{}",
+        with_health(&[&a, &b], "", "interval = \"500ms\"\nfall = 2")
     ));
     let addr = lbd.addr("api");
     a.stop();
@@ -304,6 +304,21 @@ fn with_every_server_down_clients_are_refused_at_once_until_one_is_back() {
     wait_for_transition(&lbd, "a", "up", 1, Duration::from_secs(5));
     lbd.wait_for_log("frontend api resumed", Duration::from_secs(5));
     assert_eq!(greeting(addr).unwrap(), "a");
+    // Once per address, not once per runtime's socket. (The other sockets
+    // act on the same change within milliseconds; give them time to.)
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        lbd.logs_matching("frontend api paused").len(),
+        1,
+        "{:?}",
+        lbd.logs()
+    );
+    assert_eq!(
+        lbd.logs_matching("frontend api resumed").len(),
+        1,
+        "{:?}",
+        lbd.logs()
+    );
 }
 
 #[test]

@@ -192,8 +192,41 @@ fn drain_disable_enable_and_ready() {
         "lbctl: lbd answered 404 Not Found: no backend \"nobackend\": the backends are pool\n"
     );
     let out = lbd.lbctl(&["drain", "just-a-name"]);
-    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.code, 2, "a usage error: {out:?}");
     assert!(out.stderr.contains("is not BACKEND/SERVER"), "{out:?}");
+}
+
+#[test]
+fn usage_errors_exit_2_in_lbctl_and_lbd() {
+    // Wrong command lines, whether clap or lbd's own code notices them.
+    for args in [
+        &["bogus"][..],
+        &["--bogus", "status"],
+        &["drain"],
+        &["drain", "a"],
+        &["enable", "/b"],
+        &["disable", "a/"],
+        &["drain", "--deadline", "1.5s", "--wait", "a/b"],
+        &["generate", "foo", "bar"],
+    ] {
+        let out = lbctl(args);
+        assert_eq!(out.code, 2, "lbctl {args:?}: {out:?}");
+        assert!(out.stderr.contains("error:"), "lbctl {args:?}: {out:?}");
+    }
+    for args in [
+        &["--bogus"][..],
+        &["--check-config"],
+        &["--generate", "foo", "bar"],
+        &["--demo-listen", "127.0.0.1:1"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lbd"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "lbd {args:?}: {stderr}");
+        assert!(stderr.contains("error:"), "lbd {args:?}: {stderr}");
+    }
 }
 
 #[test]

@@ -309,40 +309,59 @@ where
         let shared = Arc::clone(&shared);
         let peer = peer.clone();
         let busy = slot.as_ref().map(|s| s.busy());
-        async move {
+        // Boxed: driving the connection without its final shutdown (to
+        // answer an HTTP/2 preface below) needs an `Unpin` future.
+        Box::pin(async move {
             let answer = handle(&shared.context, &shared.policy, &peer, request).await;
             drop(busy);
             Ok::<_, Infallible>(answer)
-        }
+        })
     });
-    let connection = http1::Builder::new()
+    let mut connection = http1::Builder::new()
         // `printf 'GET …' | nc` closes its write side after the request.
         .half_close(true)
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(routes::MAX_HEAD_BYTES)
         .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(connection);
+    let mut run = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx));
     let served = match evicted {
-        None => connection.await,
+        None => run.await,
         Some(evicted) => tokio::select! {
-            served = connection.as_mut() => served,
+            served = &mut run => served,
             () = evicted.cancelled() => {
                 debug!(peer = ?who, "admin API: idle connection let go to make room");
+                drop(run);
                 // Closes an idle connection at once; lets an answer being
                 // written finish.
-                connection.as_mut().graceful_shutdown();
-                match tokio::time::timeout(EVICTED_GRACE, connection).await {
+                std::pin::Pin::new(&mut connection).graceful_shutdown();
+                let run = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx));
+                match tokio::time::timeout(EVICTED_GRACE, run).await {
                     Ok(served) => served,
-                    Err(_) => Ok(()),
+                    Err(_) => return,
                 }
             }
         },
     };
-    if let Err(error) = served {
+    let h2 = matches!(&served, Err(error) if error.is_parse_version_h2());
+    if let Err(error) = &served
+        && !h2
+    {
         debug!(%error, "admin API connection ended with an error");
+        return;
     }
+    let mut stream = connection.into_parts().io.into_inner();
+    if h2 {
+        debug!(peer = ?who, "admin API: HTTP/2 preface; answering 400");
+        let _ = tokio::time::timeout(EVICTED_GRACE, stream.write_all(HTTP2_REFUSED)).await;
+    }
+    let _ = tokio::time::timeout(EVICTED_GRACE, stream.shutdown()).await;
 }
+
+/// The answer to a client that opens with the HTTP/2 preface (hyper alone
+/// would close without a word).
+const HTTP2_REFUSED: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n\
+content-length: 64\r\nconnection: close\r\n\r\nHTTP/2 is not supported: the lbd admin API speaks HTTP/1.1 only\n";
 
 /// The one place a request is authorized, before any route sees it.
 async fn handle(

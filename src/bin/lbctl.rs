@@ -51,6 +51,7 @@ enum Command {
     /// Stop new connections to a server; live ones go on.
     Drain {
         /// BACKEND/SERVER, as `lbctl status` lists them.
+        #[arg(value_parser = backend_server)]
         target: String,
         /// Wait until the server has no connection left, reporting the count.
         #[arg(long)]
@@ -65,6 +66,7 @@ enum Command {
     /// Let a drained or disabled server take traffic again.
     Enable {
         /// BACKEND/SERVER, as `lbctl status` lists them.
+        #[arg(value_parser = backend_server)]
         target: String,
         /// Print JSON.
         #[arg(long)]
@@ -73,6 +75,7 @@ enum Command {
     /// Maintenance: no traffic and no health checks for a server.
     Disable {
         /// BACKEND/SERVER, as `lbctl status` lists them.
+        #[arg(value_parser = backend_server)]
         target: String,
         /// Print JSON.
         #[arg(long)]
@@ -191,6 +194,10 @@ fn main() -> ExitCode {
             });
             match generated {
                 Ok(()) => 0,
+                // A KIND/TARGET clap could not check alone: still a usage error.
+                Err(err @ generate::GenerateError::Unknown { .. }) => Cli::command()
+                    .error(clap::error::ErrorKind::InvalidValue, err)
+                    .exit(),
                 Err(err) => {
                     eprintln!("lbctl: {err}");
                     1
@@ -199,6 +206,12 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(code)
+}
+
+/// Checks a BACKEND/SERVER argument while parsing, so a malformed one is a
+/// usage error (exit 2) like any other.
+fn backend_server(target: &str) -> Result<String, String> {
+    commands::parse_target(target).map(|_| target.to_owned())
 }
 
 /// Runs one command on a small single-threaded runtime.

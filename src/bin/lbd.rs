@@ -63,6 +63,10 @@ fn main() -> ExitCode {
         });
         return match generated {
             Ok(()) => ExitCode::SUCCESS,
+            // A KIND/TARGET clap could not check alone: still a usage error.
+            Err(err @ generate::GenerateError::Unknown { .. }) => Cli::command()
+                .error(clap::error::ErrorKind::InvalidValue, err)
+                .exit(),
             Err(err) => {
                 eprintln!("lbd: {err}");
                 ExitCode::FAILURE

@@ -255,6 +255,7 @@ impl Daemon {
         info!(frontend = %frontend.name, address = %local, "listening");
         let stop = self.shared.stop_accepting.child_token();
         let name = frontend.name.clone();
+        let paused = Arc::new(listener::PausedSockets::default());
         let tasks = listeners
             .into_iter()
             .zip(runtime::handles())
@@ -267,6 +268,7 @@ impl Daemon {
                     tracker: self.shared.connections.clone(),
                     close: self.shared.close_connections.clone(),
                     home,
+                    paused: Arc::clone(&paused),
                 };
                 runtime.spawn(async move {
                     // Registered with the reactor of the runtime it runs on.

@@ -21,12 +21,14 @@ use super::client::{AdminClient, Answer, ClientError};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Exit codes: 0 success, 1 the daemon said no (not ready, reload failed…),
-/// 2 the daemon could not be asked at all.
+/// 2 the daemon could not be asked at all, or the command line is wrong.
 pub const EXIT_OK: u8 = 0;
 /// The daemon answered, and the answer is a failure.
 pub const EXIT_FAILED: u8 = 1;
 /// The daemon could not be reached or gave a broken answer.
 pub const EXIT_UNREACHABLE: u8 = 2;
+/// The command line is wrong (clap's own usage errors exit 2 as well).
+pub const EXIT_USAGE: u8 = 2;
 
 /// Prints why the daemon could not be asked; returns the matching code.
 fn unreachable(err: &ClientError) -> u8 {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 
-use super::{EXIT_FAILED, EXIT_OK, refused, unreachable};
+use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, refused, unreachable};
 use crate::admin::status::Status;
 use crate::config::is_address_of;
 use crate::ctl::client::AdminClient;
@@ -65,7 +65,7 @@ pub async fn set_admin(
         Ok(parts) => parts,
         Err(message) => {
             eprintln!("lbctl: {message}");
-            return EXIT_FAILED;
+            return EXIT_USAGE;
         }
     };
     let path = format!(

@@ -308,7 +308,7 @@ mod tests {
         });
         let lookups = resolve_names(&config, &resolver).await;
         let snapshot = snapshot(config, &lookups, None);
-        let pool = snapshot.pool("pool").unwrap();
+        let pool = &snapshot.pools[0];
         assert_eq!(pool.servers.len(), MAX_ADDRESSES_PER_NAME);
         // The lowest addresses, so the same ones at every lookup.
         assert_eq!(pool.servers[0].name, "cp@10.0.0.0");

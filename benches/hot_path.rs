@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use lbd::backend::pool::{Health, Pool, Server, Tried};
 use lbd::config::{self, Balance, ServerAddress, ServerSpec};
-use lbd::dial::DialErrorKind;
-use lbd::frontend::Frontend;
-use lbd::pool::{Health, Pool, Server, Tried};
+use lbd::net::dial::DialErrorKind;
+use lbd::proxy::frontend::Frontend;
 
 const MODES: [Balance; 5] = [
     Balance::RoundRobin,

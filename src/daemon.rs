@@ -1,6 +1,6 @@
 //! The running daemon: binds the frontends, builds the first snapshot, owns
-//! the cancellation tree, serves the admin API, reloads, and drains on
-//! shutdown.
+//! the cancellation tree, reloads, and drains on shutdown. The admin API
+//! reads it; [`crate::run`] starts and stops both.
 //!
 //! Cancellation tree: `stop_accepting` ends every accept loop (SIGTERM);
 //! `close_connections` ends every live relay (the drain deadline). The
@@ -13,9 +13,14 @@
 mod apply;
 mod control;
 mod listeners;
+pub mod reload;
+pub mod rlimit;
 pub mod service;
+pub mod signals;
 mod snapshot;
+pub mod systemd;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -27,17 +32,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::admin::{self, AdminError, AdminServer};
-use crate::config::{Config, ConfigError};
-use crate::frontend::Frontend;
-use crate::health::HealthChecks;
-use crate::limit::{self, ConnectionLimit, FdBudget};
-use crate::pool::Server;
-use crate::reload;
-use crate::reload::Desired;
-use crate::runtime;
-use crate::socket;
-use crate::systemd::{self, ActivationError, InheritedListeners};
+use crate::backend::health::HealthChecks;
+use crate::backend::pool::Server;
+use crate::config::{Checked, Config, ConfigError};
+use crate::daemon::reload::Desired;
+use crate::net::socket;
+use crate::proxy::frontend::Frontend;
+use crate::proxy::limit::{self, ConnectionLimit, FdBudget};
+use crate::proxy::runtime;
+use systemd::{ActivationError, InheritedListeners};
 
 pub use control::{AdminChange, LastReload, ReloadError, ReloadReport, UnknownServer};
 pub use listeners::BindError;
@@ -54,9 +57,6 @@ pub enum StartError {
     /// A listen address could not be bound.
     #[error("{0}")]
     Bind(#[from] BindError),
-    /// The admin API could not listen.
-    #[error("{0}")]
-    Admin(#[from] AdminError),
     /// Sockets inherited from systemd cannot be served.
     #[error("{0}")]
     Activation(#[from] ActivationError),
@@ -74,6 +74,9 @@ struct Shared {
     snapshot: ArcSwap<Snapshot>,
     listeners: Mutex<Listeners>,
     connections: TaskTracker,
+    /// The daemon's own tasks (DNS refresh, reloads a signal asked for):
+    /// shutdown waits for them too.
+    tasks: TaskTracker,
     global_limit: Arc<ConnectionLimit>,
     fd_budget: FdBudget,
     stop_accepting: CancellationToken,
@@ -90,38 +93,39 @@ struct Shared {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     started_at: SystemTime,
-    admin: Mutex<Option<AdminServer>>,
     health: HealthChecks,
 }
 
 impl Daemon {
     /// Loads the config at `path` (logging the timing lint's warnings) and starts.
     pub async fn start_from_file(path: &Path) -> Result<Daemon, StartError> {
-        Daemon::start_from_file_with(path, InheritedListeners::default()).await
-    }
-
-    /// Like [`Daemon::start_from_file`], serving the sockets systemd handed
-    /// over (socket activation) and binding only the addresses they do not cover.
-    pub async fn start_from_file_with(
-        path: &Path,
-        inherited: InheritedListeners,
-    ) -> Result<Daemon, StartError> {
         let checked = Config::load_with_warnings(path)?;
-        for warning in &checked.warnings {
-            warn!("{}", warning.one_line());
-        }
-        let warnings = checked.warnings.iter().map(|w| w.one_line()).collect();
-        Daemon::start_with_warnings(
+        Daemon::start_checked(
             path,
-            checked.config,
-            warnings,
-            inherited,
+            checked,
+            InheritedListeners::default(),
             reload::Resolver::system(),
         )
         .await
     }
 
-    /// Binds every frontend of `config`, the admin API, and starts serving.
+    /// Starts from a loaded config (logging its lint warnings), serving the
+    /// sockets systemd handed over (socket activation) and binding only the
+    /// addresses they do not cover; DNS names are resolved with `resolver`.
+    pub async fn start_checked(
+        path: &Path,
+        checked: Checked,
+        inherited: InheritedListeners,
+        resolver: reload::Resolver,
+    ) -> Result<Daemon, StartError> {
+        for warning in &checked.warnings {
+            warn!("{}", warning.one_line());
+        }
+        let warnings = checked.warnings.iter().map(|w| w.one_line()).collect();
+        Daemon::start_with_warnings(path, checked.config, warnings, inherited, resolver).await
+    }
+
+    /// Binds every frontend of `config` and starts serving.
     pub async fn start(config_path: &Path, config: Config) -> Result<Daemon, StartError> {
         Daemon::start_with_warnings(
             config_path,
@@ -183,10 +187,6 @@ impl Daemon {
             }
             frontends.push(frontend);
         }
-        admin::auth::Policy::new(&config.admin)
-            .check()
-            .map_err(AdminError::from)?;
-        let admin_listener = admin::bind(&config.admin.listen).await?;
 
         let servers = pools.iter().map(|p| p.servers.len() as u64).sum();
         // Each accept loop's socket gets a second descriptor, the daemon's,
@@ -209,6 +209,7 @@ impl Daemon {
             }),
             listeners: Mutex::new(Listeners::default()),
             connections: TaskTracker::new(),
+            tasks: TaskTracker::new(),
             global_limit,
             fd_budget,
             stop_accepting: CancellationToken::new(),
@@ -220,7 +221,6 @@ impl Daemon {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             started_at: SystemTime::now(),
-            admin: Mutex::new(None),
             health: HealthChecks::new(),
         });
         let daemon = Daemon { shared };
@@ -231,11 +231,7 @@ impl Daemon {
         for (frontend, configured, backlog, listener) in bound {
             daemon.spawn_accept_loop(frontend, configured, backlog, listener);
         }
-        // The admin API outlives `stop_accepting`: /readyz says "shutting
-        // down" and /metrics keeps answering while connections drain.
-        let admin = admin::serve(admin_listener, daemon.clone());
-        *daemon.shared.admin.lock().expect("admin lock") = Some(admin);
-        tokio::spawn(daemon.clone().refresh_dns_periodically());
+        daemon.spawn(daemon.clone().refresh_dns_periodically());
         Ok(daemon)
     }
 
@@ -259,6 +255,12 @@ impl Daemon {
     /// The current snapshot: config, pools and frontends.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.snapshot.load_full()
+    }
+
+    /// Runs `task` as one of the daemon's own (a reload a signal asked for,
+    /// the DNS refresh): shutdown waits for it.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.shared.tasks.spawn(task);
     }
 
     /// When the daemon started.
@@ -356,6 +358,15 @@ impl Daemon {
             self.listeners().close_all();
         }
         self.shared.health.shutdown().await;
+        // A reload under way sees the daemon stopping and ends; the DNS
+        // refresh ends with `stop_accepting`. A lookup can take its timeout.
+        self.shared.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("a reload or DNS refresh did not end within 10s of shutdown; going on");
+        }
         let connections = &self.shared.connections;
         connections.close();
         let live = connections.len();
@@ -373,9 +384,6 @@ impl Daemon {
             self.shared.close_connections.cancel();
             // Relays end at once on cancellation; this bound is only a backstop.
             let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
-        }
-        if let Some(admin) = self.shared.admin.lock().expect("admin lock").take() {
-            admin.stop();
         }
         info!("shutdown complete");
     }

@@ -42,49 +42,15 @@
 //! - [`generate`]: man pages and shell completions from the binaries' clap definitions.
 
 pub mod admin;
-pub mod balance;
-pub mod buffer;
-pub mod clock;
+pub mod backend;
+pub mod cli;
 pub mod config;
-pub mod counter;
-pub mod ctl;
 pub mod daemon;
-pub mod demo;
-pub mod dial;
-pub mod forward;
-pub mod frontend;
-pub mod generate;
-pub mod health;
-pub mod histogram;
-pub mod http_client;
-pub mod join_check;
-pub mod limit;
-pub mod listener;
-pub mod metrics;
-pub mod pausable;
-pub mod pool;
-pub mod probe;
-pub mod relay;
-pub mod reload;
-pub mod rlimit;
-pub mod runtime;
-pub mod signals;
-pub mod socket;
-pub mod splice;
-pub mod systemd;
-pub mod tls;
+pub mod net;
+pub mod proxy;
+pub mod util;
 
-use std::path::Path;
-
-use tokio_util::sync::CancellationToken;
+mod run;
 
 pub use daemon::{Daemon, StartError};
-
-/// Loads the config at `path`, serves it until `shutdown` is cancelled, then
-/// drains live connections within the configured deadline.
-pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), StartError> {
-    let daemon = Daemon::start_from_file(path).await?;
-    shutdown.cancelled().await;
-    daemon.shutdown().await;
-    Ok(())
-}
+pub use run::{RunError, RunOptions, run};

@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod connections;
+pub mod metrics;
 pub mod page;
 pub mod routes;
 pub mod server;

@@ -10,9 +10,9 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use super::status::{ServerStatus, Status};
+use crate::admin::metrics;
+use crate::backend::pool::AdminState;
 use crate::daemon::{Daemon, ReloadError};
-use crate::metrics;
-use crate::pool::AdminState;
 
 /// The largest request head (request line and headers) accepted.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;

@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock;
+use crate::backend::pool::Server;
 use crate::daemon::Daemon;
-use crate::pool::Server;
+use crate::util::clock;
 
 /// The whole status document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,13 +1,13 @@
-//! `lbctl`: the control tool of lbd. Arguments in, `lbd::ctl` commands out.
+//! `lbctl`: the control tool of lbd. Arguments in, `lbd::cli` commands out.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use lbd::ctl::commands::{self, AdminAction, DrainWait};
-use lbd::ctl::{AdminAddr, AdminClient};
-use lbd::generate;
+use lbd::cli::commands::{self, AdminAction, DrainWait};
+use lbd::cli::generate;
+use lbd::cli::{AdminAddr, AdminClient};
 
 /// Control and diagnose lbd.
 #[derive(Debug, Parser)]
@@ -99,7 +99,7 @@ enum Command {
         json: bool,
     },
     /// Dial endpoints (or every server of a config) and explain what is wrong with them.
-    Probe(lbd::probe::ProbeArgs),
+    Probe(lbd::cli::probe::ProbeArgs),
     /// Walk `kubeadm join`'s token discovery through an endpoint, step by
     /// step: replace `kubeadm join` with `lbctl join-check` in a join command.
     ///
@@ -110,7 +110,7 @@ enum Command {
     /// (cluster-info's server:), certificate-key. kubeadm join's other
     /// flags are accepted with a note. Exit 0 only if kubeadm's discovery
     /// would succeed, 1 if a step fails, 2 if the flags are not kubeadm's.
-    JoinCheck(lbd::join_check::JoinCheckArgs),
+    JoinCheck(lbd::cli::join_check::JoinCheckArgs),
     /// Write man pages (`man DIR`) or a completion script (`completion SHELL`).
     #[command(hide = true)]
     Generate {
@@ -123,7 +123,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let token = match cli.token_file.as_deref().map(lbd::ctl::read_token_file) {
+    let token = match cli.token_file.as_deref().map(lbd::cli::read_token_file) {
         None => None,
         Some(Ok(token)) => Some(token),
         Some(Err(err)) => {
@@ -172,17 +172,17 @@ fn main() -> ExitCode {
             None,
             json,
         )),
-        Command::Probe(args) => match lbd::probe::run(args) {
-            Ok(lbd::probe::Verdict::AllOpen) => 0,
-            Ok(lbd::probe::Verdict::SomeFailed) => 1,
+        Command::Probe(args) => match lbd::cli::probe::run(args) {
+            Ok(lbd::cli::probe::Verdict::AllOpen) => 0,
+            Ok(lbd::cli::probe::Verdict::SomeFailed) => 1,
             Err(err) => {
                 eprintln!("lbctl probe: {err}");
                 2
             }
         },
-        Command::JoinCheck(args) => match lbd::join_check::run(args) {
-            Ok(lbd::join_check::Verdict::Passes) => 0,
-            Ok(lbd::join_check::Verdict::Fails) => 1,
+        Command::JoinCheck(args) => match lbd::cli::join_check::run(args) {
+            Ok(lbd::cli::join_check::Verdict::Passes) => 0,
+            Ok(lbd::cli::join_check::Verdict::Fails) => 1,
             Err(err) => {
                 eprintln!("lbctl join-check: {err}");
                 2

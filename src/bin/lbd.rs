@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
+use lbd::cli::{demo, generate};
 use lbd::config::{self, AdminListen};
-use lbd::systemd::InheritedListeners;
-use lbd::{Daemon, demo, generate, runtime, signals};
-use tokio_util::sync::CancellationToken;
+use lbd::daemon::systemd::InheritedListeners;
+use lbd::proxy::runtime;
 use tracing_subscriber::EnvFilter;
 
 /// A TCP load balancer for the Kubernetes control-plane endpoint.
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
             .unwrap_or_default(),
         _ => config::Process::default(),
     };
-    lbd::splice::set_enabled(process.splice);
+    lbd::proxy::splice::set_enabled(process.splice);
     let runtime = match runtime::Shape::from_config(&process).build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -114,7 +114,7 @@ fn main() -> ExitCode {
 
 async fn serve(cli: Cli, inherited: InheritedListeners) -> ExitCode {
     if let Some(path) = &cli.check_config {
-        return ExitCode::from(lbd::ctl::commands::check_config(path, false));
+        return ExitCode::from(lbd::cli::commands::check_config(path, false));
     }
 
     let (path, demo) = if cli.demo {
@@ -129,45 +129,30 @@ async fn serve(cli: Cli, inherited: InheritedListeners) -> ExitCode {
         (cli.config.clone(), None)
     };
 
-    let signals = match signals::Signals::install() {
-        Ok(signals) => signals,
-        Err(err) => {
-            eprintln!("lbd: cannot install signal handlers: {err}");
-            return ExitCode::FAILURE;
-        }
+    let options = lbd::RunOptions {
+        config: path,
+        inherited,
+        ..lbd::RunOptions::default()
     };
-    let fd_limit = lbd::rlimit::raise_fd_limit();
-    let daemon = match Daemon::start_from_file_with(&path, inherited).await {
-        Ok(daemon) => daemon,
-        Err(err) => {
-            eprintln!("lbd: {err}");
-            return ExitCode::FAILURE;
+    let ran = lbd::run(options, |daemon| {
+        if let Some(demo) = &demo {
+            let snapshot = daemon.snapshot();
+            let admin = match &snapshot.config.admin.listen {
+                AdminListen::Tcp(addr) => addr.to_string(),
+                AdminListen::Unix(path) => path.display().to_string(),
+            };
+            let frontend = daemon.local_addrs("kube-apiserver")[0];
+            eprintln!("{}", demo.instructions(frontend, &admin));
         }
-    };
-    match fd_limit {
-        Ok(limit) => lbd::rlimit::check_fd_limit(&daemon.snapshot().config, limit),
-        Err(err) => tracing::warn!(error = %err, "cannot read or raise the open-files limit"),
-    }
-    if let Some(demo) = &demo {
-        let snapshot = daemon.snapshot();
-        let admin = match &snapshot.config.admin.listen {
-            AdminListen::Tcp(addr) => addr.to_string(),
-            AdminListen::Unix(path) => path.display().to_string(),
-        };
-        let frontend = daemon.local_addrs("kube-apiserver")[0];
-        eprintln!("{}", demo.instructions(frontend, &admin));
-    }
-    let service = CancellationToken::new();
-    lbd::daemon::service::announce(&daemon, &service);
-    let served = signals::serve_with(signals, &daemon).await;
-    service.cancel();
+    })
+    .await;
     if let Some(demo) = demo {
         demo.clean_up();
     }
-    match served {
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("lbd: cannot install signal handlers: {err}");
+            eprintln!("lbd: {err}");
             ExitCode::FAILURE
         }
     }

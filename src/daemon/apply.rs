@@ -10,10 +10,10 @@ use tracing::info;
 use super::Daemon;
 use super::listeners::BindError;
 use super::snapshot::{Snapshot, find_pool};
-use crate::frontend::Frontend;
-use crate::health::Topology;
-use crate::pool::Server;
-use crate::reload::{self, Desired, Plan};
+use crate::backend::health::Topology;
+use crate::backend::pool::Server;
+use crate::daemon::reload::{self, Desired, Plan};
+use crate::proxy::frontend::Frontend;
 
 impl Daemon {
     /// The plan from the running state to `desired`. Call it, and

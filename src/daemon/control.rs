@@ -18,10 +18,10 @@ use std::time::SystemTime;
 use tracing::{debug, error, info, warn};
 
 use super::Daemon;
+use crate::backend::pool::{AdminState, Server};
 use crate::config::{Config, ConfigError};
-use crate::pool::{AdminState, Server};
-use crate::reload::{self, Desired, DnsReport};
-use crate::systemd;
+use crate::daemon::reload::{self, Desired, DnsReport};
+use crate::daemon::systemd;
 
 use super::listeners::BindError;
 

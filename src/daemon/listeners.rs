@@ -7,11 +7,11 @@
 //! frontend stays open (and keeps queuing clients) while one accept loop
 //! ends and the next begins. A socket closes once both are dropped.
 //!
-//! With one runtime per core (see [`crate::runtime`]) an address lbd binds
+//! With one runtime per core (see [`crate::proxy::runtime`]) an address lbd binds
 //! itself has one SO_REUSEPORT socket per runtime, each with its own accept
 //! loop; a socket inherited from systemd has one accept loop, which hands
 //! connections to the other runtimes as its own fills up (see
-//! [`crate::runtime::place`]).
+//! [`crate::proxy::runtime::place`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,11 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::Daemon;
-use crate::frontend::Frontend;
-use crate::listener;
-use crate::reload::{BoundAddress, ListenerChanges};
-use crate::runtime;
-use crate::socket;
+use crate::daemon::reload::{BoundAddress, ListenerChanges};
+use crate::net::socket;
+use crate::proxy::frontend::Frontend;
+use crate::proxy::listener;
+use crate::proxy::runtime;
 
 /// A listen address could not be bound.
 #[derive(Debug, thiserror::Error)]

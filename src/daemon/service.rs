@@ -7,9 +7,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backend::pool::ServerCounts;
 use crate::daemon::Daemon;
-use crate::pool::ServerCounts;
-use crate::systemd::notify::{notifier, watchdog_interval};
+use crate::daemon::systemd::notify::{notifier, watchdog_interval};
 
 /// How often the status line is recomputed (sent only when it changed).
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);

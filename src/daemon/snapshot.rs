@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
+use crate::backend::pool::{Pool, Server};
 use crate::config::Config;
-use crate::frontend::Frontend;
-use crate::pool::{Pool, Server};
-use crate::reload::Desired;
+use crate::daemon::reload::Desired;
+use crate::proxy::frontend::Frontend;
 
 /// The pools and frontends built from one desired state.
 #[derive(Debug)]

@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
 use super::*;
-use crate::pool::AdminState;
-use crate::reload::Resolver;
+use crate::backend::pool::AdminState;
+use crate::daemon::reload::Resolver;
 
 /// Long enough that only a deadlock reaches it.
 const PATIENCE: Duration = Duration::from_secs(10);

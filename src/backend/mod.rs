@@ -1,0 +1,7 @@
+//! Backends: servers (address, weight, health, admin state, counters), the
+//! pool that picks among them, and the health checks that judge them. A
+//! pool publishes its availability; it knows nothing of frontends.
+
+pub mod balance;
+pub mod health;
+pub mod pool;

@@ -1,7 +1,0 @@
-//! `lbctl`'s logic: a client of the admin API and the commands built on it.
-//! The binary only parses arguments and calls in here.
-
-pub mod client;
-pub mod commands;
-
-pub use client::{AdminAddr, AdminClient, ClientError, read_token_file};

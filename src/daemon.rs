@@ -62,6 +62,12 @@ pub enum StartError {
     Activation(#[from] ActivationError),
 }
 
+/// What shows lbd is not working (for the systemd watchdog): an accept
+/// loop that ended, a health task that stopped turning.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotAlive(pub String);
+
 /// A running lbd: frontends listening, connections being forwarded.
 #[derive(Debug, Clone)]
 pub struct Daemon {
@@ -294,13 +300,13 @@ impl Daemon {
     /// turned recently (see [`health_task_bound`]). `Err` says what is wrong.
     /// Health checks end when shutdown begins, so a drain only needs the
     /// accept loops' part (there are none left by then).
-    pub fn liveness(&self) -> Result<(), String> {
+    pub fn liveness(&self) -> Result<(), NotAlive> {
         let dead = self.listeners().dead_accept_loops();
         if let Some((frontend, addr)) = dead.first() {
-            return Err(format!(
+            return Err(NotAlive(format!(
                 "the accept loop of frontend {frontend} on {addr} has ended ({} in all): nothing accepts there",
                 dead.len()
-            ));
+            )));
         }
         if self.is_shutting_down() {
             return Ok(());
@@ -314,13 +320,13 @@ impl Daemon {
                 .map(|server| (server, server.health_task_silence()))
                 .filter(|(_, silence)| *silence > bound);
             if let Some((server, silence)) = stalled.max_by_key(|(_, silence)| *silence) {
-                return Err(format!(
+                return Err(NotAlive(format!(
                     "the health task of {}/{} has not run for {} (its checks are due every {}): health checking is stuck or dead",
                     server.backend,
                     server.name,
                     crate::config::format_duration(silence),
                     crate::config::format_duration(pool.spec.health.interval),
-                ));
+                )));
             }
         }
         Ok(())

@@ -78,12 +78,43 @@ impl Policy {
         }
     }
 
-    /// Decides on one request.
+    /// Decides on one request, reading the token file here if it needs it
+    /// (blocking file I/O: the admin server uses [`Policy::token_file_for`]
+    /// and [`Policy::authorize_with`] to read it off the runtime's threads).
     pub fn authorize(
         &self,
         method: &Method,
         path: &str,
         headers: &HeaderMap,
+    ) -> Result<(), Refusal> {
+        let expected = self
+            .token_file_for(method, path, headers)
+            .map(|file| read_token(&file));
+        self.authorize_with(method, path, headers, expected)
+    }
+
+    /// The token file the decision on this request needs read, if any: only
+    /// a request that must carry the token and does.
+    pub fn token_file_for(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<PathBuf> {
+        let token_file = self.token_file.as_ref()?;
+        let exempt = (method == Method::GET && path == "/")
+            || (self.anonymous_read_only && is_read_only(method, path));
+        (!exempt && bearer(headers).is_some()).then(|| token_file.clone())
+    }
+
+    /// Decides on one request; `expected` is the token file's contents when
+    /// [`Policy::token_file_for`] named it.
+    pub fn authorize_with(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        expected: Option<Result<Vec<u8>, TokenFileError>>,
     ) -> Result<(), Refusal> {
         // A web page the operator happens to have open may POST to
         // 127.0.0.1:8404 (a cross-site request needs no CORS approval to be
@@ -101,9 +132,9 @@ impl Policy {
         if method == Method::GET && path == "/" {
             return Ok(());
         }
-        let Some(token_file) = &self.token_file else {
+        if self.token_file.is_none() {
             return Ok(());
-        };
+        }
         if self.anonymous_read_only && is_read_only(method, path) {
             return Ok(());
         }
@@ -116,14 +147,20 @@ impl Policy {
                 "this admin API needs a bearer token: send `Authorization: Bearer <token>` (lbctl --token-file FILE)",
             ));
         };
-        let expected = match read_token(token_file) {
-            Ok(token) => token,
-            Err(err) => {
+        let expected = match expected {
+            Some(Ok(token)) => token,
+            Some(Err(err)) => {
                 warn!("admin API: {err}; refusing every request that needs the token");
                 return Err(Refusal {
                     status: StatusCode::SERVICE_UNAVAILABLE,
                     reason: "the admin token file cannot be read on the server; see lbd's log"
                         .into(),
+                });
+            }
+            None => {
+                return Err(Refusal {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    reason: "the admin token file was not read for this request".into(),
                 });
             }
         };
@@ -190,7 +227,7 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
 }
 
 /// The token in `path`: its content without surrounding whitespace.
-fn read_token(path: &Path) -> Result<Vec<u8>, TokenFileError> {
+pub(super) fn read_token(path: &Path) -> Result<Vec<u8>, TokenFileError> {
     let fail = |reason: String| TokenFileError {
         path: path.to_owned(),
         reason,

@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::auth::{Policy, TokenFileError};
+use super::auth::{Policy, TokenFileError, read_token};
 use super::connections::{Connections, Slot};
 use super::routes::{self, Context};
 use crate::config::AdminListen;
@@ -370,9 +370,26 @@ async fn handle(
     peer: &Peer,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    if let Err(refusal) =
-        policy.authorize(request.method(), request.uri().path(), request.headers())
-    {
+    let (method, path, headers) = (request.method(), request.uri().path(), request.headers());
+    // The token file is read per request (replacing it rotates the token),
+    // on a blocking thread: this runtime relays connections too.
+    let expected = match policy.token_file_for(method, path, headers) {
+        Some(file) => {
+            let path = file.clone();
+            Some(
+                tokio::task::spawn_blocking(move || read_token(&file))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(TokenFileError {
+                            path,
+                            reason: format!("the task reading it failed: {e}"),
+                        })
+                    }),
+            )
+        }
+        None => None,
+    };
+    if let Err(refusal) = policy.authorize_with(method, path, headers, expected) {
         debug!(?peer, method = %request.method(), path = request.uri().path(), status = refusal.status.as_u16(), "admin API: request refused");
         let mut answer = routes::error(refusal.status, &refusal.reason);
         if refusal.status == hyper::StatusCode::UNAUTHORIZED {

@@ -433,6 +433,19 @@ impl Tried {
     }
 }
 
+/// Why new connections cannot be served as they should, for `/readyz`
+/// and the logs: which servers are in which state, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotReady(pub String);
+
+impl NotReady {
+    /// The same reason, said of `what` (`backend cp: …`).
+    pub fn of(self, what: impl std::fmt::Display) -> NotReady {
+        NotReady(format!("{what}: {}", self.0))
+    }
+}
+
 /// A backend's servers and its balancer, immutable once built.
 #[derive(Debug)]
 pub struct Pool {
@@ -542,7 +555,7 @@ impl Pool {
     /// `Ok` when a healthy server takes new connections; otherwise why not,
     /// naming each server's state and its latest check (the first
     /// [`MAX_LISTED`], then a count), for `/readyz` and logs.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         let availability = self.availability();
         let mut why = match availability {
             Availability::Healthy => return Ok(()),
@@ -562,11 +575,10 @@ impl Pool {
         // no server: say so rather than list nothing.
         let unresolved = self.spec.servers.iter().filter(|spec| {
             spec.address.ip().is_none()
-                && !self.servers.iter().any(|s| {
-                    s.name
-                        .strip_prefix(spec.name.as_str())
-                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('@'))
-                })
+                && !self
+                    .servers
+                    .iter()
+                    .any(|s| config::is_address_of(&s.name, &spec.name))
         });
         let mut entries: Vec<String> = unresolved
             .map(|spec| {
@@ -599,7 +611,7 @@ impl Pool {
             let _ = write!(why, " and {} more", total - entries.len());
         }
         why.push(')');
-        Err(why)
+        Err(NotReady(why))
     }
 }
 
@@ -732,7 +744,7 @@ mod tests {
     fn availability_goes_from_healthy_to_unavailable() {
         let pool = pool(OnNoServer::Refuse, 2);
         assert_eq!(pool.availability(), Availability::Unchecked);
-        assert!(pool.readiness().unwrap_err().contains("unchecked"));
+        assert!(pool.readiness().unwrap_err().0.contains("unchecked"));
         pool.servers[1].set_health(Health::Up);
         assert_eq!(pool.availability(), Availability::Healthy);
         assert_eq!(pool.readiness(), Ok(()));
@@ -747,7 +759,7 @@ mod tests {
             at: SystemTime::now(),
             detail: "Connection refused".into(),
         });
-        let why = pool.readiness().unwrap_err();
+        let why = pool.readiness().unwrap_err().0;
         assert_eq!(
             why,
             "no server can take a connection; new connections are refused \
@@ -767,7 +779,7 @@ mod tests {
         assert_eq!(pool.availability(), Availability::Panic);
         assert!(pool.availability().can_serve());
         assert!(pick(&pool).is_some());
-        assert!(pool.readiness().unwrap_err().contains("panic mode"));
+        assert!(pool.readiness().unwrap_err().0.contains("panic mode"));
         // Admin states still hold in panic mode.
         pool.servers[0].set_admin(AdminState::Disabled);
         pool.servers[1].set_admin(AdminState::Drain);

@@ -119,13 +119,31 @@ pub struct AdminClient {
     token: Option<String>,
 }
 
+/// The admin token file (`lbctl --token-file`) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    /// It cannot be read.
+    #[error("cannot read the admin token file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// It holds nothing but white space.
+    #[error("the admin token file {} is empty", .0.display())]
+    Empty(std::path::PathBuf),
+}
+
 /// Reads a bearer token file (`lbctl --token-file`): its content, trimmed.
-pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the admin token file {}: {e}", path.display()))?;
+pub fn read_token_file(path: &std::path::Path) -> Result<String, TokenFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(format!("the admin token file {} is empty", path.display()));
+        return Err(TokenFileError::Empty(path.to_owned()));
     }
     Ok(token.to_owned())
 }

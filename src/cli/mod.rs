@@ -8,4 +8,4 @@ pub mod generate;
 pub mod join_check;
 pub mod probe;
 
-pub use client::{AdminAddr, AdminClient, ClientError, read_token_file};
+pub use client::{AdminAddr, AdminClient, ClientError, TokenFileError, read_token_file};

@@ -14,7 +14,16 @@ pub struct HumanDuration(pub Duration);
 /// units `d`, `h`, `m`, `s`, `ms`, each used at most once and largest first
 /// (`"1m30s"`; `"1s1s"` and `"30s1m"` are errors). No fractions: `"1500ms"`,
 /// not `"1.5s"`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    parse(text).map_err(DurationError)
+}
+
+/// A duration that cannot be read, and what was expected instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DurationError(pub String);
+
+fn parse(text: &str) -> Result<Duration, String> {
     let expected = "expected a duration such as \"500ms\", \"2s\", \"1m30s\" or \"1h\"";
     let mut rest = text.trim();
     if rest.is_empty() {
@@ -181,16 +190,16 @@ mod tests {
             parse_duration("1d2h3m4s5ms").unwrap().as_millis(),
             93_784_005
         );
-        let twice = parse_duration("1s1s").unwrap_err();
+        let twice = parse_duration("1s1s").unwrap_err().0;
         assert!(twice.contains("gives unit \"s\" twice"), "{twice}");
-        let order = parse_duration("30s1m").unwrap_err();
+        let order = parse_duration("30s1m").unwrap_err().0;
         assert!(order.contains("has \"m\" after \"s\""), "{order}");
         assert!(parse_duration("1s500ms").is_ok());
     }
 
     #[test]
     fn a_fraction_is_named_with_what_to_write_instead() {
-        let message = parse_duration("1.5s").unwrap_err();
+        let message = parse_duration("1.5s").unwrap_err().0;
         assert_eq!(
             message,
             "duration \"1.5s\" has a fraction, which lbd does not take: use a smaller unit: write \"1500ms\""
@@ -198,15 +207,17 @@ mod tests {
         assert!(
             parse_duration("0.25m")
                 .unwrap_err()
+                .0
                 .ends_with("write \"15s\"")
         );
         // No whole number of milliseconds: no suggestion.
         assert!(
             parse_duration("0.0001s")
                 .unwrap_err()
+                .0
                 .ends_with("use a smaller unit")
         );
-        let spaced = parse_duration("2 s").unwrap_err();
+        let spaced = parse_duration("2 s").unwrap_err().0;
         assert!(spaced.ends_with("write \"2s\""), "{spaced}");
     }
 

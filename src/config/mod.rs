@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use duration::{HumanDuration, format_duration, parse_duration};
+pub use duration::{DurationError, HumanDuration, format_duration, parse_duration};
 pub use error::{ConfigError, Problem};
 pub use lint::{APISERVER_SHUTDOWN_WINDOW, MIN_IDLE_TIMEOUT};
 pub use server_names::{dns_server_name, is_address_of};

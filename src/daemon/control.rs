@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use tracing::{debug, error, info, warn};
 
 use super::Daemon;
-use crate::backend::pool::{AdminState, Server};
+use crate::backend::pool::{AdminState, NotReady, Server};
 use crate::config::{Config, ConfigError};
 use crate::daemon::reload::{self, Desired, DnsReport};
 use crate::daemon::systemd;
@@ -329,9 +329,9 @@ impl Daemon {
     }
 
     /// `Ok` when every frontend can give a new connection a server, else why not.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         if self.is_shutting_down() {
-            return Err("lbd is shutting down: no new connections are accepted".into());
+            return Err(shutting_down());
         }
         let snapshot = self.snapshot();
         let reasons: Vec<String> = snapshot
@@ -340,30 +340,28 @@ impl Daemon {
             .filter_map(|f| {
                 f.readiness()
                     .err()
-                    .map(|why| format!("frontend {}: {why}", f.name))
+                    .map(|why| why.of(format_args!("frontend {}", f.name)).0)
             })
             .collect();
         if reasons.is_empty() {
             Ok(())
         } else {
-            Err(reasons.join("; "))
+            Err(NotReady(reasons.join("; ")))
         }
     }
 
     /// Like [`Daemon::readiness`] for one frontend: whether it can give a new
     /// connection a server. `None` when no frontend has that name.
-    pub fn frontend_readiness(&self, frontend: &str) -> Option<Result<(), String>> {
+    pub fn frontend_readiness(&self, frontend: &str) -> Option<Result<(), NotReady>> {
         let snapshot = self.snapshot();
         let found = snapshot.frontends.iter().find(|f| f.name == frontend)?;
         if self.is_shutting_down() {
-            return Some(Err(
-                "lbd is shutting down: no new connections are accepted".into()
-            ));
+            return Some(Err(shutting_down()));
         }
         Some(
             found
                 .readiness()
-                .map_err(|why| format!("frontend {frontend}: {why}")),
+                .map_err(|why| why.of(format_args!("frontend {frontend}"))),
         )
     }
 
@@ -383,4 +381,8 @@ impl Daemon {
             self.shared.reloads_failed.load(Relaxed),
         )
     }
+}
+
+fn shutting_down() -> NotReady {
+    NotReady("lbd is shutting down: no new connections are accepted".into())
 }

@@ -312,7 +312,7 @@ mod tests {
         assert_eq!(pool.servers.len(), MAX_ADDRESSES_PER_NAME);
         // The lowest addresses, so the same ones at every lookup.
         assert_eq!(pool.servers[0].name, "cp@10.0.0.0");
-        let why = pool.readiness().unwrap_err();
+        let why = pool.readiness().unwrap_err().0;
         assert!(
             why.ends_with(&format!(
                 "cp@10.0.0.9 unknown and {} more)",

@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backend::pool::ServerCounts;
-use crate::daemon::Daemon;
 use crate::daemon::systemd::notify::{notifier, watchdog_interval};
+use crate::daemon::{Daemon, NotAlive};
 
 /// How often the status line is recomputed (sent only when it changed).
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
@@ -69,7 +69,7 @@ async fn watchdog(
     daemon: Daemon,
     interval: Duration,
     stop: CancellationToken,
-    mut verdict: impl FnMut(Result<(), String>),
+    mut verdict: impl FnMut(Result<(), NotAlive>),
 ) {
     loop {
         verdict(evidence(&daemon, interval / 2).await);
@@ -83,14 +83,14 @@ async fn watchdog(
 /// Whether lbd works well enough to tell systemd so: a task spawned now
 /// runs within `probe_within` (the runtime schedules new work, not only
 /// this task), and [`Daemon::liveness`] (accept loops and health tasks).
-async fn evidence(daemon: &Daemon, probe_within: Duration) -> Result<(), String> {
+async fn evidence(daemon: &Daemon, probe_within: Duration) -> Result<(), NotAlive> {
     match tokio::time::timeout(probe_within, tokio::spawn(async {})).await {
         Ok(Ok(())) => {}
-        Ok(Err(err)) => return Err(format!("a probe task failed: {err}")),
+        Ok(Err(err)) => return Err(NotAlive(format!("a probe task failed: {err}"))),
         Err(_) => {
-            return Err(format!(
+            return Err(NotAlive(format!(
                 "a probe task did not run within {probe_within:?}: the runtime is overloaded or wedged"
-            ));
+            )));
         }
     }
     daemon.liveness()
@@ -186,7 +186,8 @@ mod tests {
             }
         };
         assert!(
-            why.contains("the health task of pool/cp1 has not run for"),
+            why.0
+                .contains("the health task of pool/cp1 has not run for"),
             "{why}"
         );
         for _ in 0..5 {
@@ -211,7 +212,7 @@ mod tests {
         assert_eq!(evidence(&daemon, PATIENCE).await, Ok(()));
         daemon.abort_accept_loops_for_test().await;
         let why = evidence(&daemon, PATIENCE).await.unwrap_err();
-        assert!(why.contains("the accept loop of frontend api"), "{why}");
+        assert!(why.0.contains("the accept loop of frontend api"), "{why}");
         daemon.shutdown().await;
     }
 }

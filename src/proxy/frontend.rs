@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::backend::pool::Pool;
+use crate::backend::pool::{NotReady, Pool};
 use crate::config;
 use crate::proxy::limit::{ConnectionLimit, SourceLimit};
 use crate::util::counter::ShardedCounter;
@@ -148,12 +148,12 @@ impl Frontend {
 
     /// `Ok` when the backend has a healthy server; otherwise why not (for
     /// `/readyz` and logs).
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         let route = self.route.load();
         route
             .pool
             .readiness()
-            .map_err(|why| format!("backend {}: {why}", route.pool.spec.name))
+            .map_err(|why| why.of(format_args!("backend {}", route.pool.spec.name)))
     }
 
     /// A watch that wakes when the frontend's backend may have become able

@@ -306,7 +306,7 @@ async fn pause_while_unavailable(
     paused: &PausedSockets,
 ) -> Paused {
     let address = listener.local_addr();
-    let why = frontend.readiness().err().unwrap_or_default();
+    let why = frontend.readiness().err().map(|e| e.0).unwrap_or_default();
     if let Err(e) = listener.pause() {
         warn!(frontend = %frontend.name, %address, error = %e,
             "cannot pause the listener; clients will be accepted and reset while no server is available");

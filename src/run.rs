@@ -78,6 +78,6 @@ pub async fn run(options: RunOptions, on_serving: impl FnOnce(&Daemon)) -> Resul
     service::announce(&daemon, &service);
     signals::serve_with(signals, &daemon, &options.stop).await;
     service.cancel();
-    admin.stop();
+    admin.stop().await;
     Ok(())
 }

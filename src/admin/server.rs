@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::auth::{Policy, TokenFileError, read_token};
@@ -85,18 +86,25 @@ pub struct AdminServer {
     stop: CancellationToken,
     /// The unix socket's path and the (device, inode) it had when bound.
     unix_socket: Option<(PathBuf, Option<(u64, u64)>)>,
+    /// The accept loops and connections.
+    tasks: TaskTracker,
 }
 
 impl AdminServer {
-    /// Stops accepting and removes the unix socket file, if it is still
-    /// ours: a successor lbd may already have bound a new one at the path.
-    pub fn stop(self) {
+    /// Stops accepting, removes the unix socket file if it is still ours
+    /// (a successor lbd may already have bound a new one at the path), and
+    /// waits a moment for requests being answered.
+    pub async fn stop(self) {
         self.stop.cancel();
         if let Some((path, Some(ours))) = &self.unix_socket
             && file_identity(path) == Some(*ours)
         {
             let _ = std::fs::remove_file(path);
         }
+        self.tasks.close();
+        // An idle keep-alive connection ends at its header timeout at the
+        // latest; the process is exiting, so do not wait that long.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.tasks.wait()).await;
     }
 }
 
@@ -171,18 +179,21 @@ pub fn serve(listener: AdminListener, daemon: Daemon) -> AdminServer {
     let policy = Policy::new(&daemon.snapshot().config.admin);
     let context = Arc::new(Shared::new(daemon, policy));
     let limit = Connections::new();
+    let tasks = context.tasks.clone();
     let unix_path = match listener {
         AdminListener::Tcp(listener) => {
             let local = listener
                 .local_addr()
                 .expect("a bound socket has a local address");
             info!(address = %local, "admin API listening");
-            tokio::spawn(accept_tcp(listener, context, limit, stop.clone()));
+            let tasks = context.tasks.clone();
+            tasks.spawn(accept_tcp(listener, context, limit, stop.clone()));
             None
         }
         AdminListener::Unix(listener, path) => {
             info!(address = %format!("unix:{}", path.display()), "admin API listening");
-            tokio::spawn(accept_unix(listener, context, limit, stop.clone()));
+            let tasks = context.tasks.clone();
+            tasks.spawn(accept_unix(listener, context, limit, stop.clone()));
             let identity = file_identity(&path);
             Some((path, identity))
         }
@@ -190,6 +201,7 @@ pub fn serve(listener: AdminListener, daemon: Daemon) -> AdminServer {
     AdminServer {
         stop,
         unix_socket: unix_path,
+        tasks,
     }
 }
 
@@ -254,11 +266,11 @@ where
             ?peer,
             "admin API: every connection is answering a request; answering 503"
         );
-        tokio::spawn(refuse_busy(stream));
+        shared.tasks.spawn(refuse_busy(stream));
         return;
     };
-    let shared = Arc::clone(shared);
-    tokio::spawn(serve_in_slot(stream, peer, shared, Some(slot)));
+    let tasks = shared.tasks.clone();
+    tasks.spawn(serve_in_slot(stream, peer, Arc::clone(shared), Some(slot)));
 }
 
 /// Tells a client that finds every admin connection answering a request
@@ -275,6 +287,8 @@ content-length: 42\r\nconnection: close\r\nretry-after: 1\r\n\r\nadmin API busy:
 pub struct Shared {
     context: Context,
     policy: Policy,
+    /// The accept loops and connections: stopping waits for them.
+    tasks: TaskTracker,
 }
 
 impl Shared {
@@ -283,6 +297,7 @@ impl Shared {
         Shared {
             context: Context::new(daemon),
             policy,
+            tasks: TaskTracker::new(),
         }
     }
 }

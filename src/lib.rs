@@ -1,45 +1,41 @@
 //! lbd: a TCP load balancer for the Kubernetes control-plane endpoint.
 //!
-//! A client connection is accepted by a [`listener`], handed to [`forward`],
-//! which picks a server from the backend's [`pool`] with a [`balance`]
-//! algorithm, dials it ([`dial`] classifies failures), and [`relay`]s bytes
-//! both ways. The [`daemon`] owns the whole and drains it on shutdown.
+//! Data flow. Every change of what lbd should run, from the config file (at
+//! start, SIGHUP, `POST /api/v1/reload`) or a DNS answer, is a new
+//! [`daemon::reload::Desired`] (pure data: the config with the bytes of the
+//! TLS files it names, and the servers after DNS). One pure
+//! [`daemon::reload::diff`] of the running state (and the sockets actually
+//! bound) against it gives a [`daemon::reload::Plan`], and one `apply`
+//! (`daemon/apply.rs`) is the only code that changes the running daemon:
+//! listeners, pools, routes and limits, health checks. Runtime state
+//! (health, admin state, counters) is carried over by (backend, server).
 //!
-//! Map of the crate:
-//! - [`config`]: TOML schema, defaults and validation with file:line:col errors.
-//! - [`daemon`]: start, snapshot, shutdown; [`run`] is the whole lifecycle.
-//! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reload.
-//! - [`systemd`]: sd_notify (ready, reloading, stopping, watchdog, status) and socket activation.
-//! - [`frontend`]: a frontend's counters, connection limit and swappable route.
-//! - [`listener`]: the accept loop (connection limits, EMFILE backoff, pause
-//!   while the backend has no server).
-//! - [`limit`]: connection slots, per-source counts, the descriptor budget.
-//! - [`pausable`]: a listening socket that refuses SYNs while paused.
-//! - [`socket`]: listener binding and per-stream socket options.
-//! - [`forward`]: one client connection: pick, dial, retry, relay, account.
-//! - [`relay`]: the copy loop with half-close, idle and FIN timeouts.
-//! - [`buffer`]: per-thread pools of copy buffers, small and large.
-//! - [`splice`]: zero-copy splice(2) through pooled pipes for bulk streams.
-//! - [`dial`]: connect with timeout, and the one classifier of dial errors.
-//! - [`health`]: active checks (tcp, tls, https), rise/fall, passive health.
-//! - [`pool`]: servers (health, admin state, counters), pools, the snapshot.
-//! - [`counter`]: per-thread sharded byte counters, uncontended on the data path.
-//! - [`histogram`]: lock-free latency histograms for dial and check times.
-//! - [`balance`]: round-robin, least-connections, random-two, source-hash, first.
-//! - [`runtime`]: one current-thread runtime per core (or one multi-thread runtime).
-//! - [`reload`]: builds pools from a config, carrying server state over; the
-//!   pure config diff a reload applies.
-//! - [`admin`]: the admin API (hyper): /metrics, /readyz, /api/v1/….
-//! - [`metrics`]: the Prometheus collector that reads the current snapshot.
-//! - [`http_client`]: one HTTP/1.1 exchange with hyper, for the https check, the probe and lbctl.
-//! - [`tls`]: the certificate verifier the TLS checks and the probe share.
-//! - [`clock`]: RFC 3339 timestamps for status JSON and lbctl.
-//! - [`rlimit`]: raises the open-files limit and checks it against the config.
-//! - [`demo`]: `lbd --demo`, stand-in apiservers for a first run.
-//! - [`ctl`]: `lbctl`'s admin API client and commands.
-//! - [`probe`]: `lbctl probe`, which dials endpoints and explains what is wrong.
-//! - [`join_check`]: `lbctl join-check`, kubeadm's token discovery walked step by step.
-//! - [`generate`]: man pages and shell completions from the binaries' clap definitions.
+//! Data path. An accept loop ([`proxy::listener`]) hands each client to
+//! [`proxy::forward`], which picks a server from the backend's
+//! [`backend::pool`] ([`backend::balance`]), dials it ([`net::dial`]
+//! classifies failures, and retries go to the next server) and relays both
+//! ways ([`proxy::relay`], [`proxy::splice`]). A pool publishes its
+//! availability; the accept loops routing to it pause when it cannot serve.
+//!
+//! Map of the crate, each folder depending only on those below it:
+//! - [`run`]: the whole life of the process: config, admin API, daemon,
+//!   signals, systemd, the drain.
+//! - [`admin`]: the admin API (hyper): the status page, `/metrics`,
+//!   `/healthz`, `/readyz`, `/api/v1/…`; it reads the daemon.
+//! - [`daemon`]: desired state, diff and plan, apply, the snapshot,
+//!   listeners, reloads and DNS refresh, signals, systemd (notify, watchdog,
+//!   socket activation), the descriptor limit.
+//! - [`proxy`]: frontends, accept loops, connection limits, one connection
+//!   (pick, dial, retry, relay), buffers, splice, per-core runtimes.
+//! - [`backend`]: servers and pools (health, admin state, counters),
+//!   balancing, active and passive health checks.
+//! - [`net`]: socket options, dial and its error classifier, the pausable
+//!   listener, the TLS verifier, the HTTP/1.1 client.
+//! - [`config`]: the TOML schema, defaults, validation with file:line:col
+//!   errors, the timing lint.
+//! - [`util`]: sharded counters, histograms, timestamps.
+//! - [`cli`]: `lbctl` (admin client and commands, `probe`, `join-check`),
+//!   `lbd --demo`, man pages and completions; it uses the admin API's types.
 
 pub mod admin;
 pub mod backend;

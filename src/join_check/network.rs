@@ -58,7 +58,7 @@ pub(crate) async fn dial_step(inputs: &Inputs, report: &mut Report) -> Option<Tc
         // connect(2) reports a reset only after the handshake: the
         // accept-first proxy, as the probe names it.
         DialErrorKind::Reset => crate::probe::explain::accepted_closed("reset", e.elapsed, false),
-        kind => crate::probe::explain::dial(kind, e.addr, inputs.timeout, &e.detail),
+        _ => crate::probe::explain::dial(&e, inputs.timeout),
     };
     report.fail(format!("{detail} ({})", e.detail), None);
     None

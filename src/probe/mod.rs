@@ -41,7 +41,7 @@ pub struct ProbeArgs {
     pub config: Option<PathBuf>,
 
     /// How long each step (resolve, connect, TLS handshake, HTTP answer) may take.
-    #[arg(long, value_name = "DUR", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "3s", value_parser = parse_step_timeout)]
     pub timeout: Duration,
 
     /// After a plain TCP connect, watch this long for the peer closing without a byte
@@ -87,6 +87,19 @@ pub struct ProbeArgs {
     pub json: bool,
 }
 
+/// `--timeout`: a duration above zero (0s would fail every dial before it starts).
+fn parse_step_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text).map_err(|e| e.to_string())?;
+    if timeout.is_zero() {
+        return Err(
+            "a timeout of 0 would fail every step before it starts; give how long each step \
+             may take, e.g. --timeout 3s (the default) or --timeout 500ms"
+                .into(),
+        );
+    }
+    Ok(timeout)
+}
+
 /// How a whole probe run went, for the exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -107,6 +120,12 @@ pub enum ProbeError {
         /// What is wrong with it.
         reason: String,
     },
+    /// `--sni` is not a name a TLS client can send.
+    #[error(
+        "--sni {0:?} is not a DNS name or an IP address; give the name to look for in the \
+         certificate's SANs, e.g. --sni kubernetes or --sni k8s-api.example.com"
+    )]
+    Sni(String),
     /// `--http-path` is not an absolute path.
     #[error("--http-path {0:?} must start with '/', e.g. /readyz?verbose")]
     HttpPath(String),

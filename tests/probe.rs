@@ -927,3 +927,160 @@ servers = [
         );
     }
 }
+
+// ---- lbd's own frontend -------------------------------------------------
+
+/// A config for lbd with frontend `kube-apiserver` on `listen` in front of
+/// one server `cp1` at `server`, its admin API on `admin`.
+fn lbd_config(admin: &str, listen: &str, server: SocketAddr) -> String {
+    format!(
+        r#"[admin]
+listen = "{admin}"
+
+[[frontend]]
+name = "kube-apiserver"
+listen = ["{listen}"]
+backend = "control-plane"
+
+[[backend]]
+name = "control-plane"
+servers = [ {{ name = "cp1", address = "{server}" }} ]
+[backend.health]
+interval = "200ms"
+"#
+    )
+}
+
+/// Waits until lbd has paused its frontend: no server is up.
+fn wait_paused(lbd: &support::Lbd) {
+    support::wait_until(Duration::from_secs(10), "lbd to pause its frontend", || {
+        lbd.status()["frontends"][0]["paused"] == true
+    });
+}
+
+#[test]
+fn lbd_refusing_because_no_server_is_up_is_named_with_the_servers_and_why() {
+    let down = closed_port();
+    let lbd = support::Lbd::start(&lbd_config("127.0.0.1:0", "127.0.0.1:0", down));
+    wait_paused(&lbd);
+    let frontend = lbd.addr("kube-apiserver").to_string();
+
+    // lbctl --admin ADDR probe FRONTEND: the admin API says whose it is.
+    let run = lbd.lbctl(&["probe", &frontend, "--json"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let attempt: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(attempt["result"], "refused", "{attempt}");
+    let detail = attempt["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("lbd is refusing: no apiserver is up"),
+        "{detail}"
+    );
+    assert!(detail.contains("frontend kube-apiserver"), "{detail}");
+    assert!(
+        detail.contains(&format!("cp1 {down} down (refused: ")),
+        "{detail}"
+    );
+    assert!(
+        !detail.contains("crictl"),
+        "not advice for an apiserver host: {detail}"
+    );
+
+    // With no admin API to ask (nothing on that address), it is any refused port.
+    let nobody = closed_port().to_string();
+    let run = support::lbctl(&["--admin", &nobody, "probe", &frontend, "--json"]);
+    let attempt: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(attempt["result"], "refused");
+    assert!(
+        attempt["detail"].as_str().unwrap().contains("crictl"),
+        "{attempt}"
+    );
+}
+
+#[test]
+fn probe_config_knows_lbds_frontend_and_admin_api_from_the_file() {
+    let down = closed_port();
+    let admin = format!("127.0.0.1:{}", support::free_port());
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let config = lbd_config(&admin, &listen, down);
+    let mut lbd = support::Lbd::start(&config);
+    wait_paused(&lbd);
+
+    // No --admin, no LBD_ADMIN: the config names the admin API.
+    let path = lbd.config_path.to_str().unwrap().to_owned();
+    let run = support::lbctl(&["probe", "--config", &path]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("frontend kube-apiserver "))
+        .unwrap_or_else(|| panic!("no frontend line:\n{}", run.stdout));
+    assert!(line.contains(" refused "), "{line}");
+    assert!(
+        line.contains("lbd is refusing: no apiserver is up"),
+        "{line}"
+    );
+    assert!(line.contains(&format!("cp1 {down} down")), "{line}");
+
+    // lbd stopped: the admin API is silent, the table still tells.
+    lbd.signal(libc::SIGTERM);
+    lbd.wait_exit(Duration::from_secs(10));
+    let run = support::lbctl(&["probe", "--config", &path, "--json"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let frontend = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|a| a["role"] == "frontend")
+        .unwrap();
+    assert_eq!(frontend["result"], "refused", "{frontend}");
+    let detail = frontend["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("no apiserver is up: every server of backend control-plane fails"),
+        "{detail}"
+    );
+    assert!(detail.contains("systemctl status lbd"), "{detail}");
+    assert!(
+        detail.contains(&format!("cannot reach lbd admin API at {admin}")),
+        "{detail}"
+    );
+}
+
+#[test]
+fn an_admin_api_that_never_answers_does_not_hold_the_probe() {
+    // The admin address drops SYNs; the probe must still end, with the
+    // plain sentence, after at most its short admin timeout.
+    let blackhole = blackhole_listener();
+    let admin = blackhole.addr.to_string();
+    let target = closed_port().to_string();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        .args(["--admin", &admin, "probe", &target, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Not a speed test: a connect to that address would wait for the
+    // kernel's SYN retries (minutes); half a minute means it hangs.
+    let mut status = None;
+    let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        support::wait_until(Duration::from_secs(30), "lbctl probe to end", || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        })
+    }));
+    if ended.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("lbctl probe hung on an admin API that never answers");
+    }
+    assert_eq!(status.unwrap().code(), Some(1));
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let attempt: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(attempt["result"], "refused");
+    assert!(
+        attempt["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nothing listens"),
+        "{attempt}"
+    );
+}

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use lbd::ctl::commands::{self, AdminAction, DrainWait};
 use lbd::ctl::{AdminAddr, AdminClient};
 use lbd::generate;
@@ -119,7 +120,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    // Named by the operator (flag or LBD_ADMIN), not the default: `probe`
+    // then asks it even when it is not on this host.
+    let admin_explicit = matches!(
+        matches.value_source("admin"),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    );
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let token = match cli.token_file.as_deref().map(lbd::ctl::read_token_file) {
         None => None,
         Some(Ok(token)) => Some(token),
@@ -169,7 +177,14 @@ fn main() -> ExitCode {
             None,
             json,
         )),
-        Command::Probe(args) => match lbd::probe::run(args) {
+        Command::Probe(args) => match lbd::probe::run(
+            args,
+            Some(lbd::probe::AdminHint {
+                addr: cli.admin.clone(),
+                token: token.clone(),
+                explicit: admin_explicit,
+            }),
+        ) {
             Ok(lbd::probe::Verdict::AllOpen) => 0,
             Ok(lbd::probe::Verdict::SomeFailed) => 1,
             Err(err) => {

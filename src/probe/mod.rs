@@ -12,6 +12,7 @@ mod attempt;
 pub(crate) mod cert;
 pub(crate) mod explain;
 mod http;
+mod own_frontend;
 mod render;
 pub(crate) mod target;
 pub(crate) mod tls;
@@ -24,8 +25,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, parse_duration};
+use crate::config::{Config, ConfigError, parse_duration};
 use attempt::Attempt;
+pub use own_frontend::AdminHint;
+use own_frontend::OwnFrontends;
 use render::Renderer;
 use target::Target;
 
@@ -152,9 +155,12 @@ pub enum ProbeError {
 }
 
 /// Runs `lbctl probe` to completion, printing to stdout; Ctrl-C ends the
-/// rounds early and still prints the summary.
-pub fn run(args: ProbeArgs) -> Result<Verdict, ProbeError> {
-    let targets = target::plan(&args)?;
+/// rounds early and still prints the summary. `admin` is where lbctl was
+/// told lbd's admin API is: asked why when one of lbd's frontends refuses.
+pub fn run(args: ProbeArgs, admin: Option<AdminHint>) -> Result<Verdict, ProbeError> {
+    let config = args.config.as_deref().map(Config::load).transpose()?;
+    let targets = target::plan(&args, config.as_ref())?;
+    let own = OwnFrontends::new(admin, config.as_ref(), args.timeout);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -175,7 +181,7 @@ pub fn run(args: ProbeArgs) -> Result<Verdict, ProbeError> {
                 on_interrupt.cancel();
             }
         });
-        rounds(&targets, &args, &cancel, &mut renderer).await
+        rounds(&targets, &args, &own, &cancel, &mut renderer).await
     });
     // A resolver thread stuck past --timeout must not hold the exit.
     runtime.shutdown_background();
@@ -191,6 +197,7 @@ pub fn run(args: ProbeArgs) -> Result<Verdict, ProbeError> {
 async fn rounds<W: Write>(
     targets: &[Arc<Target>],
     args: &ProbeArgs,
+    own: &OwnFrontends,
     cancel: &CancellationToken,
     renderer: &mut Renderer<W>,
 ) -> io::Result<Verdict> {
@@ -198,7 +205,11 @@ async fn rounds<W: Write>(
     for seq in 1..=args.count {
         let started = Instant::now();
         let attempts = tokio::select! {
-            attempts = round(targets, seq) => attempts,
+            attempts = async {
+                let mut attempts = round(targets, seq).await;
+                own.explain_refusals(&mut attempts).await;
+                attempts
+            } => attempts,
             () = cancel.cancelled() => break,
         };
         all_open &= attempts.iter().all(Attempt::passed);

@@ -85,7 +85,11 @@ pub(crate) struct Checks {
 }
 
 /// Turns the command line into the list of targets, or says why it cannot.
-pub(crate) fn plan(args: &ProbeArgs) -> Result<Vec<Arc<Target>>, ProbeError> {
+/// `config` is the file of `--config`, already loaded.
+pub(crate) fn plan(
+    args: &ProbeArgs,
+    config: Option<&Config>,
+) -> Result<Vec<Arc<Target>>, ProbeError> {
     if let Some(path) = &args.http_path
         && !path.starts_with('/')
     {
@@ -96,16 +100,23 @@ pub(crate) fn plan(args: &ProbeArgs) -> Result<Vec<Arc<Target>>, ProbeError> {
     {
         return Err(ProbeError::Sni(sni.clone()));
     }
-    match &args.config {
-        Some(path) => {
-            let config = Config::load(path)?;
-            let targets = from_config(&config, args)?;
+    let loaded;
+    let config = match (config, &args.config) {
+        (None, Some(path)) => {
+            loaded = Config::load(path)?;
+            Some(&loaded)
+        }
+        (config, _) => config,
+    };
+    match (&args.config, config) {
+        (Some(path), Some(config)) => {
+            let targets = from_config(config, args)?;
             if targets.is_empty() {
                 return Err(ProbeError::Empty(path.clone()));
             }
             Ok(targets)
         }
-        None => {
+        _ => {
             let tls = if wants_tls(args) {
                 Some(Arc::new(TlsSettings::load(
                     args.sni.clone(),

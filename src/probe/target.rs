@@ -315,7 +315,7 @@ fn not_a_url(scheme: &str, rest: &str) -> String {
     } else {
         format!("{authority}:PORT")
     };
-    let mut hint = format!("give HOST:PORT, not a {scheme}:// URL: write {endpoint}");
+    let mut hint = format!("give HOST:PORT, not a URL: write {endpoint}");
     if !has_port {
         hint.push_str(" (kube-apiserver: 6443)");
     }
@@ -364,19 +364,19 @@ mod tests {
     fn a_url_says_what_to_write_instead() {
         assert_eq!(
             parse_host_port("https://10.0.0.1:6443"),
-            Err("give HOST:PORT, not a https:// URL: write 10.0.0.1:6443 --tls".into())
+            Err("give HOST:PORT, not a URL: write 10.0.0.1:6443 --tls".into())
         );
         assert_eq!(
             parse_host_port("https://lb.example:6443/readyz?verbose"),
             Err(
-                "give HOST:PORT, not a https:// URL: write lb.example:6443 --http-path /readyz?verbose"
+                "give HOST:PORT, not a URL: write lb.example:6443 --http-path /readyz?verbose"
                     .into()
             )
         );
         assert_eq!(
             parse_host_port("https://lb.example/"),
             Err(
-                "give HOST:PORT, not a https:// URL: write lb.example:PORT (kube-apiserver: 6443) --tls"
+                "give HOST:PORT, not a URL: write lb.example:PORT (kube-apiserver: 6443) --tls"
                     .into()
             )
         );

@@ -455,8 +455,7 @@ async fn what_an_operator_mistypes_is_a_usage_error_saying_what_to_write() {
     let run = lbctl_probe(&["https://10.0.0.1:6443"]).await;
     assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
     assert!(
-        run.stderr
-            .contains("not a URL: write 10.0.0.1:6443 --tls"),
+        run.stderr.contains("not a URL: write 10.0.0.1:6443 --tls"),
         "{}",
         run.stderr
     );

@@ -97,6 +97,11 @@ enum Command {
         json: bool,
     },
     /// Dial endpoints (or every server of a config) and explain what is wrong with them.
+    ///
+    /// When one of lbd's own frontends refuses (lbd stops accepting while no
+    /// server is up), lbd's admin API (--admin, or the config's [admin]) is
+    /// asked which servers are down and why: for at most 1s, and only on
+    /// this host unless --admin or LBD_ADMIN names it.
     Probe(lbd::probe::ProbeArgs),
     /// Walk `kubeadm join`'s token discovery through an endpoint, step by
     /// step: replace `kubeadm join` with `lbctl join-check` in a join command.

@@ -220,7 +220,9 @@ fn is_local(addr: &AdminAddr) -> bool {
                 .map_or(text.as_str(), |(host, _)| host);
             let host = host.trim_start_matches('[').trim_end_matches(']');
             host.eq_ignore_ascii_case("localhost")
-                || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                || host
+                    .parse::<IpAddr>()
+                    .is_ok_and(|ip| ip.to_canonical().is_loopback())
         }
     }
 }

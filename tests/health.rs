@@ -249,6 +249,35 @@ fn a_401_is_an_auth_error_that_keeps_the_server_up_and_says_so_loudly() {
 }
 
 #[test]
+fn an_https_check_names_a_server_that_demands_a_client_certificate() {
+    let pki = Pki::new(&["127.0.0.1"]);
+    let health = HttpsServer::start_requiring_client_cert(&pki, 200);
+    let a = Backend::named("a");
+    let lbd = Lbd::start(&with_health(
+        &[&a],
+        "",
+        &format!(
+            "check = \"https\"\nport = {}\nca_file = {:?}\ninterval = \"200ms\"",
+            health.addr.port(),
+            pki.ca_file
+        ),
+    ));
+    let mut detail = String::new();
+    wait_until(Duration::from_secs(10), "a failed check of a", || {
+        let status = lbd.status();
+        let check = &status["backends"][0]["servers"][0]["last_check"];
+        detail = check["detail"].as_str().unwrap_or_default().to_owned();
+        check["result"].as_str().is_some_and(|r| r != "ok")
+    });
+    // What `lbctl probe` says of the same server, in the check's own words.
+    assert!(
+        detail.contains("the server requires a client certificate"),
+        "{detail}"
+    );
+    assert!(detail.contains("cert_file and key_file"), "{detail}");
+}
+
+#[test]
 fn a_tls_check_with_ca_file_refuses_a_certificate_for_another_name() {
     let pki = Pki::new(&["kubernetes"]);
     let health = HttpsServer::start(&pki, 200);

@@ -48,12 +48,52 @@ impl Run {
 }
 
 async fn lbctl_probe(args: &[&str]) -> Run {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_lbctl"))
-        .arg("probe")
-        .args(args)
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lbctl"));
+    command.arg("probe").args(args);
+    run_probe(command).await
+}
+
+/// Runs `lbctl probe args…` inside `unshare FLAGS sh -c SETUP`, where
+/// SETUP prepares the namespace and ends in `exec "$@"`; `None` (after
+/// saying why) when unprivileged namespaces are not allowed here.
+async fn lbctl_probe_in_namespace(flags: &str, setup: &str, args: &[&str]) -> Option<Run> {
+    let allowed = std::process::Command::new("unshare")
+        .args([flags, "true"])
         .output()
-        .await
-        .expect("run lbctl");
+        .is_ok_and(|out| out.status.success());
+    if !allowed {
+        eprintln!("SKIPPED: `unshare {flags}` is not allowed here; cannot build the namespace");
+        return None;
+    }
+    let mut command = tokio::process::Command::new("unshare");
+    command
+        .args([flags, "sh", "-c", setup, "sh"])
+        .arg(env!("CARGO_BIN_EXE_lbctl"))
+        .arg("probe")
+        .args(args);
+    Some(run_probe(command).await)
+}
+
+/// Runs `lbctl probe args…` in a mount namespace where `/etc/hosts` is
+/// empty, DNS goes to 127.0.0.1 where nothing answers, and the hosts line
+/// of nsswitch.conf is `nsswitch`: no lookup ever leaves this host.
+async fn lbctl_probe_with_resolver(nsswitch: &str, args: &[&str]) -> Option<Run> {
+    let dir = TempDir::new("probe-dns");
+    let hosts = dir.write("hosts", "127.0.0.1 localhost\n");
+    let resolv = dir.write(
+        "resolv.conf",
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    );
+    let nss = dir.write("nsswitch.conf", &format!("hosts: {nsswitch}\n"));
+    let setup = format!(
+        "mount --bind {hosts:?} /etc/hosts && mount --bind {resolv:?} /etc/resolv.conf && \
+         mount --bind {nss:?} /etc/nsswitch.conf && exec \"$@\""
+    );
+    lbctl_probe_in_namespace("-Urm", &setup, args).await
+}
+
+async fn run_probe(mut command: tokio::process::Command) -> Run {
+    let output = command.output().await.expect("run lbctl");
     Run {
         code: output.status.code().expect("lbctl exited by a signal"),
         stdout: String::from_utf8(output.stdout).unwrap(),
@@ -152,18 +192,80 @@ async fn full_accept_queue_is_a_timeout() {
         detail.contains("firewall, security group or route"),
         "{detail}"
     );
+    // A hung process whose queue is full looks the same from outside.
+    assert!(detail.contains("accept queue is full"), "{detail}");
+    assert!(detail.contains("a process that hangs"), "{detail}");
 }
 
 #[tokio::test]
 async fn unresolvable_name_is_a_dns_error() {
-    let run = lbctl_probe(&["no-such-host.invalid:6443", "--json"]).await;
-    assert_eq!(run.code, 1);
+    // Only /etc/hosts is consulted: the name is missing, and no DNS query is sent.
+    let Some(run) =
+        lbctl_probe_with_resolver("files", &["no-such-host.invalid:6443", "--json"]).await
+    else {
+        return;
+    };
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     let attempt = run.only();
     assert_eq!(attempt["result"], "dns_error");
     assert_eq!(attempt["address"], Value::Null);
     let detail = attempt["detail"].as_str().unwrap();
     assert!(detail.contains("no-such-host.invalid"), "{detail}");
     assert!(detail.contains("/etc/hosts"), "{detail}");
+    assert!(!detail.contains("resolver did not answer"), "{detail}");
+}
+
+#[tokio::test]
+async fn a_resolver_that_does_not_answer_is_not_a_bad_name() {
+    // DNS goes to 127.0.0.1:53, where nothing listens: the resolver fails.
+    let Some(run) = lbctl_probe_with_resolver("files dns", &["cp1.lab.test:6443", "--json"]).await
+    else {
+        return;
+    };
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let attempt = run.only();
+    assert_eq!(attempt["result"], "dns_error");
+    let detail = attempt["detail"].as_str().unwrap();
+    assert!(detail.contains("cp1.lab.test"), "{detail}");
+    assert!(
+        detail.contains("the resolver did not answer, so the name may well be right"),
+        "{detail}"
+    );
+    assert!(detail.contains("/etc/resolv.conf"), "{detail}");
+    assert!(!detail.contains("fix the name"), "{detail}");
+}
+
+#[tokio::test]
+async fn no_route_from_this_host_is_not_the_node_being_down() {
+    // A network namespace of our own: 10.9.0.0/16 has an `unreachable`
+    // route (EHOSTUNREACH, as when a router says the host is gone);
+    // 10.10.0.0/16 has no route at all (ENETUNREACH).
+    if !support::have("ip") {
+        eprintln!("SKIPPED: no `ip` command (iproute2) to set up routes");
+        return;
+    }
+    let setup = "ip link set lo up && ip route add unreachable 10.9.0.0/16 && exec \"$@\"";
+    let Some(run) = lbctl_probe_in_namespace(
+        "-Urn",
+        setup,
+        &["10.10.0.1:6443", "10.9.0.1:6443", "--json"],
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let attempts = run.json();
+    assert_eq!(attempts.len(), 2, "{}", run.stdout);
+    let (no_route, host_gone) = (&attempts[0], &attempts[1]);
+    assert_eq!(no_route["result"], "unreachable", "{}", run.stdout);
+    let detail = no_route["detail"].as_str().unwrap();
+    assert!(detail.contains("unreachable from this host"), "{detail}");
+    assert!(detail.contains("nothing about the node"), "{detail}");
+    assert!(!detail.contains("node is down"), "{detail}");
+    assert_eq!(host_gone["result"], "unreachable", "{}", run.stdout);
+    let detail = host_gone["detail"].as_str().unwrap();
+    assert!(detail.contains("the node is down"), "{detail}");
 }
 
 #[tokio::test]
@@ -325,6 +427,46 @@ async fn usage_errors_exit_two() {
     let run = lbctl_probe(&["127.0.0.1:1", "--tls", "--ca", "/nonexistent/ca.crt"]).await;
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("/nonexistent/ca.crt"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn what_an_operator_mistypes_is_a_usage_error_saying_what_to_write() {
+    // Each would otherwise probe something and fail for the wrong reason.
+    let run = lbctl_probe(&["127.0.0.1:1", "--timeout", "0s"]).await;
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("--timeout 3s"), "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "nothing probed: {}", run.stdout);
+
+    let run = lbctl_probe(&["127.0.0.1:1", "--sni", "k8s api.example"]).await;
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains("--sni \"k8s api.example\" is not a DNS name or an IP address"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("e.g. --sni kubernetes"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty(), "nothing probed: {}", run.stdout);
+
+    let run = lbctl_probe(&["https://10.0.0.1:6443"]).await;
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("not a URL: write 10.0.0.1:6443 --tls"),
+        "{}",
+        run.stderr
+    );
+    let run = lbctl_probe(&["https://10.0.0.1:6443/readyz"]).await;
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains("write 10.0.0.1:6443 --http-path /readyz"),
+        "{}",
+        run.stderr
+    );
 }
 
 // ---- TLS and HTTP -------------------------------------------------------
@@ -783,4 +925,161 @@ servers = [
             "{line}"
         );
     }
+}
+
+// ---- lbd's own frontend -------------------------------------------------
+
+/// A config for lbd with frontend `kube-apiserver` on `listen` in front of
+/// one server `cp1` at `server`, its admin API on `admin`.
+fn lbd_config(admin: &str, listen: &str, server: SocketAddr) -> String {
+    format!(
+        r#"[admin]
+listen = "{admin}"
+
+[[frontend]]
+name = "kube-apiserver"
+listen = ["{listen}"]
+backend = "control-plane"
+
+[[backend]]
+name = "control-plane"
+servers = [ {{ name = "cp1", address = "{server}" }} ]
+[backend.health]
+interval = "200ms"
+"#
+    )
+}
+
+/// Waits until lbd has paused its frontend: no server is up.
+fn wait_paused(lbd: &support::Lbd) {
+    support::wait_until(Duration::from_secs(10), "lbd to pause its frontend", || {
+        lbd.status()["frontends"][0]["paused"] == true
+    });
+}
+
+#[test]
+fn lbd_refusing_because_no_server_is_up_is_named_with_the_servers_and_why() {
+    let down = closed_port();
+    let lbd = support::Lbd::start(&lbd_config("127.0.0.1:0", "127.0.0.1:0", down));
+    wait_paused(&lbd);
+    let frontend = lbd.addr("kube-apiserver").to_string();
+
+    // lbctl --admin ADDR probe FRONTEND: the admin API says whose it is.
+    let run = lbd.lbctl(&["probe", &frontend, "--json"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let attempt: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(attempt["result"], "refused", "{attempt}");
+    let detail = attempt["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("lbd is refusing: no apiserver is up"),
+        "{detail}"
+    );
+    assert!(detail.contains("frontend kube-apiserver"), "{detail}");
+    assert!(
+        detail.contains(&format!("cp1 {down} down (refused: ")),
+        "{detail}"
+    );
+    assert!(
+        !detail.contains("crictl"),
+        "not advice for an apiserver host: {detail}"
+    );
+
+    // With no admin API to ask (nothing on that address), it is any refused port.
+    let nobody = closed_port().to_string();
+    let run = support::lbctl(&["--admin", &nobody, "probe", &frontend, "--json"]);
+    let attempt: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(attempt["result"], "refused");
+    assert!(
+        attempt["detail"].as_str().unwrap().contains("crictl"),
+        "{attempt}"
+    );
+}
+
+#[test]
+fn probe_config_knows_lbds_frontend_and_admin_api_from_the_file() {
+    let down = closed_port();
+    let admin = format!("127.0.0.1:{}", support::free_port());
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let config = lbd_config(&admin, &listen, down);
+    let mut lbd = support::Lbd::start(&config);
+    wait_paused(&lbd);
+
+    // No --admin, no LBD_ADMIN: the config names the admin API.
+    let path = lbd.config_path.to_str().unwrap().to_owned();
+    let run = support::lbctl(&["probe", "--config", &path]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("frontend kube-apiserver "))
+        .unwrap_or_else(|| panic!("no frontend line:\n{}", run.stdout));
+    assert!(line.contains(" refused "), "{line}");
+    assert!(
+        line.contains("lbd is refusing: no apiserver is up"),
+        "{line}"
+    );
+    assert!(line.contains(&format!("cp1 {down} down")), "{line}");
+
+    // lbd stopped: the admin API is silent, the table still tells.
+    lbd.signal(libc::SIGTERM);
+    lbd.wait_exit(Duration::from_secs(10));
+    let run = support::lbctl(&["probe", "--config", &path, "--json"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let frontend = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|a| a["role"] == "frontend")
+        .unwrap();
+    assert_eq!(frontend["result"], "refused", "{frontend}");
+    let detail = frontend["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("no apiserver is up: every server of backend control-plane fails"),
+        "{detail}"
+    );
+    assert!(detail.contains("systemctl status lbd"), "{detail}");
+    assert!(
+        detail.contains(&format!("cannot reach lbd admin API at {admin}")),
+        "{detail}"
+    );
+}
+
+#[test]
+fn an_admin_api_that_never_answers_does_not_hold_the_probe() {
+    // The admin address drops SYNs; the probe must still end, with the
+    // plain sentence, after at most its short admin timeout.
+    let blackhole = blackhole_listener();
+    let admin = blackhole.addr.to_string();
+    let target = closed_port().to_string();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        .args(["--admin", &admin, "probe", &target, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Not a speed test: a connect to that address would wait for the
+    // kernel's SYN retries (minutes); half a minute means it hangs.
+    let mut status = None;
+    let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        support::wait_until(Duration::from_secs(30), "lbctl probe to end", || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        })
+    }));
+    if ended.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("lbctl probe hung on an admin API that never answers");
+    }
+    assert_eq!(status.unwrap().code(), Some(1));
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let attempt: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(attempt["result"], "refused");
+    assert!(
+        attempt["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nothing listens"),
+        "{attempt}"
+    );
 }

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use lbd::cli::commands::{self, AdminAction, DrainWait};
 use lbd::cli::generate;
 use lbd::cli::{AdminAddr, AdminClient};
@@ -99,6 +100,11 @@ enum Command {
         json: bool,
     },
     /// Dial endpoints (or every server of a config) and explain what is wrong with them.
+    ///
+    /// When one of lbd's own frontends refuses (lbd stops accepting while no
+    /// server is up), lbd's admin API (--admin, or the config's [admin]) is
+    /// asked which servers are down and why: for at most 1s, and only on
+    /// this host unless --admin or LBD_ADMIN names it.
     Probe(lbd::cli::probe::ProbeArgs),
     /// Walk `kubeadm join`'s token discovery through an endpoint, step by
     /// step: replace `kubeadm join` with `lbctl join-check` in a join command.
@@ -122,7 +128,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    // Named by the operator (flag or LBD_ADMIN), not the default: `probe`
+    // then asks it even when it is not on this host.
+    let admin_explicit = matches!(
+        matches.value_source("admin"),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    );
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let token = match cli.token_file.as_deref().map(lbd::cli::read_token_file) {
         None => None,
         Some(Ok(token)) => Some(token),
@@ -172,7 +185,14 @@ fn main() -> ExitCode {
             None,
             json,
         )),
-        Command::Probe(args) => match lbd::cli::probe::run(args) {
+        Command::Probe(args) => match lbd::cli::probe::run(
+            args,
+            Some(lbd::cli::probe::AdminHint {
+                addr: cli.admin.clone(),
+                token: token.clone(),
+                explicit: admin_explicit,
+            }),
+        ) {
             Ok(lbd::cli::probe::Verdict::AllOpen) => 0,
             Ok(lbd::cli::probe::Verdict::SomeFailed) => 1,
             Err(err) => {

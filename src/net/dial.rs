@@ -97,10 +97,23 @@ pub struct DialError {
     pub elapsed: Duration,
     /// The operating system's message.
     pub detail: String,
+    /// The OS error number, when the OS gave one: it tells apart what one
+    /// kind groups (`ENETUNREACH`, no route from this host, against
+    /// `EHOSTUNREACH`, the network saying the host is unreachable).
+    pub os_error: Option<i32>,
     /// The failure is this host's, not the server's (out of file
     /// descriptors, memory or ephemeral ports): it says nothing about the
     /// server's health.
     pub local: bool,
+}
+
+impl DialError {
+    /// Whether this host has no route to the address's network
+    /// (`ENETUNREACH`): a fault of this host's routes or interface, not a
+    /// sign that the server is down.
+    pub fn no_route_from_here(&self) -> bool {
+        matches!(self.os_error, Some(libc::ENETUNREACH | libc::ENETDOWN))
+    }
 }
 
 /// Whether an error is lbd's own resource shortage rather than the peer's doing.
@@ -120,6 +133,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, D
         addr,
         elapsed: started.elapsed(),
         detail: e.to_string(),
+        os_error: e.raw_os_error(),
         local,
     };
     // Failing to even make a socket is this host's problem.
@@ -133,6 +147,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, D
             addr,
             elapsed: started.elapsed(),
             detail: format!("no answer within {timeout:?}"),
+            os_error: None,
             local: false,
         }),
     }
@@ -177,12 +192,35 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Resolves `host:port` to every address it names, or says why not.
 pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    resolve_classified(host, port).await.map_err(|e| e.message)
+}
+
+/// Why a name did not resolve: the message, and whether the resolver
+/// itself failed rather than the name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ResolveError {
+    /// What failed, naming the name, in the resolver's words.
+    pub message: String,
+    /// No usable answer came: the resolver timed out or failed
+    /// (`EAI_AGAIN`, `EAI_FAIL`), so nothing is known about the name. When
+    /// false, the resolver answered that the name does not exist or has no
+    /// address (`EAI_NONAME`, NXDOMAIN).
+    pub resolver_down: bool,
+}
+
+/// Like [`resolve`], telling a resolver that did not answer from a name
+/// that does not exist.
+pub async fn resolve_classified(host: &str, port: u16) -> Result<Vec<SocketAddr>, ResolveError> {
     let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)));
     let Ok(answer) = lookup.await else {
-        return Err(format!(
-            "cannot resolve {host}: no answer from the resolver within {}s",
-            RESOLVE_TIMEOUT.as_secs()
-        ));
+        return Err(ResolveError {
+            message: format!(
+                "cannot resolve {host}: no answer from the resolver within {}s",
+                RESOLVE_TIMEOUT.as_secs()
+            ),
+            resolver_down: true,
+        });
     };
     match answer {
         Ok(addrs) => {
@@ -190,13 +228,35 @@ pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
             addrs.sort();
             addrs.dedup();
             if addrs.is_empty() {
-                Err(format!("{host} has no addresses"))
+                Err(ResolveError {
+                    message: format!("{host} has no addresses"),
+                    resolver_down: false,
+                })
             } else {
                 Ok(addrs)
             }
         }
-        Err(e) => Err(format!("cannot resolve {host}: {e}")),
+        Err(e) => Err(ResolveError {
+            message: format!("cannot resolve {host}: {e}"),
+            resolver_down: resolver_failed(&e),
+        }),
     }
+}
+
+/// Whether a failed `getaddrinfo` means the resolver failed, not the name.
+/// The standard library keeps only `gai_strerror`'s text of the code, so the
+/// text is compared with the C library's own words for `EAI_AGAIN` and
+/// `EAI_FAIL` (the same on glibc and musl, whatever their wording).
+fn resolver_failed(err: &io::Error) -> bool {
+    let text = err.to_string();
+    [libc::EAI_AGAIN, libc::EAI_FAIL].into_iter().any(|code| {
+        // SAFETY: gai_strerror returns a pointer to a static, NUL-terminated
+        // string for any code; it is only read here.
+        let words = unsafe { std::ffi::CStr::from_ptr(libc::gai_strerror(code)) };
+        words
+            .to_str()
+            .is_ok_and(|words| !words.is_empty() && text.ends_with(words))
+    })
 }
 
 #[cfg(test)]
@@ -221,6 +281,35 @@ mod tests {
                 "errno {errno}"
             );
         }
+    }
+
+    #[test]
+    fn no_route_from_here_is_told_from_an_unreachable_host() {
+        let dial_error = |errno| DialError {
+            kind: DialErrorKind::classify(&io::Error::from_raw_os_error(errno)),
+            addr: "10.0.0.1:6443".parse().unwrap(),
+            elapsed: Duration::ZERO,
+            detail: String::new(),
+            os_error: Some(errno),
+            local: false,
+        };
+        assert!(dial_error(libc::ENETUNREACH).no_route_from_here());
+        assert!(!dial_error(libc::EHOSTUNREACH).no_route_from_here());
+    }
+
+    #[test]
+    fn a_resolver_failure_is_told_from_a_missing_name() {
+        let gai = |code| {
+            // SAFETY: as in resolver_failed.
+            let words = unsafe { std::ffi::CStr::from_ptr(libc::gai_strerror(code)) };
+            io::Error::other(format!(
+                "failed to lookup address information: {}",
+                words.to_str().unwrap()
+            ))
+        };
+        assert!(resolver_failed(&gai(libc::EAI_AGAIN)));
+        assert!(resolver_failed(&gai(libc::EAI_FAIL)));
+        assert!(!resolver_failed(&gai(libc::EAI_NONAME)));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use hyper::body::Bytes;
 use hyper::{Request, StatusCode};
 use tokio::time::Instant;
 
-use super::tls::{TlsClient, TlsProbe, TlsSetupError};
+use super::tls::{TlsClient, TlsProbe, TlsSetupError, client_cert_required};
 use super::{Alive, CheckError};
 use crate::config;
 use crate::net::http_client::{self, BodyEnd};
@@ -89,7 +89,17 @@ impl HttpsProbe {
     ) -> Result<Alive, CheckError> {
         let answer = http_client::exchange(tls, request, BODY_EXCERPT)
             .await
-            .map_err(|e| CheckError::Http(format!("GET {}: {e}", self.path)))?;
+            .map_err(|e| {
+                if client_cert_required(&e) {
+                    CheckError::Http(format!(
+                        "GET {}: {}",
+                        self.path,
+                        self.tls.client_cert_words()
+                    ))
+                } else {
+                    CheckError::Http(format!("GET {}: {e}", self.path))
+                }
+            })?;
         // The body is read (its first bytes) so a failure can say why: a
         // long `/readyz?verbose` is quoted from its start; one cut short by
         // a broken connection is not quoted.

@@ -30,6 +30,8 @@ use crate::net::tls::AcceptAnyChain;
 #[derive(Clone)]
 pub struct TlsClient {
     connector: TlsConnector,
+    /// `cert_file`/`key_file` are set: a client certificate is presented.
+    has_client_cert: bool,
 }
 
 impl std::fmt::Debug for TlsClient {
@@ -44,6 +46,7 @@ impl std::fmt::Debug for TlsClient {
 pub struct TlsProbe {
     connector: TlsConnector,
     name: ServerName<'static>,
+    has_client_cert: bool,
 }
 
 impl std::fmt::Debug for TlsProbe {
@@ -89,6 +92,7 @@ impl TlsClient {
             .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
+        let has_client_cert = files.client.is_some();
         let mut tls = match files.client {
             Some(client) => {
                 builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(client)))
@@ -98,6 +102,7 @@ impl TlsClient {
         tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(TlsClient {
             connector: TlsConnector::from(Arc::new(tls)),
+            has_client_cert,
         })
     }
 }
@@ -115,6 +120,7 @@ impl TlsProbe {
         Ok(TlsProbe {
             connector: client.connector.clone(),
             name,
+            has_client_cert: client.has_client_cert,
         })
     }
 
@@ -130,11 +136,27 @@ impl TlsProbe {
             .await
         {
             Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(e)) if client_cert_required(&e) => Err(CheckError::Tls(format!(
+                "TLS handshake failed: {}",
+                self.client_cert_words()
+            ))),
             Ok(Err(e)) => Err(CheckError::Tls(format!("TLS handshake failed: {e}"))),
             Err(_) => Err(CheckError::Tls(format!(
                 "TCP connected but no TLS handshake within {}",
                 super::machine::format_elapsed(timeout)
             ))),
+        }
+    }
+
+    /// What a server's "certificate required" alert means for this check,
+    /// in the words `lbctl probe` uses for the same server.
+    pub(crate) fn client_cert_words(&self) -> &'static str {
+        if self.has_client_cert {
+            "the server rejected the client certificate — check that cert_file is signed by \
+             the CA the server trusts and that key_file belongs to it"
+        } else {
+            "the server requires a client certificate — set cert_file and key_file in \
+             [backend.health] (kubeadm: /etc/kubernetes/pki/apiserver-kubelet-client.crt and .key)"
         }
     }
 
@@ -149,4 +171,27 @@ impl TlsProbe {
         crate::net::socket::reset(tcp);
         Ok(Alive::Ok(format!("{version} handshake with {addr}")))
     }
+}
+
+/// Whether `err` or one of its causes is the server's "certificate
+/// required" alert. A TLS 1.3 server sends it after the client's side of
+/// the handshake is done, so it can surface in the first read (hyper's
+/// error) as well as in the handshake. An `io::Error` hides the rustls
+/// error it wraps from `source()`, hence the `get_ref`.
+pub(crate) fn client_cert_required(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        let tls = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .or_else(|| e.downcast_ref::<rustls::Error>());
+        if let Some(rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired)) =
+            tls
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }

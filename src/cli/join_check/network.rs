@@ -60,7 +60,7 @@ pub(crate) async fn dial_step(inputs: &Inputs, report: &mut Report) -> Option<Tc
         DialErrorKind::Reset => {
             crate::cli::probe::explain::accepted_closed("reset", e.elapsed, false)
         }
-        kind => crate::cli::probe::explain::dial(kind, e.addr, inputs.timeout, &e.detail),
+        _ => crate::cli::probe::explain::dial(&e, inputs.timeout),
     };
     report.fail(format!("{detail} ({})", e.detail), None);
     None

@@ -114,21 +114,27 @@ impl Attempt {
 pub(crate) async fn probe_target(target: Arc<Target>, seq: u32) -> Vec<Attempt> {
     let started = Instant::now();
     let timeout = target.checks.timeout;
-    let resolved = tokio::time::timeout(timeout, dial::resolve(&target.host, target.port))
+    let lookup = dial::resolve_classified(&target.host, target.port);
+    let resolved = tokio::time::timeout(timeout, lookup)
         .await
         .unwrap_or_else(|_| {
-            Err(format!(
-                "the resolver gave no answer for {} within {timeout:?}",
-                target.host
-            ))
+            Err(dial::ResolveError {
+                message: format!(
+                    "the resolver gave no answer for {} within {}",
+                    target.host,
+                    crate::config::format_duration(timeout)
+                ),
+                resolver_down: true,
+            })
         });
     let addresses = match resolved {
         Ok(addresses) => addresses,
         Err(error) => {
             let mut attempt = Attempt::new(&target, seq, None);
-            attempt.error = Some(error.clone());
+            let detail = explain::resolve_failure(&error);
+            attempt.error = Some(error.message);
             let kind = DialErrorKind::DnsError;
-            return vec![attempt.end(Outcome::Dial(kind), explain::dns(&error), started.elapsed())];
+            return vec![attempt.end(Outcome::Dial(kind), detail, started.elapsed())];
         }
     };
     let tasks: Vec<_> = addresses
@@ -161,7 +167,7 @@ async fn probe_address(target: Arc<Target>, address: SocketAddr, seq: u32) -> At
             return attempt.end(Outcome::AcceptedClosed, detail, e.elapsed);
         }
         Err(e) => {
-            let detail = explain::dial(e.kind, address, checks.timeout, &e.detail);
+            let detail = explain::dial(&e, checks.timeout);
             attempt.error = Some(e.detail);
             return attempt.end(Outcome::Dial(e.kind), detail, e.elapsed);
         }

@@ -3,13 +3,12 @@
 //! kube-apiserver starts; a timeout means the path to the node is blocked).
 //! Kept in one place so the wording stays consistent and reviewable.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::http::{HttpFailure, HttpReport, check_name};
 use super::tls::{TlsFailureKind, TlsReport};
 use crate::config::format_duration;
-use crate::net::dial::DialErrorKind;
+use crate::net::dial::{DialError, DialErrorKind, ResolveError};
 
 /// A measured time as the output shows it: `0.052ms`, `12.3ms`, `3.00s`.
 pub(crate) fn elapsed(d: Duration) -> String {
@@ -24,22 +23,24 @@ pub(crate) fn elapsed(d: Duration) -> String {
 }
 
 /// A failed dial.
-pub(crate) fn dial(
-    kind: DialErrorKind,
-    addr: SocketAddr,
-    timeout: Duration,
-    error: &str,
-) -> String {
-    let (ip, port) = (addr.ip(), addr.port());
-    match kind {
+pub(crate) fn dial(e: &DialError, timeout: Duration) -> String {
+    let (ip, port) = (e.addr.ip(), e.addr.port());
+    match e.kind {
         DialErrorKind::Refused => format!(
             "the host answered but nothing listens on port {port} — expected until kube-apiserver \
              starts on it; if it should be running, check it on {ip} (crictl ps --name kube-apiserver)"
         ),
         DialErrorKind::Timeout => format!(
             "nothing answered within {} — a firewall, security group or route drops traffic \
-             between this host and the node ({ip}), or the node is down; open that path to port {port}",
+             between this host and the node ({ip}), or the node is down; open that path to port \
+             {port}. Or the listener's accept queue is full: a process that hangs and no longer \
+             accepts (on {ip}, ss -ltn 'sport = :{port}' shows Recv-Q above Send-Q); restart it",
             format_duration(timeout)
+        ),
+        DialErrorKind::Unreachable if e.no_route_from_here() => format!(
+            "the network is unreachable from this host: it has no route to {ip} — this says \
+             nothing about the node; check this host's routes and interface (ip route get {ip}, \
+             ip addr), e.g. a missing default route or a VPN that is down"
         ),
         DialErrorKind::Unreachable => format!(
             "the network says there is no route to {ip} — the node is down or on a network this \
@@ -49,10 +50,11 @@ pub(crate) fn dial(
             "the connection was reset while it was being set up — a firewall rejects port {port} \
              with a reset, or the listener's accept queue overflowed"
         ),
-        DialErrorKind::DnsError => dns(error),
+        DialErrorKind::DnsError => dns(&e.detail),
         DialErrorKind::Other => format!(
-            "the dial could not start on this host ({error}) — a local limit such as open files, \
-             not the endpoint"
+            "the dial could not start on this host ({}) — a local limit such as open files, \
+             not the endpoint",
+            e.detail
         ),
     }
 }
@@ -60,6 +62,21 @@ pub(crate) fn dial(
 /// A name that did not resolve; `error` names the name and the resolver's words.
 pub(crate) fn dns(error: &str) -> String {
     format!("{error} — fix the name in DNS or /etc/hosts on this host, or probe an IP address")
+}
+
+/// A lookup that failed: a name that does not exist, or a resolver that
+/// gave no answer, which says nothing about the name.
+pub(crate) fn resolve_failure(e: &ResolveError) -> String {
+    if e.resolver_down {
+        format!(
+            "{} — the resolver did not answer, so the name may well be right: check the \
+             nameservers this host uses (/etc/resolv.conf, resolvectl status) and that they are \
+             reachable, or probe an IP address",
+            e.message
+        )
+    } else {
+        dns(&e.message)
+    }
 }
 
 /// Plain TCP, open, and the peer kept quiet for the whole hold.
@@ -359,10 +376,21 @@ mod tests {
         assert_eq!(elapsed(Duration::from_millis(3004)), "3.00s");
     }
 
+    fn dial_error(kind: DialErrorKind, errno: Option<i32>) -> DialError {
+        DialError {
+            kind,
+            addr: "10.0.0.11:6443".parse().unwrap(),
+            elapsed: Duration::ZERO,
+            detail: String::new(),
+            os_error: errno,
+            local: false,
+        }
+    }
+
     #[test]
     fn refused_and_timeout_say_what_the_kubeadm_guide_says() {
-        let addr: SocketAddr = "10.0.0.11:6443".parse().unwrap();
-        let refused = dial(DialErrorKind::Refused, addr, Duration::from_secs(3), "");
+        let three = Duration::from_secs(3);
+        let refused = dial(&dial_error(DialErrorKind::Refused, None), three);
         assert!(
             refused.contains("nothing listens on port 6443"),
             "{refused}"
@@ -371,7 +399,7 @@ mod tests {
             refused.contains("expected until kube-apiserver starts"),
             "{refused}"
         );
-        let timeout = dial(DialErrorKind::Timeout, addr, Duration::from_secs(3), "");
+        let timeout = dial(&dial_error(DialErrorKind::Timeout, None), three);
         assert!(
             timeout.starts_with("nothing answered within 3s"),
             "{timeout}"
@@ -380,5 +408,22 @@ mod tests {
             timeout.contains("firewall, security group or route"),
             "{timeout}"
         );
+        assert!(timeout.contains("accept queue is full"), "{timeout}");
+    }
+
+    #[test]
+    fn no_route_from_here_is_not_the_node_being_down() {
+        let three = Duration::from_secs(3);
+        let net = dial(
+            &dial_error(DialErrorKind::Unreachable, Some(libc::ENETUNREACH)),
+            three,
+        );
+        assert!(net.contains("unreachable from this host"), "{net}");
+        assert!(!net.contains("node is down"), "{net}");
+        let host = dial(
+            &dial_error(DialErrorKind::Unreachable, Some(libc::EHOSTUNREACH)),
+            three,
+        );
+        assert!(host.contains("the node is down"), "{host}");
     }
 }

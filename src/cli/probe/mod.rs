@@ -12,6 +12,7 @@ mod attempt;
 pub(crate) mod cert;
 pub(crate) mod explain;
 mod http;
+mod own_frontend;
 mod render;
 pub(crate) mod target;
 pub(crate) mod tls;
@@ -24,8 +25,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, parse_duration};
+use crate::config::{Config, ConfigError, parse_duration};
 use attempt::Attempt;
+pub use own_frontend::AdminHint;
+use own_frontend::OwnFrontends;
 use render::Renderer;
 use target::Target;
 
@@ -41,7 +44,7 @@ pub struct ProbeArgs {
     pub config: Option<PathBuf>,
 
     /// How long each step (resolve, connect, TLS handshake, HTTP answer) may take.
-    #[arg(long, value_name = "DUR", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "3s", value_parser = parse_step_timeout)]
     pub timeout: Duration,
 
     /// After a plain TCP connect, watch this long for the peer closing without a byte
@@ -87,6 +90,19 @@ pub struct ProbeArgs {
     pub json: bool,
 }
 
+/// `--timeout`: a duration above zero (0s would fail every dial before it starts).
+fn parse_step_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text).map_err(|e| e.to_string())?;
+    if timeout.is_zero() {
+        return Err(
+            "a timeout of 0 would fail every step before it starts; give how long each step \
+             may take, e.g. --timeout 3s (the default) or --timeout 500ms"
+                .into(),
+        );
+    }
+    Ok(timeout)
+}
+
 /// How a whole probe run went, for the exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -107,6 +123,12 @@ pub enum ProbeError {
         /// What is wrong with it.
         reason: String,
     },
+    /// `--sni` is not a name a TLS client can send.
+    #[error(
+        "--sni {0:?} is not a DNS name or an IP address; give the name to look for in the \
+         certificate's SANs, e.g. --sni kubernetes or --sni k8s-api.example.com"
+    )]
+    Sni(String),
     /// `--http-path` is not an absolute path.
     #[error("--http-path {0:?} must start with '/', e.g. /readyz?verbose")]
     HttpPath(String),
@@ -133,9 +155,12 @@ pub enum ProbeError {
 }
 
 /// Runs `lbctl probe` to completion, printing to stdout; Ctrl-C ends the
-/// rounds early and still prints the summary.
-pub fn run(args: ProbeArgs) -> Result<Verdict, ProbeError> {
-    let targets = target::plan(&args)?;
+/// rounds early and still prints the summary. `admin` is where lbctl was
+/// told lbd's admin API is: asked why when one of lbd's frontends refuses.
+pub fn run(args: ProbeArgs, admin: Option<AdminHint>) -> Result<Verdict, ProbeError> {
+    let config = args.config.as_deref().map(Config::load).transpose()?;
+    let targets = target::plan(&args, config.as_ref())?;
+    let own = OwnFrontends::new(admin, config.as_ref(), args.timeout);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -156,7 +181,7 @@ pub fn run(args: ProbeArgs) -> Result<Verdict, ProbeError> {
                 on_interrupt.cancel();
             }
         });
-        rounds(&targets, &args, &cancel, &mut renderer).await
+        rounds(&targets, &args, &own, &cancel, &mut renderer).await
     });
     // A resolver thread stuck past --timeout must not hold the exit.
     runtime.shutdown_background();
@@ -172,6 +197,7 @@ pub fn run(args: ProbeArgs) -> Result<Verdict, ProbeError> {
 async fn rounds<W: Write>(
     targets: &[Arc<Target>],
     args: &ProbeArgs,
+    own: &OwnFrontends,
     cancel: &CancellationToken,
     renderer: &mut Renderer<W>,
 ) -> io::Result<Verdict> {
@@ -179,7 +205,11 @@ async fn rounds<W: Write>(
     for seq in 1..=args.count {
         let started = Instant::now();
         let attempts = tokio::select! {
-            attempts = round(targets, seq) => attempts,
+            attempts = async {
+                let mut attempts = round(targets, seq).await;
+                own.explain_refusals(&mut attempts).await;
+                attempts
+            } => attempts,
             () = cancel.cancelled() => break,
         };
         all_open &= attempts.iter().all(Attempt::passed);

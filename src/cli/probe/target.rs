@@ -85,22 +85,38 @@ pub(crate) struct Checks {
 }
 
 /// Turns the command line into the list of targets, or says why it cannot.
-pub(crate) fn plan(args: &ProbeArgs) -> Result<Vec<Arc<Target>>, ProbeError> {
+/// `config` is the file of `--config`, already loaded.
+pub(crate) fn plan(
+    args: &ProbeArgs,
+    config: Option<&Config>,
+) -> Result<Vec<Arc<Target>>, ProbeError> {
     if let Some(path) = &args.http_path
         && !path.starts_with('/')
     {
         return Err(ProbeError::HttpPath(path.clone()));
     }
-    match &args.config {
-        Some(path) => {
-            let config = Config::load(path)?;
-            let targets = from_config(&config, args)?;
+    if let Some(sni) = &args.sni
+        && rustls::pki_types::ServerName::try_from(sni.as_str()).is_err()
+    {
+        return Err(ProbeError::Sni(sni.clone()));
+    }
+    let loaded;
+    let config = match (config, &args.config) {
+        (None, Some(path)) => {
+            loaded = Config::load(path)?;
+            Some(&loaded)
+        }
+        (config, _) => config,
+    };
+    match (&args.config, config) {
+        (Some(path), Some(config)) => {
+            let targets = from_config(config, args)?;
             if targets.is_empty() {
                 return Err(ProbeError::Empty(path.clone()));
             }
             Ok(targets)
         }
-        None => {
+        _ => {
             let tls = if wants_tls(args) {
                 Some(Arc::new(TlsSettings::load(
                     args.sni.clone(),
@@ -254,6 +270,9 @@ fn wildcard_to_loopback(ip: IpAddr) -> Option<IpAddr> {
 
 /// Splits `HOST:PORT`, `[IPv6]:PORT` into host (no brackets) and port.
 pub(crate) fn parse_host_port(arg: &str) -> Result<(String, u16), String> {
+    if let Some((scheme, rest)) = arg.split_once("://") {
+        return Err(not_a_url(scheme, rest));
+    }
     let (host, port) = if let Some(rest) = arg.strip_prefix('[') {
         let (host, after) = rest
             .split_once(']')
@@ -279,6 +298,33 @@ pub(crate) fn parse_host_port(arg: &str) -> Result<(String, u16), String> {
         Ok(port) => port,
     };
     Ok((host.to_owned(), port))
+}
+
+/// What to write instead of a URL such as `https://10.0.0.1:6443/readyz`.
+fn not_a_url(scheme: &str, rest: &str) -> String {
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, ""),
+    };
+    let has_port = match authority.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && !port.is_empty() && !port.contains(']'),
+        None => false,
+    };
+    let endpoint = if has_port {
+        authority.to_owned()
+    } else {
+        format!("{authority}:PORT")
+    };
+    let mut hint = format!("give HOST:PORT, not a URL: write {endpoint}");
+    if !has_port {
+        hint.push_str(" (kube-apiserver: 6443)");
+    }
+    if path.len() > 1 {
+        hint.push_str(&format!(" --http-path {path}"));
+    } else if scheme.eq_ignore_ascii_case("https") {
+        hint.push_str(" --tls");
+    }
+    hint
 }
 
 #[cfg(test)]
@@ -312,6 +358,33 @@ mod tests {
         ] {
             assert!(parse_host_port(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn a_url_says_what_to_write_instead() {
+        assert_eq!(
+            parse_host_port("https://10.0.0.1:6443"),
+            Err("give HOST:PORT, not a URL: write 10.0.0.1:6443 --tls".into())
+        );
+        assert_eq!(
+            parse_host_port("https://lb.example:6443/readyz?verbose"),
+            Err(
+                "give HOST:PORT, not a URL: write lb.example:6443 --http-path /readyz?verbose"
+                    .into()
+            )
+        );
+        assert_eq!(
+            parse_host_port("https://lb.example/"),
+            Err(
+                "give HOST:PORT, not a URL: write lb.example:PORT (kube-apiserver: 6443) --tls"
+                    .into()
+            )
+        );
+        assert!(
+            parse_host_port("tcp://[::1]:6443")
+                .unwrap_err()
+                .contains("write [::1]:6443")
+        );
     }
 
     #[test]

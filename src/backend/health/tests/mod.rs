@@ -46,6 +46,7 @@ fn dialed(kind: DialErrorKind, elapsed: Duration) -> DialError {
         addr: "127.0.0.1:1".parse().unwrap(),
         elapsed,
         detail: String::new(),
+        os_error: None,
         local: false,
     }
 }

@@ -168,6 +168,11 @@ backend lbd
     let (seen, client) = reported_source(SocketAddr::from(([127, 0, 0, 1], front)));
     assert_eq!(seen, client.to_string(), "through HAProxy and lbd");
 
+    // `lbctl probe` of a server that expects the header says it may.
+    let probe = support::lbctl(&["probe", &format!("127.0.0.1:{reporter}"), "--tls"]);
+    assert_ne!(probe.code, 0);
+    assert!(probe.stdout.contains("PROXY protocol"), "{}", probe.stdout);
+
     // Straight to the accept_proxy frontend without a header: closed,
     // counted, never forwarded (the reporter would answer 400 or 200).
     let mut bare = TcpStream::connect(behind).unwrap();

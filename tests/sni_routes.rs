@@ -216,6 +216,11 @@ async fn each_name_reaches_its_backend_and_the_rest_the_default() {
         status.stdout
     );
 
+    // `lbctl probe --tls --sni NAME` through lbd shows which backend's
+    // certificate the route leads to.
+    let probe = support::lbctl(&["probe", &addr.to_string(), "--tls", "--sni", "x.c.example"]);
+    assert!(probe.stdout.contains("*.c.example"), "{}", probe.stdout);
+
     // A reload moves a route: the name now reaches the other backend, and
     // the reload names the change.
     let moved = r#"{ sni = "a.example", backend = "c" }, { sni = "*.c.example", backend = "c" }"#;

@@ -4,7 +4,6 @@
 //! that sends `send-proxy-v2`. A connection without the header is closed
 //! and counted, never forwarded. `.ci/run` installs haproxy.
 
-#[allow(dead_code)]
 mod support;
 
 use std::io::{Read, Write};

@@ -3,7 +3,6 @@
 //! the default route (no match, no SNI, not TLS), a silent client closed
 //! after `inspect_timeout` and counted, and routes changed by a reload.
 
-#[allow(dead_code)]
 mod support;
 
 use std::net::SocketAddr;

@@ -129,7 +129,7 @@ impl Collector for SnapshotCollector {
             &mut out,
             "lbd_frontend_route_connections",
             "Connections of a frontend with `routes` by the route their ClientHello's server name took (route=default: no route matched, no SNI, or not TLS).",
-            routes.into_iter(),
+            routes,
         )?;
         counter(
             &mut out,

@@ -174,12 +174,21 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// ClientHellos for other modules' tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// A ClientHello as rustls writes it for `name`.
+    pub(crate) fn hello(name: &str) -> Vec<u8> {
+        super::tests::rustls_hello(Some(name))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// A ClientHello as rustls writes it, for `name` (None: no SNI).
-    fn rustls_hello(name: Option<&str>) -> Vec<u8> {
+    pub(super) fn rustls_hello(name: Option<&str>) -> Vec<u8> {
         use std::sync::Arc;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)

@@ -192,4 +192,46 @@ mod tests {
         assert_eq!(select(&p, "lab.example"), None);
         assert_eq!(select(&p, "xlab.example"), None);
     }
+
+    /// A connected pair on loopback: (client side, server side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn a_hello_in_pieces_is_waited_for_and_left_unread() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, mut server) = pair().await;
+        let hello = crate::net::client_hello::tests_support::hello("api.lab.example");
+        let (first, rest) = hello.split_at(40);
+        client.write_all(first).await.unwrap();
+        let rest = rest.to_vec();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            client.write_all(&rest).await.unwrap();
+            client
+        });
+        let inspected = inspect(&server, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(inspected, Inspected::Name(Some("api.lab.example".into())));
+        let _client = writer.await.unwrap();
+        // Nothing was consumed: the server reads the client's bytes whole.
+        let mut read = vec![0u8; hello.len()];
+        server.read_exact(&mut read).await.unwrap();
+        assert_eq!(read, hello);
+    }
+
+    #[tokio::test]
+    async fn silence_and_a_close_are_told_apart() {
+        let (client, server) = pair().await;
+        let inspected = inspect(&server, Duration::from_millis(50)).await.unwrap();
+        assert_eq!(inspected, Inspected::Silent);
+        drop(client);
+        let inspected = inspect(&server, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(inspected, Inspected::Closed);
+    }
 }

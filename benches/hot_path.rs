@@ -32,6 +32,7 @@ fn backend_spec(balance: Balance, servers: usize) -> config::Backend {
         connect_timeout: Duration::from_secs(2),
         retries: 2,
         on_no_server: config::OnNoServer::default(),
+        send_proxy: None,
         servers: (0..servers)
             .map(|i| ServerSpec {
                 name: format!("s{i}"),
@@ -115,6 +116,9 @@ fn snapshot(c: &mut Criterion) {
         backlog: 4096,
         idle_timeout: Duration::from_secs(3600),
         fin_timeout: Duration::from_secs(60),
+        routes: Vec::new(),
+        inspect_timeout: Duration::from_secs(5),
+        accept_proxy: None,
     };
     let frontend = Frontend::new(&spec, Arc::new(pool(Balance::RoundRobin, 3)));
     let mut group = c.benchmark_group("snapshot");

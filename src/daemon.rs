@@ -161,11 +161,7 @@ impl Daemon {
         let mut frontends = Vec::with_capacity(config.frontends.len());
         let mut bound = Vec::new();
         for (index, spec) in config.frontends.iter().enumerate() {
-            let pool = Arc::clone(
-                snapshot::find_pool(&pools, &spec.backend)
-                    .expect("validation guarantees the backend exists"),
-            );
-            let frontend = Arc::new(Frontend::new(spec, pool));
+            let frontend = Arc::new(Frontend::new(spec, snapshot::route_pools(&pools, spec)));
             for socket in inherited.take(index) {
                 let addr = socket.local;
                 info!(frontend = %spec.name, fd = socket.fd, name = %socket.name, address = %addr, "serving a socket inherited from systemd");

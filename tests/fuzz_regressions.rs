@@ -41,6 +41,16 @@ fn admin_request_regressions_stay_fixed() {
 }
 
 #[test]
+fn proxy_header_regressions_stay_fixed() {
+    replay("proxy_header", checks::proxy_header);
+}
+
+#[test]
+fn client_hello_regressions_stay_fixed() {
+    replay("client_hello", checks::client_hello);
+}
+
+#[test]
 fn the_admin_harness_serves_with_the_token_and_refuses_without() {
     let status = |request: &[u8]| {
         let answer = checks::admin_answer(request);

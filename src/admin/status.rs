@@ -64,6 +64,21 @@ pub struct FrontendStatus {
     /// backend can take a connection (new clients wait in the backlog).
     #[serde(default)]
     pub paused: bool,
+    /// Its TLS passthrough routes (absent without `routes`), the default
+    /// route last as `sni` = `default`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteStatus>,
+}
+
+/// One route of a frontend and the connections it took.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteStatus {
+    /// The server name pattern, or `default`.
+    pub sni: String,
+    /// The backend it forwards to.
+    pub backend: String,
+    /// Connections routed here since start.
+    pub connections_total: u64,
 }
 
 /// One backend and its servers.
@@ -141,7 +156,8 @@ impl Status {
                 active_connections: f.stats.active.load(Relaxed),
                 connections_total: f.stats.total.load(Relaxed),
                 rejected_total: f.stats.rejected.iter().map(|r| r.load(Relaxed)).sum(),
-                paused: !f.route.load().pool.availability().can_serve(),
+                paused: !f.can_serve(),
+                routes: route_status(&f.route.load()),
             })
             .collect();
         let backends = snapshot
@@ -197,4 +213,25 @@ impl ServerStatus {
             }),
         }
     }
+}
+
+/// The routes of a frontend's route for the status, the default last.
+fn route_status(route: &crate::proxy::frontend::Route) -> Vec<RouteStatus> {
+    let Some(sni) = &route.sni else {
+        return Vec::new();
+    };
+    let entry = |sni: &str, backend: &str, connections: u64| RouteStatus {
+        sni: sni.to_owned(),
+        backend: backend.to_owned(),
+        connections_total: connections,
+    };
+    sni.routes
+        .iter()
+        .map(|r| entry(&r.sni, &r.pool.spec.name, r.connections.load(Relaxed)))
+        .chain(std::iter::once(entry(
+            "default",
+            &route.pool.spec.name,
+            sni.default_connections.load(Relaxed),
+        )))
+        .collect()
 }

@@ -169,6 +169,50 @@ pub struct Frontend {
     pub idle_timeout: Duration,
     /// A half-closed connection whose other side stays silent this long is closed.
     pub fin_timeout: Duration,
+    /// TLS passthrough routes by the ClientHello's server name, in file
+    /// order; a connection no route matches goes to `backend`. Empty: no
+    /// inspection at all.
+    pub routes: Vec<SniRoute>,
+    /// With `routes`: how long a client may take to send its first bytes.
+    pub inspect_timeout: Duration,
+    /// Clients come through a proxy that sends a PROXY protocol header of
+    /// this version first; a connection without it is closed.
+    pub accept_proxy: Option<ProxyVersion>,
+}
+
+/// One `routes` entry of a frontend: connections whose ClientHello names
+/// `sni` go to `backend`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniRoute {
+    /// An exact server name, or `*.suffix` for any name under `suffix`;
+    /// lowercase (server names compare without case).
+    pub sni: String,
+    /// The backend that receives the matching connections.
+    pub backend: String,
+}
+
+/// A PROXY protocol version (`accept_proxy`, `send_proxy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyVersion {
+    /// The human-readable text line.
+    #[default]
+    V1,
+    /// The binary header.
+    V2,
+}
+
+impl ProxyVersion {
+    /// Every version.
+    pub const ALL: [ProxyVersion; 2] = [ProxyVersion::V1, ProxyVersion::V2];
+
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyVersion::V1 => "v1",
+            ProxyVersion::V2 => "v2",
+        }
+    }
 }
 
 /// A pool of servers and how to pick among them (`[[backend]]`).
@@ -184,6 +228,9 @@ pub struct Backend {
     pub retries: u32,
     /// What new connections meet when no server is eligible.
     pub on_no_server: OnNoServer,
+    /// Sends the servers a PROXY protocol header of this version before
+    /// the client's bytes (health checks stay plain).
+    pub send_proxy: Option<ProxyVersion>,
     /// The servers, in file order.
     pub servers: Vec<ServerSpec>,
     /// Active health checking.

@@ -144,6 +144,16 @@ pub(super) struct RawFrontend {
     pub backlog: Located<Count>,
     pub idle_timeout: Located<HumanDuration>,
     pub fin_timeout: Located<HumanDuration>,
+    pub routes: Option<Spanned<Vec<Table<RawRoute>>>>,
+    pub inspect_timeout: Located<HumanDuration>,
+    pub accept_proxy: Located<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub sni: Spanned<String>,
+    pub backend: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +164,7 @@ pub(super) struct RawBackend {
     pub connect_timeout: Located<HumanDuration>,
     pub retries: Located<Count>,
     pub on_no_server: Located<String>,
+    pub send_proxy: Located<String>,
     pub servers: Spanned<Vec<Table<RawServer>>>,
     pub health: Option<Spanned<Table<RawHealth>>>,
 }

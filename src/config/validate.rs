@@ -20,6 +20,8 @@ use super::{
 };
 use super::{address, tls_files};
 
+mod routes;
+
 const SECOND: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86400);
@@ -304,7 +306,12 @@ impl Checker<'_> {
             }
         }
 
-        let frontends = raw.frontends.0.iter().map(|f| self.frontend(f)).collect();
+        let frontends = raw
+            .frontends
+            .0
+            .iter()
+            .map(|f| self.frontend(f, &backend_names))
+            .collect();
         let backends = raw.backends.0.iter().map(|b| self.backend(b)).collect();
         Config {
             global,
@@ -392,7 +399,7 @@ impl Checker<'_> {
         }
     }
 
-    fn frontend(&mut self, raw: &RawFrontend) -> Frontend {
+    fn frontend(&mut self, raw: &RawFrontend, backends: &HashSet<&str>) -> Frontend {
         let name = self.name(&raw.name, "frontend");
         if raw.listen.get_ref().is_empty() {
             self.error(
@@ -447,6 +454,14 @@ impl Checker<'_> {
             backlog: self.integer(&raw.backlog, "backlog", 4096, 1..=65_535) as u32,
             idle_timeout: self.duration(&raw.idle_timeout, "idle_timeout", HOUR, SECOND..=7 * DAY),
             fin_timeout: self.duration(&raw.fin_timeout, "fin_timeout", 60 * SECOND, SECOND..=DAY),
+            routes: self.routes(raw, backends),
+            inspect_timeout: self.duration(
+                &raw.inspect_timeout,
+                "inspect_timeout",
+                routes::DEFAULT_INSPECT_TIMEOUT,
+                Duration::from_millis(10)..=Duration::from_secs(300),
+            ),
+            accept_proxy: self.proxy_version(&raw.accept_proxy, "accept_proxy"),
         }
     }
 
@@ -507,6 +522,7 @@ impl Checker<'_> {
                 &OnNoServer::ALL,
                 OnNoServer::as_str,
             ),
+            send_proxy: self.proxy_version(&raw.send_proxy, "send_proxy"),
             servers,
             health,
         }

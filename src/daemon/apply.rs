@@ -9,7 +9,7 @@ use tracing::info;
 
 use super::Daemon;
 use super::listeners::BindError;
-use super::snapshot::{Snapshot, find_pool};
+use super::snapshot::{Snapshot, route_pools};
 use crate::backend::health::Topology;
 use crate::backend::pool::Server;
 use crate::daemon::reload::{self, Desired, Plan};
@@ -38,19 +38,16 @@ impl Daemon {
             .frontends
             .iter()
             .map(|spec| {
-                let pool = Arc::clone(
-                    find_pool(&pools, &spec.backend)
-                        .expect("validation guarantees the backend exists"),
-                );
+                let pools = route_pools(&pools, spec);
                 match old.frontends.iter().find(|f| f.name == spec.name) {
                     Some(kept) => {
-                        let rerouted = !Arc::ptr_eq(&kept.route.load().pool, &pool);
+                        let rerouted = !pools.same_as(&kept.route.load());
                         if rerouted || plan.frontends.changed.contains(&spec.name) {
-                            kept.update(spec, pool);
+                            kept.update(spec, pools);
                         }
                         Arc::clone(kept)
                     }
-                    None => Arc::new(Frontend::new(spec, pool)),
+                    None => Arc::new(Frontend::new(spec, pools)),
                 }
             })
             .collect();

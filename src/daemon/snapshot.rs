@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use crate::backend::pool::{Pool, Server};
+use crate::config;
 use crate::config::Config;
 use crate::daemon::reload::Desired;
-use crate::proxy::frontend::Frontend;
+use crate::proxy::frontend::{Frontend, RoutePools};
 
 /// The pools and frontends built from one desired state.
 #[derive(Debug)]
@@ -36,4 +37,16 @@ impl Snapshot {
 /// The pool of the named backend among `pools`.
 pub fn find_pool<'a>(pools: &'a [Arc<Pool>], backend: &str) -> Option<&'a Arc<Pool>> {
     pools.iter().find(|p| p.spec.name == backend)
+}
+
+/// The pools `spec` forwards to, among `pools`: its default backend's and
+/// its routes'. Validation guarantees every backend named exists.
+pub fn route_pools(pools: &[Arc<Pool>], spec: &config::Frontend) -> RoutePools {
+    let pool = |name: &str| {
+        Arc::clone(find_pool(pools, name).expect("validation guarantees the backend exists"))
+    };
+    RoutePools {
+        default: pool(&spec.backend),
+        routed: spec.routes.iter().map(|r| pool(&r.backend)).collect(),
+    }
 }

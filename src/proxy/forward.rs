@@ -9,22 +9,26 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::backend::pool::Tried;
-use crate::net::dial;
-use crate::net::socket;
-use crate::proxy::frontend::{Frontend, RejectReason};
+use crate::backend::pool::{Pool, Tried};
+use crate::net::proxy_protocol::{self, Proxied};
+use crate::net::{dial, socket};
+use crate::proxy::frontend::{Frontend, RejectReason, Route};
 use crate::proxy::limit::ConnectionSlot;
 use crate::proxy::relay::{self, Counters, RelayEnd, Timeouts};
+use crate::proxy::sni::{self, Inspected};
 
 /// Serves one accepted client until its connection ends. `slot` holds the
 /// connection's place under the limits; `cancel` closes it at shutdown.
+/// On an `accept_proxy` frontend, `slot` holds no per-source place yet:
+/// the source is the PROXY header's, read here.
 pub async fn handle(
-    client: TcpStream,
-    peer: SocketAddr,
+    mut client: TcpStream,
+    mut peer: SocketAddr,
     frontend: Arc<Frontend>,
     slot: ConnectionSlot,
     cancel: CancellationToken,
@@ -32,13 +36,56 @@ pub async fn handle(
     let started = Instant::now();
     frontend.stats.total.fetch_add(1, Relaxed);
     frontend.stats.active.fetch_add(1, Relaxed);
-    let _active = ActiveFrontendConnection(&frontend, slot);
+    let mut active = ActiveFrontendConnection(&frontend, slot);
     // TCP_NODELAY and keepalive came with the socket from its listener.
 
     let route = frontend.route.load_full();
-    let pool = &route.pool;
+    // Where the client connected, when a PROXY header said so.
+    let mut destination = None;
+    if let Some(version) = route.accept_proxy {
+        let read = tokio::select! {
+            read = proxy_protocol::read(&mut client, version, route.inspect_timeout) => read,
+            () = cancel.cancelled() => return,
+        };
+        match read {
+            Ok(Proxied::Client {
+                source,
+                destination: to,
+            }) => {
+                peer = source;
+                destination = Some(to);
+            }
+            Ok(Proxied::Local) => {}
+            Err(e) => {
+                frontend.count_rejected(RejectReason::ProxyHeader);
+                debug!(frontend = %frontend.name, client = %peer, error = %e, reason = RejectReason::ProxyHeader.as_str(), "closing connection");
+                return;
+            }
+        }
+        match frontend.source_limit.enter(peer.ip()) {
+            Ok(source) => active.1.source = source,
+            Err(()) => {
+                frontend.count_rejected(RejectReason::SourceLimit);
+                debug!(frontend = %frontend.name, client = %peer, reason = RejectReason::SourceLimit.as_str(), "rejecting connection");
+                socket::reset(client);
+                return;
+            }
+        }
+    }
+    let (pool, server_name) = match route.sni {
+        None => (&route.pool, None),
+        Some(_) => match pick_route(&client, &route, &cancel).await {
+            Ok(routed) => routed,
+            Err(Unrouted::Silent) => {
+                frontend.count_rejected(RejectReason::InspectTimeout);
+                debug!(frontend = %frontend.name, client = %peer, reason = RejectReason::InspectTimeout.as_str(), "closing connection: no ClientHello in time");
+                return;
+            }
+            Err(Unrouted::Gone) => return,
+        },
+    };
     let mut tried = Tried::default();
-    let (server, upstream, _server_connection, server_down) = loop {
+    let (server, mut upstream, _server_connection, server_down) = loop {
         let Some(index) = pool.pick(peer.ip(), &tried) else {
             let reason = if tried.is_empty() {
                 RejectReason::NoServer
@@ -98,6 +145,19 @@ pub async fn handle(
         }
     };
 
+    if let Some(version) = pool.spec.send_proxy {
+        let to = match destination {
+            Some(to) => to,
+            None => client.local_addr().unwrap_or(peer),
+        };
+        let header = proxy_protocol::encode(version, peer, to);
+        if let Err(e) = upstream.write_all(&header).await {
+            debug!(frontend = %frontend.name, server = %server.name, error = %e, "cannot send the PROXY protocol header");
+            socket::reset(client);
+            return;
+        }
+    }
+
     let timeouts = Timeouts {
         idle: route.idle_timeout,
         fin: route.fin_timeout,
@@ -112,6 +172,7 @@ pub async fn handle(
         frontend = %frontend.name,
         client = %peer,
         server = %server.name,
+        sni = server_name.as_deref().unwrap_or(""),
         to_server = relayed.to_server,
         to_client = relayed.to_client,
         spliced = relayed.spliced,
@@ -119,6 +180,44 @@ pub async fn handle(
         outcome = relayed.end.as_str(),
         "connection closed"
     );
+}
+
+/// Why a frontend with routes forwards a connection nowhere.
+enum Unrouted {
+    /// The client sent nothing within `inspect_timeout`.
+    Silent,
+    /// The client left, or its socket failed, before sending anything.
+    Gone,
+}
+
+/// The pool a client's ClientHello routes it to (the default without SNI,
+/// or when it is not TLS), and the server name it sent.
+async fn pick_route<'r>(
+    client: &TcpStream,
+    route: &'r Route,
+    cancel: &CancellationToken,
+) -> Result<(&'r Arc<Pool>, Option<String>), Unrouted> {
+    let Some(routes) = &route.sni else {
+        return Ok((&route.pool, None));
+    };
+    let inspected = tokio::select! {
+        inspected = sni::inspect(client, route.inspect_timeout) => inspected,
+        () = cancel.cancelled() => return Err(Unrouted::Gone),
+    };
+    match inspected {
+        Ok(Inspected::Name(name)) => match routes.select(name.as_deref()) {
+            Some(routed) => {
+                routed.connections.fetch_add(1, Relaxed);
+                Ok((&routed.pool, name))
+            }
+            None => {
+                routes.default_connections.fetch_add(1, Relaxed);
+                Ok((&route.pool, name))
+            }
+        },
+        Ok(Inspected::Silent) => Err(Unrouted::Silent),
+        Ok(Inspected::Closed) | Err(_) => Err(Unrouted::Gone),
+    }
 }
 
 /// Completes when the connection must be closed from lbd's side: at the
@@ -149,7 +248,7 @@ async fn closed(
 }
 
 /// Lowers the frontend's active count and frees its connection slot on drop.
-struct ActiveFrontendConnection<'a>(&'a Frontend, #[allow(dead_code)] ConnectionSlot);
+struct ActiveFrontendConnection<'a>(&'a Frontend, ConnectionSlot);
 
 impl Drop for ActiveFrontendConnection<'_> {
     fn drop(&mut self) {

@@ -153,7 +153,15 @@ impl AcceptLoop {
                     let (Some(frontend_slot), Some(global_slot)) = taken else {
                         return;
                     };
-                    let source = match frontend.source_limit.enter(peer.ip()) {
+                    // Behind a proxy, the source is the PROXY header's: the
+                    // connection's task counts it once it has read the header.
+                    let behind_proxy = frontend.route.load().accept_proxy.is_some();
+                    let entered = if behind_proxy {
+                        Ok(None)
+                    } else {
+                        frontend.source_limit.enter(peer.ip())
+                    };
+                    let source = match entered {
                         Ok(source) => source,
                         Err(()) => {
                             frontend.count_rejected(RejectReason::SourceLimit);

@@ -1,5 +1,6 @@
 //! The data path: frontends and their accept loops, connection limits, one
-//! connection's pick/dial/retry/relay, the copy and splice relays, their
+//! connection's pick/dial/retry/relay (after its PROXY header and SNI
+//! route, when configured), the copy and splice relays, their
 //! buffers, and the per-core runtimes they run on.
 
 pub mod buffer;
@@ -9,4 +10,5 @@ pub mod limit;
 pub mod listener;
 pub mod relay;
 pub mod runtime;
+pub mod sni;
 pub mod splice;

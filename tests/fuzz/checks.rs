@@ -203,3 +203,53 @@ pub fn admin_answer(data: &[u8]) -> Vec<u8> {
     }
     answer
 }
+
+/// PROXY protocol framing and parsing: never a panic; a complete header
+/// is within the bounds; an address it names survives lbd's own encoding.
+pub fn proxy_header(data: &[u8]) {
+    use lbd::config::ProxyVersion;
+    use lbd::net::proxy_protocol::{self, Frame, MAX_V1_LENGTH, MAX_V2_LENGTH, Proxied};
+    for version in ProxyVersion::ALL {
+        let Ok(Frame::Complete(n)) = proxy_protocol::frame(data, version) else {
+            continue;
+        };
+        let bound = match version {
+            ProxyVersion::V1 => MAX_V1_LENGTH,
+            ProxyVersion::V2 => MAX_V2_LENGTH,
+        };
+        assert!(
+            n <= bound && n <= data.len(),
+            "a {n}-byte {version:?} header"
+        );
+        if let Ok(Proxied::Client {
+            source,
+            destination,
+        }) = proxy_protocol::parse(&data[..n], version)
+        {
+            let again = proxy_protocol::encode(version, source, destination);
+            let parsed = proxy_protocol::parse(&again, version).expect("lbd's own header parses");
+            if source.is_ipv4() == destination.is_ipv4() {
+                assert_eq!(
+                    parsed,
+                    Proxied::Client {
+                        source,
+                        destination
+                    }
+                );
+            }
+        }
+    }
+}
+
+/// The ClientHello reader: never a panic; a name is a lowercase host name.
+pub fn client_hello(data: &[u8]) {
+    use lbd::net::client_hello::{Hello, parse};
+    if let Hello::ClientHello(Some(name)) = parse(data) {
+        assert!(name.len() <= 255 && !name.is_empty());
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b"-_.".contains(&b)),
+            "{name:?}"
+        );
+    }
+}

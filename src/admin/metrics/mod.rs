@@ -78,7 +78,7 @@ impl Collector for SnapshotCollector {
         counter(
             &mut out,
             "lbd_frontend_rejected",
-            "Client connections turned away, by reason: no_server (none eligible) or dial_failed (every dial failed).",
+            "Client connections turned away, by reason: no_server (none eligible), dial_failed (every dial failed), source_limit, inspect_timeout (no ClientHello in time), proxy_header (no valid PROXY header).",
             frontends.iter().flat_map(|f| {
                 RejectReason::ALL
                     .iter()
@@ -93,6 +93,43 @@ impl Collector for SnapshotCollector {
                         )
                     })
             }),
+        )?;
+        let routes: Vec<_> = frontends
+            .iter()
+            .flat_map(|f| {
+                let route = f.route.load_full();
+                let Some(sni) = &route.sni else {
+                    return Vec::new();
+                };
+                let label = |name: &str, backend: &str| {
+                    [
+                        ("frontend", f.name.clone()),
+                        ("route", name.to_owned()),
+                        ("backend", backend.to_owned()),
+                    ]
+                };
+                let mut counts: Vec<_> = sni
+                    .routes
+                    .iter()
+                    .map(|r| {
+                        (
+                            label(&r.sni, &r.pool.spec.name),
+                            r.connections.load(Relaxed),
+                        )
+                    })
+                    .collect();
+                counts.push((
+                    label("default", &route.pool.spec.name),
+                    sni.default_connections.load(Relaxed),
+                ));
+                counts
+            })
+            .collect();
+        counter(
+            &mut out,
+            "lbd_frontend_route_connections",
+            "Connections of a frontend with `routes` by the route their ClientHello's server name took (route=default: no route matched, no SNI, or not TLS).",
+            routes,
         )?;
         counter(
             &mut out,

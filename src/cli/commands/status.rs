@@ -60,6 +60,12 @@ pub fn render_status(status: &Status, now: SystemTime) -> String {
             f.connections_total,
             f.rejected_total
         );
+        for route in &f.routes {
+            out += &format!(
+                "  route {} → {}: {} total\n",
+                route.sni, route.backend, route.connections_total
+            );
+        }
     }
     out.push('\n');
 
@@ -217,6 +223,7 @@ mod tests {
                 connections_total: 120,
                 rejected_total: 0,
                 paused: false,
+                routes: vec![],
             }],
             backends: vec![BackendStatus {
                 name: "cp".into(),

@@ -136,7 +136,9 @@ pub(crate) fn tls_failure(
         ),
         TlsFailureKind::Timeout => format!(
             "connected, but no TLS answer within {} — the port does not speak TLS (a plaintext \
-             service waiting for input), or a proxy is still dialing its backend",
+             service waiting for input), a proxy is still dialing its backend, or a server \
+             that expects a PROXY protocol header first (HAProxy `accept-proxy`, lbd \
+             `accept_proxy`): it waits for the header and never reads the hello",
             format_duration(timeout)
         ),
         TlsFailureKind::Plaintext { http: true, sample } => format!(

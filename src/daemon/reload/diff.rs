@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use super::desired::{Desired, DesiredServer};
-use crate::config::{Backend, Config, FileContents, Frontend, Global, Health};
+use crate::config::{Backend, Config, FileContents, Frontend, Global, Health, SniRoute};
 
 /// A listening socket as the daemon holds it: bound, with an accept loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -335,14 +335,46 @@ macro_rules! differing {
 }
 
 fn frontend_fields(a: &Frontend, b: &Frontend) -> Vec<String> {
-    differing!(a, b; listen, backend, max_connections, max_connections_per_source, backlog, idle_timeout, fin_timeout)
+    let mut fields = differing!(a, b; listen, backend, max_connections, max_connections_per_source, backlog, idle_timeout, fin_timeout, routes, inspect_timeout, accept_proxy);
+    if let Some(routes) = fields.iter_mut().find(|f| *f == "routes") {
+        *routes = format!(
+            "routes ({})",
+            route_changes(&a.routes, &b.routes).join(", ")
+        );
+    }
+    fields
+}
+
+/// Each route added, removed or sent to another backend, by pattern.
+fn route_changes(a: &[SniRoute], b: &[SniRoute]) -> Vec<String> {
+    let mut changes = Vec::new();
+    for new in b {
+        match a.iter().find(|old| old.sni == new.sni) {
+            None => changes.push(format!("{} → {} added", new.sni, new.backend)),
+            Some(old) if old.backend != new.backend => changes.push(format!(
+                "{} → {} instead of {}",
+                new.sni, new.backend, old.backend
+            )),
+            Some(_) => {}
+        }
+    }
+    for old in a {
+        if !b.iter().any(|new| new.sni == old.sni) {
+            changes.push(format!("{} removed", old.sni));
+        }
+    }
+    if changes.is_empty() {
+        changes.push("order".into());
+    }
+    changes
 }
 
 /// A backend's settings that differ, not counting its server list.
 fn backend_fields(a: &Backend, b: &Backend) -> Vec<String> {
     let (mut a, b) = (a.clone(), b);
     a.servers.clone_from(&b.servers);
-    let mut fields = differing!(a, *b; balance, connect_timeout, retries, on_no_server, health);
+    let mut fields =
+        differing!(a, *b; balance, connect_timeout, retries, on_no_server, send_proxy, health);
     if let Some(health) = fields.iter_mut().find(|f| *f == "health") {
         *health = format!(
             "health ({})",

@@ -402,6 +402,9 @@ mod tests {
             backlog: 16,
             idle_timeout: Duration::from_secs(1),
             fin_timeout: Duration::from_secs(1),
+            routes: Vec::new(),
+            inspect_timeout: Duration::from_secs(5),
+            accept_proxy: None,
         }
     }
 

@@ -237,3 +237,34 @@ fn process_settings_are_reported_as_taking_effect_at_restart() {
         ["[global] runtime, threads or splice changed: takes effect when lbd restarts"]
     );
 }
+
+#[test]
+fn route_and_proxy_changes_are_reported() {
+    let with_routes =
+        format!("{BASE}\n[[backend]]\nname = \"b\"\nservers = [{{ address = \"127.0.0.1:2\" }}]\n")
+            .replace(
+                "backend = \"cp\"",
+                "backend = \"cp\"\nroutes = [{ sni = \"a.example\", backend = \"b\" }]",
+            );
+    let base =
+        format!("{BASE}\n[[backend]]\nname = \"b\"\nservers = [{{ address = \"127.0.0.1:2\" }}]\n");
+    let p = plan(&base, &with_routes);
+    assert_eq!(p.frontends.changed, ["api"]);
+    assert_eq!(
+        p.describe(),
+        ["frontend api changed: routes (a.example → b added)"]
+    );
+    let moved = with_routes.replace("backend = \"b\" }", "backend = \"cp\" }");
+    assert_eq!(
+        plan(&with_routes, &moved).describe(),
+        ["frontend api changed: routes (a.example → cp instead of b)"]
+    );
+    let proxied = base.replace(
+        "backend = \"cp\"",
+        "backend = \"cp\"\naccept_proxy = \"v2\"",
+    );
+    assert_eq!(
+        plan(&base, &proxied).describe(),
+        ["frontend api changed: accept_proxy"]
+    );
+}

@@ -224,6 +224,7 @@ fn frontend(
 ) -> Block {
     let s = &f.settings;
     let default = match s.default_backend.as_deref() {
+        _ if f.listen.is_empty() => Err("none of its bind lines could be imported".to_owned()),
         Some(name) if backends.contains_key(name) => Ok(backends[name]),
         Some(name) => Err(format!("its default_backend {name} was not imported")),
         None => Err("it has no default_backend, and lbd sends every connection no route takes to the frontend's `backend`".to_owned()),

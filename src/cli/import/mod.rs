@@ -50,7 +50,7 @@ pub struct Note {
 pub(crate) struct Notes(Vec<Note>);
 
 impl Notes {
-    fn push(&mut self, line: usize, message: String) {
+    pub(crate) fn push(&mut self, line: usize, message: String) {
         self.0.push(Note { line, message });
     }
 }

@@ -69,7 +69,10 @@ pub(super) fn not_imported(
 }
 
 /// Reads a `frontend`, `backend` or `listen` section with `base` settings.
-pub(super) fn read(section: &Section, base: &Settings, notes: &mut Notes) -> Drafts {
+pub(super) fn read(section: &Section, base: &Settings, all_notes: &mut Notes) -> Drafts {
+    // Kept only if the section is imported: a skipped HTTP section gets one note.
+    let mut section_notes = Notes::default();
+    let notes = &mut section_notes;
     let kind = section.kind();
     let name = section.name().to_owned();
     let mut settings = base.clone();
@@ -230,6 +233,7 @@ pub(super) fn read(section: &Section, base: &Settings, notes: &mut Notes) -> Dra
         };
     }
 
+    all_notes.0.append(&mut section_notes.0);
     let mut drafts = Drafts::default();
     let has_frontend = kind == "frontend" || (kind == "listen" && !binds.is_empty());
     let has_backend = kind == "backend" || (kind == "listen" && !servers.is_empty());

@@ -220,7 +220,7 @@ pub(super) fn read(section: &Section, base: &Settings, all_notes: &mut Notes) ->
                 .iter()
                 .map(|l| format!("not imported: {}", l.text)),
         );
-        notes.push(
+        all_notes.push(
             section.header.number,
             format!(
                 "`{}`: skipped, mode {mode} (lbd forwards TCP only)",

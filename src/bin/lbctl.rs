@@ -130,8 +130,8 @@ enum ImportSource {
     /// Print the lbd config equivalent to the TCP part of a haproxy.cfg on
     /// stdout, with a `# not imported:` comment for every line that does not
     /// carry over and a summary on stderr. `${NAME}` is expanded from the
-    /// environment, as HAProxy does. Exit 0 only if lbd would start on the
-    /// result, 1 if it would not.
+    /// environment, as HAProxy does in quoted words and addresses. Exit 0
+    /// only if lbd would start on the result, 1 if it would not.
     Haproxy {
         /// The haproxy.cfg.
         path: PathBuf,

@@ -119,8 +119,9 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-/// Imports the haproxy.cfg at `path`; `${NAME}` takes its value from `env`,
-/// as HAProxy takes it from its environment.
+/// Imports the haproxy.cfg at `path`; `${NAME}` takes its value from `env`.
+/// HAProxy expands it in double-quoted words and addresses; the import
+/// expands it in every word outside single quotes, a superset.
 pub fn haproxy(path: &Path, env: &HashMap<String, String>) -> Result<Imported, ImportError> {
     use std::io::Read;
     let read_error = |reason: String| ImportError::Read {

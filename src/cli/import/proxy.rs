@@ -201,10 +201,17 @@ pub(super) fn read(section: &Section, base: &Settings, all_notes: &mut Notes) ->
         }
     }
     for line in &dropped_check_lines {
-        let reason = format!(
+        let mut reason = format!(
             "HAProxy uses only the last check option (`{}`)",
             in_force.map_or("", |l| l.text.as_str())
         );
+        if line.word(1) == "httpchk" {
+            // kubeadm's guide has both; a TLS server such as kube-apiserver
+            // can have the GET as well in lbd.
+            reason.push_str(
+                "; for a TLS server that should also answer this GET, set check = \"https\" and its path",
+            );
+        }
         not_imported(&mut comments, notes, line, &reason);
     }
 

@@ -117,6 +117,9 @@ enum Command {
     /// flags are accepted with a note. Exit 0 only if kubeadm's discovery
     /// would succeed, 1 if a step fails, 2 if the flags are not kubeadm's.
     JoinCheck(lbd::cli::join_check::JoinCheckArgs),
+    /// Print an lbd config made from another load balancer's config.
+    #[command(subcommand)]
+    Import(ImportSource),
     /// Write man pages (`man DIR`) or a completion script (`completion SHELL`).
     #[command(hide = true)]
     Generate {
@@ -124,6 +127,20 @@ enum Command {
         kind: String,
         /// The directory for man pages, or the shell.
         target: String,
+    },
+}
+
+/// The configs `lbctl import` reads.
+#[derive(Debug, Subcommand)]
+enum ImportSource {
+    /// Print the lbd config equivalent to the TCP part of a haproxy.cfg on
+    /// stdout, with a `# not imported:` comment for every line that does not
+    /// carry over and a summary on stderr. `${NAME}` is expanded from the
+    /// environment, as HAProxy does in quoted words and addresses. Exit 0
+    /// only if lbd would start on the result, 1 if it would not.
+    Haproxy {
+        /// The haproxy.cfg.
+        path: PathBuf,
     },
 }
 
@@ -208,6 +225,7 @@ fn main() -> ExitCode {
                 2
             }
         },
+        Command::Import(ImportSource::Haproxy { path }) => import_haproxy(&path),
         Command::Generate { kind, target } => {
             let generated = generate::Artifact::parse(&kind, &target).and_then(|artifact| {
                 generate::generate(Cli::command(), &artifact, &mut std::io::stdout())
@@ -226,6 +244,22 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(code)
+}
+
+/// `lbctl import haproxy PATH`: the config on stdout, the summary on stderr.
+fn import_haproxy(path: &std::path::Path) -> u8 {
+    let env = std::env::vars().collect();
+    match lbd::cli::import::haproxy(path, &env) {
+        Ok(imported) => {
+            print!("{}", imported.text);
+            let _ = imported.write_summary(path, &mut std::io::stderr());
+            if imported.usable() { 0 } else { 1 }
+        }
+        Err(err) => {
+            eprintln!("lbctl import haproxy: {err}");
+            1
+        }
+    }
 }
 
 /// Checks a BACKEND/SERVER argument while parsing, so a malformed one is a

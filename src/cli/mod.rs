@@ -5,6 +5,7 @@ pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod generate;
+pub mod import;
 pub mod join_check;
 pub mod probe;
 

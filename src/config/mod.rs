@@ -184,6 +184,9 @@ pub struct Backend {
     pub retries: u32,
     /// What new connections meet when no server is eligible.
     pub on_no_server: OnNoServer,
+    /// When a server comes up or joins, close the connections other servers
+    /// hold above their weighted share, spread over this window. Unset: off.
+    pub rebalance: Option<Duration>,
     /// The servers, in file order.
     pub servers: Vec<ServerSpec>,
     /// Active health checking.

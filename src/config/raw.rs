@@ -154,6 +154,7 @@ pub(super) struct RawBackend {
     pub connect_timeout: Located<HumanDuration>,
     pub retries: Located<Count>,
     pub on_no_server: Located<String>,
+    pub rebalance: Located<HumanDuration>,
     pub servers: Spanned<Vec<Table<RawServer>>>,
     pub health: Option<Spanned<Table<RawHealth>>>,
 }

@@ -486,6 +486,14 @@ impl Checker<'_> {
             None => Health::default(),
             Some(h) => self.health(h),
         };
+        let rebalance = raw.rebalance.as_ref().map(|_| {
+            self.duration(
+                &raw.rebalance,
+                "rebalance",
+                Duration::from_secs(300),
+                Duration::from_secs(1)..=Duration::from_secs(24 * 3600),
+            )
+        });
         Backend {
             name,
             balance: self.choice(&raw.balance, "balance", &Balance::ALL, Balance::as_str),
@@ -507,6 +515,7 @@ impl Checker<'_> {
                 &OnNoServer::ALL,
                 OnNoServer::as_str,
             ),
+            rebalance,
             servers,
             health,
         }

@@ -342,7 +342,8 @@ fn frontend_fields(a: &Frontend, b: &Frontend) -> Vec<String> {
 fn backend_fields(a: &Backend, b: &Backend) -> Vec<String> {
     let (mut a, b) = (a.clone(), b);
     a.servers.clone_from(&b.servers);
-    let mut fields = differing!(a, *b; balance, connect_timeout, retries, on_no_server, health);
+    let mut fields =
+        differing!(a, *b; balance, connect_timeout, retries, on_no_server, rebalance, health);
     if let Some(health) = fields.iter_mut().find(|f| *f == "health") {
         *health = format!(
             "health ({})",

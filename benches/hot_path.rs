@@ -32,6 +32,7 @@ fn backend_spec(balance: Balance, servers: usize) -> config::Backend {
         connect_timeout: Duration::from_secs(2),
         retries: 2,
         on_no_server: config::OnNoServer::default(),
+        rebalance: None,
         servers: (0..servers)
             .map(|i| ServerSpec {
                 name: format!("s{i}"),

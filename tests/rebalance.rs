@@ -275,3 +275,23 @@ fn nothing_closes_while_fewer_than_two_servers_are_up() {
         "{body}"
     );
 }
+
+#[test]
+fn a_server_added_by_a_reload_gets_its_share() {
+    let backends: Vec<Backend> = ["a", "b", "c"].iter().map(|n| Backend::named(n)).collect();
+    let config = |servers: &[&Backend]| {
+        config_for(
+            servers,
+            "balance = \"least-connections\"\nrebalance = \"2s\"",
+            "",
+        ) + "\n[backend.health]\ninterval = \"200ms\"\nrise = 1\n"
+    };
+    let lbd = Lbd::start(&config(&[&backends[0], &backends[1]]));
+    let clients = Clients::start(lbd.addr("api"));
+    assert_eq!(active(&lbd), [15, 15]);
+    lbd.rewrite_config(&config(&[&backends[0], &backends[1], &backends[2]]));
+    let (code, body) = lbd.post("/api/v1/reload");
+    assert_eq!(code, 200, "{body}");
+    wait_rebalanced(&lbd, &clients, WINDOW + Duration::from_secs(10));
+    check_only_excess_closed(&lbd, &clients);
+}

@@ -33,6 +33,7 @@ fn backend_spec(balance: Balance, servers: usize) -> config::Backend {
         retries: 2,
         on_no_server: config::OnNoServer::default(),
         send_proxy: None,
+        rebalance: None,
         servers: (0..servers)
             .map(|i| ServerSpec {
                 name: format!("s{i}"),

@@ -13,6 +13,7 @@
 mod apply;
 mod control;
 mod listeners;
+mod rebalance;
 pub mod reload;
 pub mod rlimit;
 pub mod service;
@@ -44,6 +45,7 @@ use systemd::{ActivationError, InheritedListeners};
 
 pub use control::{AdminChange, LastReload, ReloadError, ReloadReport, UnknownServer};
 pub use listeners::BindError;
+pub use rebalance::{DEFAULT_WINDOW as DEFAULT_REBALANCE_WINDOW, RebalanceStarted, ServerExcess};
 pub use snapshot::Snapshot;
 
 use listeners::Listeners;
@@ -100,6 +102,8 @@ struct Shared {
     reloads_failed: AtomicU64,
     started_at: SystemTime,
     health: HealthChecks,
+    /// Rebalances under way, and the watcher's wake-up on apply.
+    rebalancer: rebalance::Rebalancer,
 }
 
 impl Daemon {
@@ -224,6 +228,7 @@ impl Daemon {
             reloads_failed: AtomicU64::new(0),
             started_at: SystemTime::now(),
             health: HealthChecks::new(),
+            rebalancer: rebalance::Rebalancer::default(),
         });
         let daemon = Daemon { shared };
         daemon.note_dns_results(&dns).await;
@@ -234,6 +239,7 @@ impl Daemon {
             daemon.spawn_accept_loop(frontend, configured, backlog, listener);
         }
         daemon.spawn(daemon.clone().refresh_dns_periodically());
+        daemon.spawn(daemon.clone().watch_for_joins());
         Ok(daemon)
     }
 

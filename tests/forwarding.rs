@@ -335,6 +335,12 @@ fn idle_timeout_closes_a_silent_connection() {
     );
     let closed = lbd.wait_for_log("connection closed", Duration::from_secs(5));
     assert!(closed.contains("idle_timeout"), "{closed}");
+    let closed_idle = support::metrics::value(
+        &lbd.metrics(),
+        "lbd_server_closed_total",
+        &[("server", "echo"), ("reason", "idle")],
+    );
+    assert_eq!(closed_idle, 1.0, "counted as closed by lbd: idle");
 }
 
 #[test]

@@ -405,6 +405,12 @@ fn close_on_down_closes_open_connections_within_the_window() {
         closed.contains("outcome=\"server_down\"") || closed.contains("outcome=server_down"),
         "{closed}"
     );
+    let closed_down = value(
+        &lbd.metrics(),
+        "lbd_server_closed_total",
+        &[("server", "a"), ("reason", "down")],
+    );
+    assert_eq!(closed_down, 1.0, "counted as closed by lbd: down");
 }
 
 #[test]

@@ -115,6 +115,34 @@ async fn route(context: &Context, method: &Method, path: &str, query: Option<&st
                 ),
             }
         }
+        ["api", "v1", "backends", backend, "rebalance"] => {
+            if method != Method::POST {
+                return not_allowed(Method::POST);
+            }
+            let Some(backend) = percent_decode(backend) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "the backend name must be valid percent-encoded UTF-8",
+                );
+            };
+            // `?window=2s` overrides the backend's `rebalance` window.
+            let window = match query_value(query, "window") {
+                None => None,
+                Some(text) => match text.as_deref().map(crate::config::parse_duration) {
+                    Some(Ok(window)) if !window.is_zero() => Some(window),
+                    _ => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "`window` must be a duration such as \"30s\" or \"5m\"",
+                        );
+                    }
+                },
+            };
+            match daemon.rebalance_now(&backend, window) {
+                Ok(started) => json_answer(StatusCode::OK, &started),
+                Err(unknown) => error(StatusCode::NOT_FOUND, &unknown.to_string()),
+            }
+        }
         ["api", "v1", "backends", backend, "servers", server, action] => {
             let admin = match *action {
                 "drain" => AdminState::Drain,

@@ -3,5 +3,7 @@
 //! pool publishes its availability; it knows nothing of frontends.
 
 pub mod balance;
+pub mod connections;
 pub mod health;
 pub mod pool;
+pub mod rebalance;

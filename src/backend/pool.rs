@@ -17,6 +17,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::balance::{Balancer, Load};
+use crate::backend::connections::{CloseReason, Connections};
 use crate::config::{self, OnNoServer};
 use crate::net::dial::DialErrorKind;
 use crate::util::counter::ShardedCounter;
@@ -108,6 +109,8 @@ pub struct ServerStats {
     pub check_duration: Histogram,
     /// Active health checks by result, indexed like [`CHECK_RESULTS`].
     pub check_results: [AtomicU64; CHECK_RESULTS.len()],
+    /// Connections lbd closed itself, indexed by [`CloseReason::index`].
+    pub closed: [AtomicU64; CloseReason::ALL.len()],
 }
 
 /// Every result an active check can record in `last_check.result`: `ok`,
@@ -159,6 +162,8 @@ pub struct Server {
     admin: AtomicU8,
     /// Connection and byte counters.
     pub stats: ServerStats,
+    /// Its established connections, each closable alone (rebalance).
+    pub connections: Connections,
     last_check: Mutex<Option<CheckRecord>>,
     passive: PassiveReports,
     /// Cancelled when the server is marked down with `close_on_down` set;
@@ -193,6 +198,7 @@ impl Server {
             health: AtomicU8::new(Health::Unknown as u8),
             admin: AtomicU8::new(AdminState::Ready as u8),
             stats: ServerStats::default(),
+            connections: Connections::default(),
             last_check: Mutex::new(None),
             passive: PassiveReports::default(),
             down_signal: ArcSwap::from_pointee(CancellationToken::new()),
@@ -347,6 +353,11 @@ impl Server {
     /// Counts a connection that reached the server.
     pub fn count_established(&self) {
         self.stats.total.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a connection lbd closed itself.
+    pub fn count_closed(&self, reason: CloseReason) {
+        self.stats.closed[reason.index()].fetch_add(1, Relaxed);
     }
 
     /// Counts an active check's result (one of [`CHECK_RESULTS`]).

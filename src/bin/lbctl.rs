@@ -82,6 +82,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Move long-lived connections off the servers holding more than their
+    /// share, a few at a time over a window, so they reconnect to the others.
+    Rebalance {
+        /// The backend, as `lbctl status` lists it.
+        backend: String,
+        /// Spread the closes over this long (default: the backend's
+        /// `rebalance`, else 1m).
+        #[arg(long, value_parser = lbd::config::parse_duration, value_name = "DUR")]
+        window: Option<Duration>,
+        /// Print lbd's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Reload the daemon's config file; on error print it with its location.
     Reload {
         /// Print lbd's answer as JSON.
@@ -169,6 +182,11 @@ fn main() -> ExitCode {
         Command::Ready { frontend, json } => {
             block_on(commands::ready(&client(), frontend.as_deref(), json))
         }
+        Command::Rebalance {
+            backend,
+            window,
+            json,
+        } => block_on(commands::rebalance(&client(), &backend, window, json)),
         Command::Reload { json } => block_on(commands::reload(&client(), json)),
         Command::Drain {
             target,

@@ -231,6 +231,9 @@ pub struct Backend {
     /// Sends the servers a PROXY protocol header of this version before
     /// the client's bytes (health checks stay plain).
     pub send_proxy: Option<ProxyVersion>,
+    /// When a server comes up or joins, close the connections other servers
+    /// hold above their weighted share, spread over this window. Unset: off.
+    pub rebalance: Option<Duration>,
     /// The servers, in file order.
     pub servers: Vec<ServerSpec>,
     /// Active health checking.

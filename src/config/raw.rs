@@ -165,6 +165,7 @@ pub(super) struct RawBackend {
     pub retries: Located<Count>,
     pub on_no_server: Located<String>,
     pub send_proxy: Located<String>,
+    pub rebalance: Located<HumanDuration>,
     pub servers: Spanned<Vec<Table<RawServer>>>,
     pub health: Option<Spanned<Table<RawHealth>>>,
 }

@@ -501,6 +501,14 @@ impl Checker<'_> {
             None => Health::default(),
             Some(h) => self.health(h),
         };
+        let rebalance = raw.rebalance.as_ref().map(|_| {
+            self.duration(
+                &raw.rebalance,
+                "rebalance",
+                Duration::from_secs(300),
+                Duration::from_secs(1)..=Duration::from_secs(24 * 3600),
+            )
+        });
         Backend {
             name,
             balance: self.choice(&raw.balance, "balance", &Balance::ALL, Balance::as_str),
@@ -523,6 +531,7 @@ impl Checker<'_> {
                 OnNoServer::as_str,
             ),
             send_proxy: self.proxy_version(&raw.send_proxy, "send_proxy"),
+            rebalance,
             servers,
             health,
         }

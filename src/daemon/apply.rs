@@ -64,6 +64,7 @@ impl Daemon {
         }
         self.apply_listeners(&plan.listeners, opened, &snapshot.frontends);
         log_new_and_gone_servers(&old, &snapshot);
+        self.shared.rebalancer.applied();
         Ok(snapshot)
     }
 

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::backend::connections::Registration;
 use crate::backend::pool::{Pool, Tried};
 use crate::net::proxy_protocol::{self, Proxied};
 use crate::net::{dial, socket};
@@ -166,8 +167,21 @@ pub async fn handle(
         to_server: [&server.stats.bytes_to_server, &frontend.stats.bytes_in],
         to_client: [&server.stats.bytes_to_client, &frontend.stats.bytes_out],
     };
-    let closed = closed(&cancel, server_down);
+    // Established: a rebalance may now pick this connection to move.
+    let registration = server.connections.register();
+    let closed = closed(&cancel, server_down, &registration);
     let relayed = relay::relay(&client, &upstream, timeouts, counters, closed).await;
+    drop(registration);
+    if let Some(reason) = relayed.end.close_reason() {
+        server.count_closed(reason);
+    }
+    if matches!(relayed.end, RelayEnd::Rebalanced) {
+        // A clean end both ways: the client sees end of stream (and
+        // reconnects), the server sees its client leave, never a reset.
+        for stream in [&client, &upstream] {
+            let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+        }
+    }
     debug!(
         frontend = %frontend.name,
         client = %peer,
@@ -221,12 +235,13 @@ async fn pick_route<'r>(
 }
 
 /// Completes when the connection must be closed from lbd's side: at the
-/// shutdown deadline, or a random moment within `close_on_down`'s window
+/// shutdown deadline, a random moment within `close_on_down`'s window
 /// after its server was marked down (so thousands of watches don't all
-/// reconnect at the same instant).
+/// reconnect at the same instant), or when a rebalance picks it.
 async fn closed(
     shutdown: &CancellationToken,
     server_down: Option<(CancellationToken, Duration)>,
+    registration: &Registration<'_>,
 ) -> RelayEnd {
     let after_server_down = async {
         match server_down {
@@ -244,6 +259,7 @@ async fn closed(
     tokio::select! {
         () = shutdown.cancelled() => RelayEnd::Shutdown,
         () = after_server_down => RelayEnd::ServerDown,
+        () = registration.closed() => RelayEnd::Rebalanced,
     }
 }
 

@@ -24,6 +24,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::backend::connections::CloseReason;
 use crate::net::socket;
 use crate::proxy::buffer::{self, Buffer, Size};
 use crate::proxy::splice::{self, Pipe};
@@ -53,6 +54,8 @@ pub enum RelayEnd {
     Shutdown,
     /// The server was marked down and `close_on_down` closed the connection.
     ServerDown,
+    /// A rebalance chose this connection to move to another server.
+    Rebalanced,
 }
 
 impl RelayEnd {
@@ -65,6 +68,18 @@ impl RelayEnd {
             RelayEnd::Aborted(_) => "aborted",
             RelayEnd::Shutdown => "shutdown",
             RelayEnd::ServerDown => "server_down",
+            RelayEnd::Rebalanced => "rebalanced",
+        }
+    }
+
+    /// Why lbd closed the connection itself, if it did.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        match self {
+            RelayEnd::ServerDown => Some(CloseReason::Down),
+            RelayEnd::Rebalanced => Some(CloseReason::Rebalance),
+            RelayEnd::Shutdown => Some(CloseReason::DrainDeadline),
+            RelayEnd::IdleTimeout | RelayEnd::FinTimeout => Some(CloseReason::Idle),
+            RelayEnd::Closed | RelayEnd::Aborted(_) => None,
         }
     }
 }

@@ -16,6 +16,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::backend::connections::CloseReason;
 use crate::backend::pool::{CHECK_RESULTS, Health};
 use crate::daemon::Daemon;
 use crate::net::dial::DialErrorKind;
@@ -255,6 +256,23 @@ impl Collector for SnapshotCollector {
                         s.stats.bytes_to_client.load(Relaxed),
                     ),
                 ]
+            }),
+        )?;
+        counter(
+            &mut out,
+            "lbd_server_closed",
+            "Connections lbd closed itself, by reason: down (close_on_down), rebalance, drain_deadline (shutdown), idle (idle_timeout or fin_timeout).",
+            servers.iter().flat_map(|s| {
+                CloseReason::ALL.iter().map(move |reason| {
+                    (
+                        [
+                            ("backend", s.backend.clone()),
+                            ("server", s.name.clone()),
+                            ("reason", reason.as_str().to_owned()),
+                        ],
+                        s.stats.closed[reason.index()].load(Relaxed),
+                    )
+                })
             }),
         )?;
         histogram(

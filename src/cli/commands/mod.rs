@@ -3,11 +3,14 @@
 //!
 //! - [`status`]: `lbctl status`, the table.
 //! - [`server_admin`]: `lbctl drain|enable|disable`, with `drain --wait`.
+//! - [`rebalance()`]: `lbctl rebalance BACKEND`.
 //! - here: `ready`, `reload`, `check-config`.
 
+mod rebalance;
 mod server_admin;
 mod status;
 
+pub use rebalance::rebalance;
 pub use server_admin::{AdminAction, DrainWait, parse_target, percent_encode, set_admin};
 pub use status::{render_status, status};
 

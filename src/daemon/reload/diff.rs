@@ -374,7 +374,7 @@ fn backend_fields(a: &Backend, b: &Backend) -> Vec<String> {
     let (mut a, b) = (a.clone(), b);
     a.servers.clone_from(&b.servers);
     let mut fields =
-        differing!(a, *b; balance, connect_timeout, retries, on_no_server, send_proxy, health);
+        differing!(a, *b; balance, connect_timeout, retries, on_no_server, send_proxy, rebalance, health);
     if let Some(health) = fields.iter_mut().find(|f| *f == "health") {
         *health = format!(
             "health ({})",

@@ -12,6 +12,7 @@
 
 mod apply;
 mod control;
+mod discovery;
 mod listeners;
 pub mod reload;
 pub mod rlimit;
@@ -43,6 +44,7 @@ use crate::proxy::runtime;
 use systemd::{ActivationError, InheritedListeners};
 
 pub use control::{AdminChange, LastReload, ReloadError, ReloadReport, UnknownServer};
+pub use discovery::{DiscoveryPhase, DiscoveryState, UPDATE_RESULTS as DISCOVERY_RESULTS};
 pub use listeners::BindError;
 pub use snapshot::Snapshot;
 
@@ -94,6 +96,8 @@ struct Shared {
     reloads_failed: AtomicU64,
     started_at: SystemTime,
     health: HealthChecks,
+    /// Each backend's discovery, for status and metrics.
+    discovery: discovery::DiscoveryRegistry,
 }
 
 impl Daemon {
@@ -222,6 +226,7 @@ impl Daemon {
             reloads_failed: AtomicU64::new(0),
             started_at: SystemTime::now(),
             health: HealthChecks::new(),
+            discovery: discovery::DiscoveryRegistry::default(),
         });
         let daemon = Daemon { shared };
         daemon.note_dns_results(&dns).await;
@@ -232,6 +237,7 @@ impl Daemon {
             daemon.spawn_accept_loop(frontend, configured, backlog, listener);
         }
         daemon.spawn(daemon.clone().refresh_dns_periodically());
+        daemon.spawn(daemon.clone().supervise_discovery());
         Ok(daemon)
     }
 

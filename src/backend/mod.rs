@@ -3,5 +3,6 @@
 //! pool publishes its availability; it knows nothing of frontends.
 
 pub mod balance;
+pub mod discovery;
 pub mod health;
 pub mod pool;

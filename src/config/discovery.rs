@@ -194,3 +194,56 @@ impl KubeAccess {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kubeconfig(cluster: &str, user: &str) -> FileContents {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n{cluster}\
+             contexts:\n- name: ctx\n  context:\n    cluster: lab\n    user: me\n\
+             current-context: ctx\nusers:\n- name: me\n  user:\n{user}"
+        );
+        FileContents {
+            path: PathBuf::from("discovery.conf"),
+            bytes: text.into_bytes().into(),
+        }
+    }
+
+    fn ca_data() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem();
+        STANDARD.encode(pem)
+    }
+
+    #[test]
+    fn a_token_kubeconfig_is_usable_and_names_kubernetes_by_default() {
+        let cluster = format!(
+            "    server: https://lb:6443\n    certificate-authority-data: {}\n",
+            ca_data()
+        );
+        let access = KubeAccess::parse(&kubeconfig(&cluster, "    token: abc\n")).unwrap();
+        assert!(matches!(access.credentials, KubeCredentials::Token(_)));
+        assert_eq!(access.tls_server_name, DEFAULT_TLS_SERVER_NAME);
+        assert_eq!(access.server.as_deref(), Some("https://lb:6443"));
+        assert!(!format!("{access:?}").contains("abc"), "no secret in Debug");
+    }
+
+    #[test]
+    fn a_kubeconfig_without_credentials_or_ca_is_refused_with_the_reason() {
+        let cluster = format!("    certificate-authority-data: {}\n", ca_data());
+        let err = KubeAccess::parse(&kubeconfig(&cluster, "    username: x\n")).unwrap_err();
+        assert!(err.reason.contains("kubeadm kubeconfig user"), "{err}");
+        let err = KubeAccess::parse(&kubeconfig(
+            "    server: https://lb:6443\n",
+            "    token: t\n",
+        ))
+        .unwrap_err();
+        assert!(err.reason.contains("certificate-authority"), "{err}");
+    }
+}

@@ -45,6 +45,7 @@ fn backend_spec(balance: Balance, servers: usize) -> config::Backend {
             })
             .collect(),
         health: config::Health::default(),
+        discovery: None,
     }
 }
 

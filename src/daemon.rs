@@ -12,6 +12,7 @@
 
 mod apply;
 mod control;
+mod discovery;
 mod listeners;
 mod rebalance;
 pub mod reload;
@@ -44,6 +45,7 @@ use crate::proxy::runtime;
 use systemd::{ActivationError, InheritedListeners};
 
 pub use control::{AdminChange, LastReload, ReloadError, ReloadReport, UnknownServer};
+pub use discovery::{DiscoveryPhase, DiscoveryState, UPDATE_RESULTS as DISCOVERY_RESULTS};
 pub use listeners::BindError;
 pub use rebalance::{DEFAULT_WINDOW as DEFAULT_REBALANCE_WINDOW, RebalanceStarted, ServerExcess};
 pub use snapshot::Snapshot;
@@ -104,6 +106,8 @@ struct Shared {
     health: HealthChecks,
     /// Rebalances under way, and the watcher's wake-up on apply.
     rebalancer: rebalance::Rebalancer,
+    /// Each backend's discovery, for status and metrics.
+    discovery: discovery::DiscoveryRegistry,
 }
 
 impl Daemon {
@@ -229,6 +233,7 @@ impl Daemon {
             started_at: SystemTime::now(),
             health: HealthChecks::new(),
             rebalancer: rebalance::Rebalancer::default(),
+            discovery: discovery::DiscoveryRegistry::default(),
         });
         let daemon = Daemon { shared };
         daemon.note_dns_results(&dns).await;
@@ -240,6 +245,7 @@ impl Daemon {
         }
         daemon.spawn(daemon.clone().refresh_dns_periodically());
         daemon.spawn(daemon.clone().watch_for_joins());
+        daemon.spawn(daemon.clone().supervise_discovery());
         Ok(daemon)
     }
 

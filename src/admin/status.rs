@@ -86,8 +86,37 @@ pub struct RouteStatus {
 pub struct BackendStatus {
     /// Its name.
     pub name: String,
+    /// What discovery learned from the cluster; absent without `[backend.discovery]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryStatus>,
     /// Its servers; a DNS name contributes one per address (`name@ip`).
     pub servers: Vec<ServerStatus>,
+}
+
+/// A backend's discovery: how the watch of the cluster goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiscoveryStatus {
+    /// `starting` (no answer yet), `saved` (serving the list saved at the
+    /// last run until the cluster answers), `watching` (in sync with the
+    /// cluster) or `failing` (the last attempt failed; the list stays).
+    pub state: String,
+    /// How many servers the cluster lists (or the saved list held).
+    pub servers: usize,
+    /// When the list last changed or was confirmed, RFC 3339 UTC; `null` before the first.
+    pub last_update: Option<String>,
+    /// The latest failure, `null` while the watch works.
+    pub error: Option<String>,
+}
+
+impl From<crate::daemon::DiscoveryState> for DiscoveryStatus {
+    fn from(state: crate::daemon::DiscoveryState) -> DiscoveryStatus {
+        DiscoveryStatus {
+            state: state.phase.as_str().to_owned(),
+            servers: state.servers,
+            last_update: state.last_update.map(clock::rfc3339),
+            error: state.error,
+        }
+    }
 }
 
 /// One server.
@@ -97,8 +126,9 @@ pub struct ServerStatus {
     pub name: String,
     /// `IP:port` connections go to.
     pub address: String,
-    /// Where the server comes from: `config` (an address in the file) or
-    /// `dns` (one address of a name in the file).
+    /// Where the server comes from: `config` (an address in the file),
+    /// `dns` (one address of a name in the file) or `discovered` (listed
+    /// by the cluster).
     #[serde(default)]
     pub source: String,
     /// `unknown`, `up` or `down`: what the checks found.
@@ -163,9 +193,29 @@ impl Status {
         let backends = snapshot
             .pools
             .iter()
-            .map(|pool| BackendStatus {
-                name: pool.spec.name.clone(),
-                servers: pool.servers.iter().map(ServerStatus::of).collect(),
+            .map(|pool| {
+                let desired = snapshot.desired.servers_of(&pool.spec.name);
+                let servers = pool
+                    .servers
+                    .iter()
+                    .map(|server| {
+                        let mut status = ServerStatus::of(server);
+                        let source = desired
+                            .and_then(|list| list.iter().find(|d| d.name == server.name))
+                            .map(|d| d.source.as_str());
+                        if let Some(source) = source {
+                            source.clone_into(&mut status.source);
+                        }
+                        status
+                    })
+                    .collect();
+                BackendStatus {
+                    name: pool.spec.name.clone(),
+                    discovery: daemon
+                        .discovery_status(&pool.spec.name)
+                        .map(DiscoveryStatus::from),
+                    servers,
+                }
             })
             .collect();
         Status {

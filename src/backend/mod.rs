@@ -4,6 +4,7 @@
 
 pub mod balance;
 pub mod connections;
+pub mod discovery;
 pub mod health;
 pub mod pool;
 pub mod rebalance;

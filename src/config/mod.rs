@@ -8,6 +8,7 @@
 //! file the checks could not use. Nothing else in lbd sees an unvalidated value.
 
 mod address;
+mod discovery;
 mod duration;
 mod error;
 mod http_path;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use discovery::{DEFAULT_STATE_DIR, Discovery, KubeAccess, KubeCredentials, KubeconfigError};
 pub use duration::{DurationError, HumanDuration, format_duration, parse_duration};
 pub use error::{ConfigError, Problem};
 pub use lint::{APISERVER_SHUTDOWN_WINDOW, MIN_IDLE_TIMEOUT};
@@ -67,6 +69,8 @@ pub struct Global {
     /// Connections served at once over all frontends; more wait in the
     /// kernel backlog. Unset: as many as RLIMIT_NOFILE allows.
     pub max_connections: Option<usize>,
+    /// Where discovery keeps the last server list it learned from the cluster.
+    pub state_dir: PathBuf,
 }
 
 /// How the process runs, from `[global]`: set once at start (a reload that
@@ -238,6 +242,8 @@ pub struct Backend {
     pub servers: Vec<ServerSpec>,
     /// Active health checking.
     pub health: Health,
+    /// Servers learned from the cluster (`[backend.discovery]`), if any.
+    pub discovery: Option<Discovery>,
 }
 
 /// What a backend does with new connections when no server is up (or

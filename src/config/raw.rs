@@ -123,6 +123,7 @@ pub(super) struct RawGlobal {
     pub runtime: Located<String>,
     pub threads: Located<Count>,
     pub splice: Option<bool>,
+    pub state_dir: Located<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +169,15 @@ pub(super) struct RawBackend {
     pub rebalance: Located<HumanDuration>,
     pub servers: Spanned<Vec<Table<RawServer>>>,
     pub health: Option<Spanned<Table<RawHealth>>>,
+    pub discovery: Option<Spanned<Table<RawDiscovery>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDiscovery {
+    pub kubeconfig: Located<String>,
+    pub service: Located<String>,
+    pub remove_after: Located<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]

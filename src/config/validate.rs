@@ -11,12 +11,14 @@ use toml::Spanned;
 
 use super::error::{LineIndex, quoted};
 use super::raw::{
-    Count, Located, RawAdmin, RawBackend, RawConfig, RawFrontend, RawHealth, RawServer, Table,
+    Count, Located, RawAdmin, RawBackend, RawConfig, RawDiscovery, RawFrontend, RawHealth,
+    RawServer, Table,
 };
 use super::tls_files::FileContents;
 use super::{
-    Admin, AdminListen, Backend, Balance, CheckKind, Config, ConfigError, Frontend, Global, Health,
-    OnNoServer, Problem, Process, RuntimeKind, ServerAddress, ServerSpec, format_duration,
+    Admin, AdminListen, Backend, Balance, CheckKind, Config, ConfigError, DEFAULT_STATE_DIR,
+    Discovery, Frontend, Global, Health, KubeAccess, OnNoServer, Problem, Process, RuntimeKind,
+    ServerAddress, ServerSpec, format_duration,
 };
 use super::{address, tls_files};
 
@@ -238,6 +240,9 @@ impl Checker<'_> {
                     1..=MAX_CONNECTIONS,
                 ) as usize
             }),
+            state_dir: self
+                .file_path(&raw.global.0.state_dir, "state_dir")
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
         };
         let process = Process {
             runtime: self.choice(
@@ -509,6 +514,7 @@ impl Checker<'_> {
                 Duration::from_secs(1)..=Duration::from_secs(24 * 3600),
             )
         });
+        let discovery = raw.discovery.as_ref().map(|d| self.discovery(d));
         Backend {
             name,
             balance: self.choice(&raw.balance, "balance", &Balance::ALL, Balance::as_str),
@@ -534,6 +540,43 @@ impl Checker<'_> {
             rebalance,
             servers,
             health,
+            discovery,
+        }
+    }
+
+    /// `[backend.discovery]`: the kubeconfig must be readable and usable
+    /// (a cluster with a CA, and a client certificate or a token), so a
+    /// broken one is refused at load, not found by the watch later.
+    fn discovery(&mut self, raw: &Spanned<Table<RawDiscovery>>) -> Discovery {
+        let d = &raw.get_ref().0;
+        if d.kubeconfig.is_none() {
+            self.error(
+                raw.span(),
+                "[backend.discovery] needs `kubeconfig`: the file with the CA and credentials that may list EndpointSlices",
+            );
+        }
+        let kubeconfig = self.read_file(&d.kubeconfig, "kubeconfig");
+        if let (Some(file), Some(located)) = (&kubeconfig, &d.kubeconfig)
+            && let Err(e) = KubeAccess::parse(file)
+        {
+            self.error(located.span(), e.to_string());
+        }
+        let service = match &d.service {
+            Some(name) => self.name(name, "service"),
+            None => "kubernetes".to_owned(),
+        };
+        Discovery {
+            kubeconfig: kubeconfig.unwrap_or_else(|| FileContents {
+                path: PathBuf::new(),
+                bytes: Vec::new().into(),
+            }),
+            service,
+            remove_after: self.duration(
+                &d.remove_after,
+                "remove_after",
+                30 * SECOND,
+                Duration::ZERO..=DAY,
+            ),
         }
     }
 

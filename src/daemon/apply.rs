@@ -58,6 +58,7 @@ impl Daemon {
             frontends,
         });
         self.shared.snapshot.store(Arc::clone(&snapshot));
+        self.shared.discovery.note_applied();
         self.sync_health_checks(&snapshot, plan);
         if plan.global_changed {
             self.resize_global_limit(&snapshot.config);

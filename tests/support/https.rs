@@ -31,6 +31,12 @@ pub struct Pki {
 }
 
 impl Pki {
+    /// The server certificate, demanding a client certificate this CA signed
+    /// (kube-apiserver's `--client-ca-file`).
+    pub fn mtls_config(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(&self.server_mtls)
+    }
+
     /// A CA and a server certificate for `names` (DNS names or IPs), like
     /// kubeadm's apiserver certificate (`kubernetes`, the node's IP…).
     pub fn new(names: &[&str]) -> Pki {

@@ -8,6 +8,7 @@ pub mod browser;
 mod echo_client;
 pub mod faulty;
 pub mod https;
+pub mod kube_api;
 pub mod metrics;
 mod process;
 

@@ -298,6 +298,29 @@ impl Collector for SnapshotCollector {
                 ([("result", "error")], refused),
             ],
         )?;
+        let discovery: Vec<(String, crate::daemon::DiscoveryState)> = snapshot
+            .pools
+            .iter()
+            .filter_map(|p| {
+                let name = &p.spec.name;
+                self.daemon
+                    .discovery_status(name)
+                    .map(|s| (name.clone(), s))
+            })
+            .collect();
+        counter(
+            &mut out,
+            "lbd_discovery_updates",
+            "Lists and failures discovery got from the cluster, by result: applied (the servers changed), unchanged, empty (ignored) or error.",
+            discovery.iter().flat_map(|(backend, state)| {
+                crate::daemon::DISCOVERY_RESULTS.iter().map(move |result| {
+                    (
+                        [("backend", backend.as_str()), ("result", *result)],
+                        state.updates.get(result).copied().unwrap_or(0),
+                    )
+                })
+            }),
+        )?;
         single_gauge(
             &mut out,
             "lbd_config_last_reload_successful",

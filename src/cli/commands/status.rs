@@ -227,6 +227,7 @@ mod tests {
             }],
             backends: vec![BackendStatus {
                 name: "cp".into(),
+                discovery: None,
                 servers: vec![
                     server(
                         "cp1",

@@ -27,6 +27,8 @@ pub enum ServerSource {
     Config,
     /// One address of a DNS name in the config.
     Dns,
+    /// An address the cluster lists for the backend's `[backend.discovery]`.
+    Discovered,
 }
 
 impl ServerSource {
@@ -35,6 +37,7 @@ impl ServerSource {
         match self {
             ServerSource::Config => "config",
             ServerSource::Dns => "dns",
+            ServerSource::Discovered => "discovered",
         }
     }
 }
@@ -98,6 +101,17 @@ impl Desired {
                     &mut report,
                 ));
             }
+            // Discovered servers are the cluster's answer, not the file's:
+            // a reload or DNS refresh keeps them while discovery stays on.
+            if backend.discovery.is_some() {
+                let discovered: Vec<SocketAddr> = kept_before
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|s| s.source == ServerSource::Discovered)
+                    .map(|s| s.addr)
+                    .collect();
+                add_discovered(&mut list, &discovered);
+            }
             servers.push(list);
         }
         (Desired { config, servers }, report)
@@ -116,6 +130,36 @@ impl Desired {
         }
     }
 
+    /// This desired state with the discovered servers of `backend` replaced
+    /// by `addrs` (the configured servers stay; an address one of them
+    /// already serves is not added twice). `None` when there is no such
+    /// backend. Pure: no I/O.
+    pub fn with_discovered(&self, backend: &str, addrs: &[SocketAddr]) -> Option<Desired> {
+        let index = self
+            .config
+            .backends
+            .iter()
+            .position(|b| b.name == backend)?;
+        let mut servers = self.servers.clone();
+        let list = servers.get_mut(index)?;
+        list.retain(|s| s.source != ServerSource::Discovered);
+        add_discovered(list, addrs);
+        Some(Desired {
+            config: Arc::clone(&self.config),
+            servers,
+        })
+    }
+
+    /// The addresses discovery added to the named backend.
+    pub fn discovered(&self, backend: &str) -> Vec<SocketAddr> {
+        self.servers_of(backend)
+            .unwrap_or_default()
+            .iter()
+            .filter(|s| s.source == ServerSource::Discovered)
+            .map(|s| s.addr)
+            .collect()
+    }
+
     /// The desired servers of the named backend.
     pub fn servers_of(&self, backend: &str) -> Option<&[DesiredServer]> {
         let index = self
@@ -124,6 +168,28 @@ impl Desired {
             .iter()
             .position(|b| b.name == backend)?;
         self.servers.get(index).map(Vec::as_slice)
+    }
+}
+
+/// Appends a discovered server for each of `addrs` (in address order) that
+/// no server of `list` already has, by address or by name. A discovered
+/// server is named by its address.
+fn add_discovered(list: &mut Vec<DesiredServer>, addrs: &[SocketAddr]) {
+    let mut addrs = addrs.to_vec();
+    addrs.sort_unstable();
+    addrs.dedup();
+    for addr in addrs {
+        let name = addr.to_string();
+        if list.iter().any(|s| s.addr == addr || s.name == name) {
+            continue;
+        }
+        list.push(DesiredServer {
+            configured: name.clone(),
+            name,
+            addr,
+            weight: 1,
+            source: ServerSource::Discovered,
+        });
     }
 }
 

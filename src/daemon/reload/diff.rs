@@ -374,7 +374,7 @@ fn backend_fields(a: &Backend, b: &Backend) -> Vec<String> {
     let (mut a, b) = (a.clone(), b);
     a.servers.clone_from(&b.servers);
     let mut fields =
-        differing!(a, *b; balance, connect_timeout, retries, on_no_server, send_proxy, rebalance, health);
+        differing!(a, *b; balance, connect_timeout, retries, on_no_server, send_proxy, rebalance, health, discovery);
     if let Some(health) = fields.iter_mut().find(|f| *f == "health") {
         *health = format!(
             "health ({})",
@@ -410,7 +410,7 @@ fn file_change(key: &str, a: Option<&FileContents>, b: Option<&FileContents>) ->
 }
 
 fn global_fields(a: &Global, b: &Global) -> Vec<String> {
-    differing!(a, b; drain_timeout, resolve_interval, max_connections)
+    differing!(a, b; drain_timeout, resolve_interval, max_connections, state_dir)
 }
 
 /// (name, old, new) of every item in both lists.

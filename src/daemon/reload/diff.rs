@@ -373,8 +373,7 @@ fn route_changes(a: &[SniRoute], b: &[SniRoute]) -> Vec<String> {
 fn backend_fields(a: &Backend, b: &Backend) -> Vec<String> {
     let (mut a, b) = (a.clone(), b);
     a.servers.clone_from(&b.servers);
-    let mut fields =
-        differing!(a, *b; balance, connect_timeout, retries, on_no_server, send_proxy, rebalance, health, discovery);
+    let mut fields = differing!(a, *b; balance, connect_timeout, retries, on_no_server, send_proxy, rebalance, health, discovery);
     if let Some(health) = fields.iter_mut().find(|f| *f == "health") {
         *health = format!(
             "health ({})",

@@ -115,6 +115,7 @@ fn snapshot(c: &mut Criterion) {
         backlog: 4096,
         idle_timeout: Duration::from_secs(3600),
         fin_timeout: Duration::from_secs(60),
+        ready_file: None,
     };
     let frontend = Frontend::new(&spec, Arc::new(pool(Balance::RoundRobin, 3)));
     let mut group = c.benchmark_group("snapshot");

@@ -223,6 +223,7 @@ impl Daemon {
         let admin = admin::serve(admin_listener, daemon.clone());
         *daemon.shared.admin.lock().expect("admin lock") = Some(admin);
         tokio::spawn(daemon.clone().refresh_dns_periodically());
+        tokio::spawn(crate::ready_file::keep(daemon.clone()));
         Ok(daemon)
     }
 
@@ -275,6 +276,11 @@ impl Daemon {
     /// The addresses a frontend actually listens on (port 0 resolved).
     pub fn local_addrs(&self, frontend: &str) -> Vec<SocketAddr> {
         self.listeners().local_addrs(frontend)
+    }
+
+    /// Resolves once shutdown has begun (no new connections are accepted).
+    pub async fn stopping(&self) {
+        self.shared.stop_accepting.cancelled().await;
     }
 
     /// Whether shutdown has begun (no new connections are accepted).

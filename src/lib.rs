@@ -23,6 +23,8 @@
 //! - [`dial`]: connect with timeout, and the one classifier of dial errors.
 //! - [`health`]: active checks (tcp, tls, https), rise/fall, passive health.
 //! - [`pool`]: servers (health, admin state, counters), pools, the snapshot.
+//! - [`ready_file`]: a frontend's readiness as a file for keepalived's
+//!   `track_file`, and the guardian that marks it not ready when lbd dies.
 //! - [`counter`]: per-thread sharded byte counters, uncontended on the data path.
 //! - [`histogram`]: lock-free latency histograms for dial and check times.
 //! - [`balance`]: round-robin, least-connections, random-two, source-hash, first.
@@ -62,6 +64,7 @@ pub mod metrics;
 pub mod pausable;
 pub mod pool;
 pub mod probe;
+pub mod ready_file;
 pub mod relay;
 pub mod reload;
 pub mod rlimit;

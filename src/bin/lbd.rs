@@ -37,6 +37,10 @@ struct Cli {
     #[arg(long, env = "LBD_LOG_LEVEL")]
     log_level: Option<String>,
 
+    /// Run as the ready file guardian (started by lbd itself).
+    #[arg(long = "ready-file-guardian", hide = true, exclusive = true)]
+    ready_file_guardian: bool,
+
     /// Write man pages (`man DIR`) or a completion script (`completion SHELL`) and exit.
     #[arg(long, num_args = 2, value_names = ["KIND", "TARGET"], hide = true)]
     generate: Option<Vec<String>>,
@@ -57,6 +61,9 @@ Files: /etc/lbd/lbd.toml (the config); lbd.service and lbd.socket.";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.ready_file_guardian {
+        return lbd::ready_file::guardian::run();
+    }
     if let Some([kind, target]) = cli.generate.as_deref() {
         let generated = generate::Artifact::parse(kind, target).and_then(|artifact| {
             generate::generate(Cli::command(), &artifact, &mut std::io::stdout())
@@ -70,6 +77,12 @@ fn main() -> ExitCode {
         };
     }
     init_logging(cli.log_level.as_deref());
+    match std::env::current_exe() {
+        Ok(program) => lbd::ready_file::use_guardian(program),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot find lbd's own binary: ready files get no guardian")
+        }
+    }
     // SAFETY: called once, before the runtime below starts any thread (it
     // unsets LISTEN_* and takes ownership of the fds systemd passed).
     let inherited = match unsafe { InheritedListeners::take_from_env() } {

@@ -115,6 +115,10 @@ pub struct Frontend {
     pub idle_timeout: Duration,
     /// A half-closed connection whose other side stays silent this long is closed.
     pub fin_timeout: Duration,
+    /// A file lbd keeps at `0` while this frontend can give a new connection
+    /// a server and at `1` otherwise, for keepalived's `track_file`
+    /// (see [`crate::ready_file`]). Unset: no file.
+    pub ready_file: Option<PathBuf>,
 }
 
 /// A pool of servers and how to pick among them (`[[backend]]`).

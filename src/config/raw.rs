@@ -141,6 +141,7 @@ pub(super) struct RawFrontend {
     pub backlog: Located<Count>,
     pub idle_timeout: Located<HumanDuration>,
     pub fin_timeout: Located<HumanDuration>,
+    pub ready_file: Located<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -402,6 +402,7 @@ mod tests {
             backlog: 16,
             idle_timeout: Duration::from_secs(1),
             fin_timeout: Duration::from_secs(1),
+            ready_file: None,
         }
     }
 

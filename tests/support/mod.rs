@@ -7,6 +7,7 @@ mod echo_client;
 pub mod faulty;
 pub mod https;
 pub mod metrics;
+pub mod netns;
 mod process;
 
 // Each test binary uses some of these; the rest would warn as unused.

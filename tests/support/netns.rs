@@ -88,19 +88,37 @@ impl Lab {
     /// Adds `host` with `eth0` on the bridge and the given addresses (/24).
     pub fn host(&self, host: &str, addrs: &[Ipv4Addr]) {
         let ns = self.ns(host);
-        let sw = self.ns("sw");
         ip(&["netns", "add", &ns]);
         self.hosts.lock().unwrap().push(ns.clone());
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        let port = format!("p-{host}");
+        self.attach(host, "br0", "eth0", addrs);
+    }
+
+    /// Adds a second bridge (a second LAN) to the switch.
+    pub fn bridge(&self, bridge: &str) {
+        let sw = self.ns("sw");
+        ip(&["-n", &sw, "link", "add", bridge, "type", "bridge"]);
+        ip(&["-n", &sw, "link", "set", bridge, "up"]);
+    }
+
+    /// Plugs `host` into `bridge` through a new interface `iface` with the
+    /// given addresses (/24).
+    pub fn attach(&self, host: &str, bridge: &str, iface: &str, addrs: &[Ipv4Addr]) {
+        let ns = self.ns(host);
+        let sw = self.ns("sw");
+        let port = if iface == "eth0" {
+            format!("p-{host}")
+        } else {
+            format!("p-{host}-{iface}")
+        };
         ip(&[
-            "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", iface, "netns", &ns,
         ]);
-        ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+        ip(&["-n", &sw, "link", "set", &port, "master", bridge, "up"]);
         for a in addrs {
-            ip(&["-n", &ns, "addr", "add", &format!("{a}/24"), "dev", "eth0"]);
+            ip(&["-n", &ns, "addr", "add", &format!("{a}/24"), "dev", iface]);
         }
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "link", "set", iface, "up"]);
     }
 
     /// Cuts `a` and `b` off from each other while both still reach every

@@ -97,13 +97,14 @@ fn keepalived_config(index: usize, ready_file: &std::path::Path) -> String {
 
 /// Two balancer hosts, apiservers and a client on one bridge.
 struct Pair {
-    lab: Lab,
     dir: TempDir,
     apis: Vec<Backend>,
     lbd: Vec<Option<Lbd>>,
     keepalived: Vec<Option<Daemon>>,
     vip: VipWatch,
     started: Instant,
+    // Last: the processes above end before their namespaces go.
+    lab: Lab,
 }
 
 impl Pair {

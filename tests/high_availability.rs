@@ -45,17 +45,15 @@ fn substitute(text: &str, from: &str, to: &str) -> String {
     text.replace(from, to)
 }
 
-#[test]
-fn keepalived_accepts_the_shipped_pair_config() {
+/// Runs `keepalived -t` on a copy of the shipped `path` that names this
+/// machine's interface (keepalived rejects one it cannot find).
+fn keepalived_accepts(path: &str) {
     assert!(
         have("keepalived"),
         "keepalived is not installed: `apt-get install keepalived` (.ci/run does it when CI=true)"
     );
     // keepalived -t exits 0 for a missing file: make sure it is there.
-    let shipped = std::fs::read_to_string(SHIPPED).expect("config/keepalived/keepalived.conf");
-
-    // Only what names this machine changes: the interface (keepalived rejects
-    // one it cannot find).
+    let shipped = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let local = substitute(
         &shipped,
         "interface eth0 ",
@@ -72,8 +70,35 @@ fn keepalived_accepts_the_shipped_pair_config() {
     );
     assert!(
         status.success() && said.trim().is_empty(),
-        "keepalived -t rejects the config ({status}):\n{said}\n--- tested copy ---\n{local}"
+        "keepalived -t rejects {path} ({status}):\n{said}\n--- tested copy ---\n{local}"
     );
+}
+
+#[test]
+fn keepalived_accepts_the_shipped_pair_config() {
+    keepalived_accepts(SHIPPED);
+}
+
+#[test]
+fn keepalived_and_bird_accept_the_shipped_bgp_configs() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config/bgp");
+    keepalived_accepts(&format!("{dir}/keepalived.conf"));
+    assert!(
+        have("bird"),
+        "BIRD 2 is not installed: `apt-get install bird2` (.ci/run does it when CI=true)"
+    );
+    for file in ["bird.conf", "bird-router.conf"] {
+        let (status, said) = output_of(
+            Command::new("bird")
+                .arg("-p")
+                .arg("-c")
+                .arg(format!("{dir}/{file}")),
+        );
+        assert!(
+            status.success(),
+            "bird -p rejects config/bgp/{file}:\n{said}"
+        );
+    }
 }
 
 /// Runs `lbctl ready --frontend kube-apiserver`, the check the docs give

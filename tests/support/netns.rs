@@ -87,11 +87,16 @@ impl Lab {
 
     /// Adds `host` with `eth0` on the bridge and the given addresses (/24).
     pub fn host(&self, host: &str, addrs: &[Ipv4Addr]) {
+        self.host_on("br0", host, addrs);
+    }
+
+    /// Adds `host` with `eth0` on `bridge` and the given addresses (/24).
+    pub fn host_on(&self, bridge: &str, host: &str, addrs: &[Ipv4Addr]) {
         let ns = self.ns(host);
         ip(&["netns", "add", &ns]);
         self.hosts.lock().unwrap().push(ns.clone());
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        self.attach(host, "br0", "eth0", addrs);
+        self.attach(host, bridge, "eth0", addrs);
     }
 
     /// Adds a second bridge (a second LAN) to the switch.

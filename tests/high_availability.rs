@@ -237,3 +237,29 @@ fn lbctl_ready_for_the_apiserver_frontend_passes_only_while_lbd_can_forward() {
     assert!(lbd.wait_exit(Duration::from_secs(10)).success());
     assert_ne!(vrrp_check(&admin), 0);
 }
+
+#[test]
+fn the_keepalived_drop_in_restarts_a_dead_keepalived_after_lbd_started() {
+    let drop_in = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/keepalived/restart.conf"
+    ))
+    .unwrap();
+    let lines: Vec<&str> = drop_in
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    // A killed keepalived leaves the VIP behind: it must come back and
+    // remove it. And it tracks a file lbd creates: start it after lbd.
+    let service = lines.iter().position(|l| *l == "[Service]").unwrap();
+    assert!(
+        lines[service..].contains(&"Restart=on-failure"),
+        "{drop_in}"
+    );
+    let unit = lines.iter().position(|l| *l == "[Unit]").unwrap();
+    assert!(
+        lines[unit..service].contains(&"After=lbd.service"),
+        "{drop_in}"
+    );
+}

@@ -392,5 +392,11 @@ fn bgp_announces_the_vip_only_while_lbd_is_ready_and_spreads_clients() {
     bgp.lbd[1].take();
     bgp.start_lbd(1);
     bgp.wait_hops(&["lb1", "lb2"], Duration::from_secs(15), started);
+
+    // The host drops off the network (nothing on it says goodbye): BFD
+    // notices, not the 3 s BGP hold time.
+    let t0 = client.now();
+    netns::ip(&["-n", &bgp.lab.ns("lb2"), "link", "set", "eth0", "down"]);
+    withdrawn(&bgp, &client, t0, "lb1", "lb2 drops off the network (BFD)");
     drop(client);
 }

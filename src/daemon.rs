@@ -278,6 +278,28 @@ impl Daemon {
         self.listeners().local_addrs(frontend)
     }
 
+    /// A duplicate of every listening socket with its frontend's name
+    /// (see [`crate::upgrade`]).
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<(String, std::net::TcpListener)>> {
+        self.listeners().duplicates()
+    }
+
+    /// Stops the admin API now, so that a successor can bind its address.
+    pub fn stop_admin(&self) {
+        if let Some(admin) = self.shared.admin.lock().expect("admin lock").take() {
+            admin.stop();
+        }
+    }
+
+    /// Serves the admin API again after [`Daemon::stop_admin`] (a successor
+    /// that failed to start).
+    pub async fn restart_admin(&self) -> Result<(), AdminError> {
+        let listener = admin::bind(&self.snapshot().config.admin.listen).await?;
+        let admin = admin::serve(listener, self.clone());
+        *self.shared.admin.lock().expect("admin lock") = Some(admin);
+        Ok(())
+    }
+
     /// Resolves once shutdown has begun (no new connections are accepted).
     pub async fn stopping(&self) {
         self.shared.stop_accepting.cancelled().await;

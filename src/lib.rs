@@ -25,6 +25,8 @@
 //! - [`pool`]: servers (health, admin state, counters), pools, the snapshot.
 //! - [`ready_file`]: a frontend's readiness as a file for keepalived's
 //!   `track_file`, and the guardian that marks it not ready when lbd dies.
+//! - [`upgrade`]: SIGUSR2 hands the listening sockets to a new lbd, which
+//!   serves at once while this one drains.
 //! - [`counter`]: per-thread sharded byte counters, uncontended on the data path.
 //! - [`histogram`]: lock-free latency histograms for dial and check times.
 //! - [`balance`]: round-robin, least-connections, random-two, source-hash, first.
@@ -74,6 +76,7 @@ pub mod socket;
 pub mod splice;
 pub mod systemd;
 pub mod tls;
+pub mod upgrade;
 
 use std::path::Path;
 

@@ -1,4 +1,5 @@
-//! Unix signals of the daemon: SIGTERM/SIGINT drain and exit, SIGHUP reloads.
+//! Unix signals of the daemon: SIGTERM/SIGINT drain and exit, SIGHUP reloads,
+//! SIGUSR2 upgrades (a new lbd takes the sockets over, see [`crate::upgrade`]).
 
 use std::io;
 
@@ -15,6 +16,7 @@ pub struct Signals {
     terminate: Signal,
     interrupt: Signal,
     hangup: Signal,
+    upgrade: Signal,
 }
 
 impl Signals {
@@ -24,6 +26,7 @@ impl Signals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
             hangup: signal(SignalKind::hangup())?,
+            upgrade: signal(SignalKind::user_defined2())?,
         })
     }
 }
@@ -39,6 +42,7 @@ pub async fn serve_with(signals: Signals, daemon: &Daemon) -> io::Result<()> {
         mut terminate,
         mut interrupt,
         mut hangup,
+        mut upgrade,
     } = signals;
     let name = loop {
         tokio::select! {
@@ -53,6 +57,13 @@ pub async fn serve_with(signals: Signals, daemon: &Daemon) -> io::Result<()> {
                 tokio::spawn(async move {
                     let _ = daemon.reload().await;
                 });
+            }
+            _ = upgrade.recv() => {
+                info!("SIGUSR2 received: starting the new lbd");
+                match crate::upgrade::hand_over(daemon).await {
+                    Ok(_) => break "SIGUSR2",
+                    Err(err) => warn!(error = %err, "upgrade failed; this lbd keeps serving"),
+                }
             }
         }
     };

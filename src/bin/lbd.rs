@@ -49,7 +49,9 @@ struct Cli {
 /// The long help's (and man page's) account of lbd as a service.
 const SERVICE_HELP: &str = "\
 Signals: SIGTERM or SIGINT stops accepting and lets live connections finish \
-for [global] drain_timeout; SIGHUP reloads the config file.
+for [global] drain_timeout; SIGHUP reloads the config file; SIGUSR2 \
+starts the binary again, hands it the listening sockets, and drains this \
+process once the new one serves (an upgrade without a stall).
 
 Under systemd (Type=notify), lbd reports READY=1 once it serves, RELOADING=1 \
 and READY=1 around a reload, STOPPING=1, a STATUS= line, and WATCHDOG=1 \

@@ -18,6 +18,10 @@ use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 
 use super::{NOT_READY, write_atomically};
 
+/// The line that releases the guardian from its duty (paths are absolute,
+/// so no path reads like it).
+const RELEASE: &[u8] = b"-\n";
+
 /// The command-line flag that makes `lbd` run as the guardian.
 pub const FLAG: &str = "--ready-file-guardian";
 
@@ -43,6 +47,12 @@ impl Handle {
             _child: child,
             pipe,
         })
+    }
+
+    /// Tells the guardian to write nothing when lbd exits: a successor lbd
+    /// owns the files now.
+    pub fn release(&mut self) -> std::io::Result<()> {
+        self.pipe.write_all(RELEASE)
     }
 
     /// Adds `path` to the files the guardian marks not ready after lbd.
@@ -81,10 +91,16 @@ pub fn run() -> ExitCode {
     let mut paths: Vec<PathBuf> = Vec::new();
     let stdin = std::io::stdin();
     // Any read error ends the watch like end of file: lbd's end is gone.
+    let mut released = false;
     for line in stdin.lock().lines().map_while(Result::ok) {
-        if !line.is_empty() && !paths.iter().any(|p| p.as_os_str() == line.as_str()) {
+        if line.as_bytes() == &RELEASE[..RELEASE.len() - 1] {
+            released = true;
+        } else if !line.is_empty() && !paths.iter().any(|p| p.as_os_str() == line.as_str()) {
             paths.push(PathBuf::from(line));
         }
+    }
+    if released {
+        return ExitCode::SUCCESS;
     }
     let mut status = ExitCode::SUCCESS;
     for path in &paths {

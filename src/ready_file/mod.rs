@@ -24,6 +24,7 @@ use std::future::{Future, poll_fn};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
@@ -46,6 +47,29 @@ const RESCAN: Duration = Duration::from_secs(1);
 /// embedded as a library, unit tests) means no guardian.
 static GUARDIAN_PROGRAM: OnceLock<PathBuf> = OnceLock::new();
 
+/// This process's guardian, started on first use.
+static GUARDIAN: Mutex<Guardian> = Mutex::new(Guardian {
+    handle: None,
+    failed: false,
+    told: Vec::new(),
+});
+
+/// Set once a successor lbd serves the frontends (see [`crate::upgrade`]):
+/// the files are its to write from then on.
+static HANDED_OVER: AtomicBool = AtomicBool::new(false);
+
+/// Leaves the ready files to a successor lbd: this process writes them no
+/// more, not even "not ready" when it exits, and neither does its guardian.
+pub fn hand_over() {
+    HANDED_OVER.store(true, Ordering::SeqCst);
+    let mut guardian = GUARDIAN.lock().expect("ready file guardian");
+    if let Some(handle) = &mut guardian.handle
+        && let Err(err) = handle.release()
+    {
+        warn!(error = %err, "cannot release the ready file guardian: it may mark the files not ready when this process exits");
+    }
+}
+
 /// Makes every daemon of this process start a [`guardian`] by running
 /// `program --ready-file-guardian` when it first writes a ready file.
 pub fn use_guardian(program: PathBuf) {
@@ -59,6 +83,9 @@ pub async fn keep(daemon: Daemon) {
     // path -> readiness last written there.
     let mut written: HashMap<PathBuf, bool> = HashMap::new();
     loop {
+        if HANDED_OVER.load(Ordering::SeqCst) {
+            return;
+        }
         let snapshot = daemon.snapshot();
         // Subscribed before reading readiness, so that a change between the
         // two wakes the wait below instead of being missed.
@@ -90,6 +117,9 @@ pub async fn keep(daemon: Daemon) {
                 .cloned(),
         );
         for (path, ready) in changes {
+            if HANDED_OVER.load(Ordering::SeqCst) {
+                return;
+            }
             let w = Arc::clone(&writer);
             let target = path.clone();
             let outcome = tokio::task::spawn_blocking(move || {
@@ -150,49 +180,55 @@ async fn any_changed(receivers: &mut [watch::Receiver<u64>]) {
 /// logged once, not every round.
 #[derive(Default)]
 struct Writer {
-    guardian: Option<guardian::Handle>,
-    guardian_failed: bool,
-    told: Vec<PathBuf>,
     last_error: HashMap<PathBuf, String>,
 }
 
-impl Writer {
-    fn write(&mut self, path: &Path, ready: bool) -> std::io::Result<()> {
-        self.tell_guardian(path);
-        write_atomically(path, if ready { READY } else { NOT_READY })?;
-        self.last_error.remove(path);
-        Ok(())
-    }
+/// The guardian process and the files it was told about.
+struct Guardian {
+    handle: Option<guardian::Handle>,
+    failed: bool,
+    told: Vec<PathBuf>,
+}
 
+impl Guardian {
     /// Makes sure the guardian (started on first use) will mark `path` not
     /// ready once lbd is gone.
-    fn tell_guardian(&mut self, path: &Path) {
-        if self.told.iter().any(|p| p == path) || self.guardian_failed {
+    fn tell(&mut self, path: &Path) {
+        if self.told.iter().any(|p| p == path) || self.failed {
             return;
         }
-        if self.guardian.is_none() {
+        if self.handle.is_none() {
             let Some(program) = GUARDIAN_PROGRAM.get() else {
                 debug!("no ready file guardian in this process");
-                self.guardian_failed = true;
+                self.failed = true;
                 return;
             };
             match guardian::Handle::start(program) {
-                Ok(handle) => self.guardian = Some(handle),
+                Ok(handle) => self.handle = Some(handle),
                 Err(err) => {
                     warn!(program = %program.display(), error = %err,
                         "cannot start the ready file guardian: if lbd dies, its ready files keep their last value");
-                    self.guardian_failed = true;
+                    self.failed = true;
                     return;
                 }
             }
         }
-        if let Some(handle) = &mut self.guardian {
+        if let Some(handle) = &mut self.handle {
             match handle.watch(path) {
                 Ok(()) => self.told.push(path.to_owned()),
                 Err(err) => warn!(file = %path.display(), error = %err,
                     "cannot hand the ready file to its guardian: if lbd dies, it keeps its last value"),
             }
         }
+    }
+}
+
+impl Writer {
+    fn write(&mut self, path: &Path, ready: bool) -> std::io::Result<()> {
+        GUARDIAN.lock().expect("ready file guardian").tell(path);
+        write_atomically(path, if ready { READY } else { NOT_READY })?;
+        self.last_error.remove(path);
+        Ok(())
     }
 
     fn report(&mut self, path: &Path, err: &std::io::Error) {

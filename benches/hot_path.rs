@@ -121,6 +121,7 @@ fn snapshot(c: &mut Criterion) {
         routes: Vec::new(),
         inspect_timeout: Duration::from_secs(5),
         accept_proxy: None,
+        ready_file: None,
     };
     let frontend = Frontend::new(&spec, Arc::new(pool(Balance::RoundRobin, 3)));
     let mut group = c.benchmark_group("snapshot");

@@ -14,6 +14,7 @@ mod apply;
 mod control;
 mod discovery;
 mod listeners;
+pub mod ready_file;
 mod rebalance;
 pub mod reload;
 pub mod rlimit;
@@ -246,6 +247,7 @@ impl Daemon {
         daemon.spawn(daemon.clone().refresh_dns_periodically());
         daemon.spawn(daemon.clone().watch_for_joins());
         daemon.spawn(daemon.clone().supervise_discovery());
+        daemon.spawn(crate::daemon::ready_file::keep(daemon.clone()));
         Ok(daemon)
     }
 
@@ -296,6 +298,17 @@ impl Daemon {
     /// The addresses a frontend actually listens on (port 0 resolved).
     pub fn local_addrs(&self, frontend: &str) -> Vec<SocketAddr> {
         self.listeners().local_addrs(frontend)
+    }
+
+    /// A duplicate of every listening socket with its frontend's name
+    /// (see [`crate::upgrade`]).
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<(String, std::net::TcpListener)>> {
+        self.listeners().duplicates()
+    }
+
+    /// Resolves once shutdown has begun (no new connections are accepted).
+    pub async fn stopping(&self) {
+        self.shared.stop_accepting.cancelled().await;
     }
 
     /// Whether shutdown has begun (no new connections are accepted).

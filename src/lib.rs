@@ -34,6 +34,8 @@
 //! - [`config`]: the TOML schema, defaults, validation with file:line:col
 //!   errors, the timing lint.
 //! - [`util`]: sharded counters, histograms, timestamps.
+//! - [`upgrade`]: SIGUSR2 hands the listening sockets to a new lbd, which
+//!   serves at once while this one drains.
 //! - [`cli`]: `lbctl` (admin client and commands, `probe`, `join-check`),
 //!   `lbd --demo`, man pages and completions; it uses the admin API's types.
 
@@ -44,6 +46,7 @@ pub mod config;
 pub mod daemon;
 pub mod net;
 pub mod proxy;
+pub mod upgrade;
 pub mod util;
 
 mod run;

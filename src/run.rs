@@ -72,11 +72,20 @@ pub async fn run(options: RunOptions, on_serving: impl FnOnce(&Daemon)) -> Resul
     }
     // The admin API outlives the accept loops: /readyz says "shutting down"
     // and /metrics keeps answering while connections drain.
-    let admin = admin::serve(admin_listener, daemon.clone());
+    let admin = admin::AdminSlot::serve(admin_listener, daemon.clone());
     on_serving(&daemon);
     let service = CancellationToken::new();
     service::announce(&daemon, &service);
-    signals::serve_with(signals, &daemon, &options.stop).await;
+    signals::serve_with(signals, &daemon, &options.stop, || async {
+        match crate::upgrade::hand_over(&daemon, &admin).await {
+            Ok(_) => true,
+            Err(err) => {
+                warn!(error = %err, "upgrade failed; this lbd keeps serving");
+                false
+            }
+        }
+    })
+    .await;
     service.cancel();
     admin.stop().await;
     Ok(())

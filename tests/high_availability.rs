@@ -1,5 +1,7 @@
 //! The keepalived pair shipped in config/keepalived: keepalived's own config
-//! check accepts it, and its vrrp_script command answers as the VIP needs.
+//! check accepts it, its tracks agree with config/lbd.toml, and `lbctl
+//! ready --frontend` (the manual check the docs give) answers as the VIP
+//! needs. tests/failover.rs runs the pair for real.
 
 mod support;
 
@@ -43,35 +45,19 @@ fn substitute(text: &str, from: &str, to: &str) -> String {
     text.replace(from, to)
 }
 
-#[test]
-fn keepalived_accepts_the_shipped_pair_config() {
+/// Runs `keepalived -t` on a copy of the shipped `path` that names this
+/// machine's interface (keepalived rejects one it cannot find).
+fn keepalived_accepts(path: &str) {
     assert!(
         have("keepalived"),
         "keepalived is not installed: `apt-get install keepalived` (.ci/run does it when CI=true)"
     );
     // keepalived -t exits 0 for a missing file: make sure it is there.
-    let shipped = std::fs::read_to_string(SHIPPED).expect("config/keepalived/keepalived.conf");
-
-    // Only what names this machine changes: the interface (keepalived rejects
-    // one it cannot find), the check's binary (it must exist and be owned by
-    // root), and the script user (`lbd` is created by install.sh; keepalived
-    // 2.2.7's -t also kills itself for any script user but root).
-    let whoami = Command::new("id").arg("-un").output().unwrap();
-    let user = String::from_utf8(whoami.stdout).unwrap();
+    let shipped = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let local = substitute(
         &shipped,
         "interface eth0 ",
         &format!("interface {} ", vrrp_interface()),
-    );
-    let local = substitute(
-        &local,
-        "\"/usr/local/bin/lbctl ",
-        &format!("\"{} ", env!("CARGO_BIN_EXE_lbctl")),
-    );
-    let local = substitute(
-        &local,
-        "script_user lbd\n",
-        &format!("script_user {}\n", user.trim()),
     );
     let dir = TempDir::new("keepalived");
     let copy = dir.write("keepalived.conf", &local);
@@ -84,35 +70,42 @@ fn keepalived_accepts_the_shipped_pair_config() {
     );
     assert!(
         status.success() && said.trim().is_empty(),
-        "keepalived -t rejects the config ({status}):\n{said}\n--- tested copy ---\n{local}"
+        "keepalived -t rejects {path} ({status}):\n{said}\n--- tested copy ---\n{local}"
     );
 }
 
-/// The shipped vrrp_script's command as words, `lbctl` resolved to the
-/// built binary.
-fn vrrp_script_command() -> Vec<String> {
-    let shipped = std::fs::read_to_string(SHIPPED).expect("config/keepalived/keepalived.conf");
-    let line = shipped
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("script \""))
-        .expect("a vrrp_script with a script line");
-    let command = line
-        .trim_start_matches("script \"")
-        .split('"')
-        .next()
-        .unwrap();
-    let mut words: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
-    assert!(words[0].ends_with("/lbctl"), "{line}");
-    words[0] = env!("CARGO_BIN_EXE_lbctl").to_owned();
-    words
+#[test]
+fn keepalived_accepts_the_shipped_pair_config() {
+    keepalived_accepts(SHIPPED);
 }
 
-/// Runs the vrrp_script as keepalived would (LBD_ADMIN names the daemon).
+#[test]
+fn keepalived_and_bird_accept_the_shipped_bgp_configs() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config/bgp");
+    keepalived_accepts(&format!("{dir}/keepalived.conf"));
+    assert!(
+        have("bird"),
+        "BIRD 2 is not installed: `apt-get install bird2` (.ci/run does it when CI=true)"
+    );
+    for file in ["bird.conf", "bird-router.conf"] {
+        let (status, said) = output_of(
+            Command::new("bird")
+                .arg("-p")
+                .arg("-c")
+                .arg(format!("{dir}/{file}")),
+        );
+        assert!(
+            status.success(),
+            "bird -p rejects config/bgp/{file}:\n{said}"
+        );
+    }
+}
+
+/// Runs `lbctl ready --frontend kube-apiserver`, the check the docs give
+/// for a keepalived `vrrp_script` (LBD_ADMIN names the daemon).
 fn vrrp_check(admin: &str) -> i32 {
-    let words = vrrp_script_command();
-    Command::new(&words[0])
-        .args(&words[1..])
+    Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        .args(["ready", "--frontend", "kube-apiserver"])
         .env("LBD_ADMIN", admin)
         .stdin(std::process::Stdio::null())
         .output()
@@ -122,32 +115,37 @@ fn vrrp_check(admin: &str) -> i32 {
         .unwrap_or(-1)
 }
 
-/// The value of the first `key N` line in the shipped config.
-fn shipped_number(key: &str) -> i64 {
+/// The values of every `key N` line in the shipped config.
+fn shipped_numbers(key: &str) -> Vec<i64> {
     let shipped = std::fs::read_to_string(SHIPPED).expect("config/keepalived/keepalived.conf");
-    shipped
+    let numbers: Vec<i64> = shipped
         .lines()
         .map(str::trim)
-        .find_map(|l| l.strip_prefix(&format!("{key} ")))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{SHIPPED} has no `{key} N` line"))
+        .filter_map(|l| l.strip_prefix(&format!("{key} ")))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(!numbers.is_empty(), "{SHIPPED} has no `{key} N` line");
+    numbers
 }
 
 #[test]
 fn a_failing_check_lowers_the_priority_below_a_healthy_peer_instead_of_dropping_the_vip() {
     let shipped = std::fs::read_to_string(SHIPPED).expect("config/keepalived/keepalived.conf");
-    // Without a weight, one failed check puts the host in FAULT: when both
+    // Without a weight, one failed track puts the host in FAULT: when both
     // fail (bootstrap, control plane down) neither holds the VIP.
-    let weight = shipped_number("weight");
-    let priority = shipped_number("priority");
-    assert!(weight < 0, "the vrrp_script needs a negative weight");
+    let weights = shipped_numbers("weight");
+    assert_eq!(weights.len(), 2, "the ready file and lbd's process");
+    let priority = shipped_numbers("priority")[0];
     // Both hosts have this priority (README.md): a failing holder must fall
     // strictly below a healthy peer, and stay a valid VRRP priority.
-    assert!(
-        priority + weight >= 1 && priority + weight < priority,
-        "priority {priority} with weight {weight}"
-    );
+    for weight in weights {
+        assert!(weight < 0, "every track needs a negative weight");
+        assert!(
+            priority + weight >= 1 && priority + weight < priority,
+            "priority {priority} with weight {weight}"
+        );
+    }
     let readme = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/config/keepalived/README.md"
@@ -165,12 +163,21 @@ fn a_failing_check_lowers_the_priority_below_a_healthy_peer_instead_of_dropping_
             .any(|l| l.split('#').next().unwrap().trim() == "nopreempt"),
         "nopreempt defeats the weight"
     );
-    let command = vrrp_script_command();
-    assert_eq!(command[1..], ["ready", "--frontend", "kube-apiserver"]);
+    // keepalived tracks the very file lbd writes.
+    let lbd_toml =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/lbd.toml")).unwrap();
+    let ready_file = lbd_toml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ready_file = "))
+        .expect("config/lbd.toml sets the kube-apiserver frontend's ready_file");
+    assert!(
+        shipped.contains(&format!("file {ready_file}\n")),
+        "keepalived.conf must track {ready_file}"
+    );
 }
 
 #[test]
-fn the_vrrp_script_passes_only_while_lbd_can_forward() {
+fn lbctl_ready_for_the_apiserver_frontend_passes_only_while_lbd_can_forward() {
     let cp1 = Backend::named("cp1");
     // A second frontend whose only server is dead: its trouble must not
     // move the apiserver's VIP.
@@ -229,4 +236,30 @@ fn the_vrrp_script_passes_only_while_lbd_can_forward() {
     lbd.signal(libc::SIGTERM);
     assert!(lbd.wait_exit(Duration::from_secs(10)).success());
     assert_ne!(vrrp_check(&admin), 0);
+}
+
+#[test]
+fn the_keepalived_drop_in_restarts_a_dead_keepalived_after_lbd_started() {
+    let drop_in = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/keepalived/restart.conf"
+    ))
+    .unwrap();
+    let lines: Vec<&str> = drop_in
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    // A killed keepalived leaves the VIP behind: it must come back and
+    // remove it. And it tracks a file lbd creates: start it after lbd.
+    let service = lines.iter().position(|l| *l == "[Service]").unwrap();
+    assert!(
+        lines[service..].contains(&"Restart=on-failure"),
+        "{drop_in}"
+    );
+    let unit = lines.iter().position(|l| *l == "[Unit]").unwrap();
+    assert!(
+        lines[unit..service].contains(&"After=lbd.service"),
+        "{drop_in}"
+    );
 }

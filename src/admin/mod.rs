@@ -17,4 +17,4 @@ pub mod routes;
 pub mod server;
 pub mod status;
 
-pub use server::{AdminError, AdminListener, AdminServer, bind, serve};
+pub use server::{AdminError, AdminListener, AdminServer, AdminSlot, bind, serve};

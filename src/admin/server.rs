@@ -447,3 +447,37 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// The admin API of a running lbd, which can be stopped and served again:
+/// an upgrade frees the address for its successor, and takes it back if the
+/// successor fails.
+#[derive(Debug)]
+pub struct AdminSlot {
+    daemon: Daemon,
+    server: tokio::sync::Mutex<Option<AdminServer>>,
+}
+
+impl AdminSlot {
+    /// Serves `listener` for `daemon`.
+    pub fn serve(listener: AdminListener, daemon: Daemon) -> AdminSlot {
+        let server = serve(listener, daemon.clone());
+        AdminSlot {
+            daemon,
+            server: tokio::sync::Mutex::new(Some(server)),
+        }
+    }
+
+    /// Stops the admin API (if it serves) and frees its address.
+    pub async fn stop(&self) {
+        if let Some(server) = self.server.lock().await.take() {
+            server.stop().await;
+        }
+    }
+
+    /// Serves the admin API again at the configured address.
+    pub async fn restart(&self) -> Result<(), AdminError> {
+        let listener = bind(&self.daemon.snapshot().config.admin.listen).await?;
+        *self.server.lock().await = Some(serve(listener, self.daemon.clone()));
+        Ok(())
+    }
+}

@@ -37,6 +37,10 @@ struct Cli {
     #[arg(long, env = "LBD_LOG_LEVEL")]
     log_level: Option<String>,
 
+    /// Run as the ready file guardian (started by lbd itself).
+    #[arg(long = "ready-file-guardian", hide = true, exclusive = true)]
+    ready_file_guardian: bool,
+
     /// Write man pages (`man DIR`) or a completion script (`completion SHELL`) and exit.
     #[arg(long, num_args = 2, value_names = ["KIND", "TARGET"], hide = true)]
     generate: Option<Vec<String>>,
@@ -45,7 +49,9 @@ struct Cli {
 /// The long help's (and man page's) account of lbd as a service.
 const SERVICE_HELP: &str = "\
 Signals: SIGTERM or SIGINT stops accepting and lets live connections finish \
-for [global] drain_timeout; SIGHUP reloads the config file.
+for [global] drain_timeout; SIGHUP reloads the config file; SIGUSR2 \
+starts the binary again, hands it the listening sockets, and drains this \
+process once the new one serves (an upgrade without a stall).
 
 Under systemd (Type=notify), lbd reports READY=1 once it serves, RELOADING=1 \
 and READY=1 around a reload, STOPPING=1, a STATUS= line, and WATCHDOG=1 \
@@ -57,6 +63,9 @@ Files: /etc/lbd/lbd.toml (the config); lbd.service and lbd.socket.";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.ready_file_guardian {
+        return lbd::daemon::ready_file::guardian::run();
+    }
     if let Some([kind, target]) = cli.generate.as_deref() {
         let generated = generate::Artifact::parse(kind, target).and_then(|artifact| {
             generate::generate(Cli::command(), &artifact, &mut std::io::stdout())
@@ -81,6 +90,12 @@ fn main() -> ExitCode {
     ] {
         if std::env::var_os(variable).is_some() {
             tracing::warn!("{variable} is no longer read: set [global] {key} in the config file");
+        }
+    }
+    match std::env::current_exe() {
+        Ok(program) => lbd::daemon::ready_file::use_guardian(program),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot find lbd's own binary: ready files get no guardian")
         }
     }
     // SAFETY: called once, before the runtime below starts any thread (it

@@ -182,6 +182,10 @@ pub struct Frontend {
     /// Clients come through a proxy that sends a PROXY protocol header of
     /// this version first; a connection without it is closed.
     pub accept_proxy: Option<ProxyVersion>,
+    /// A file lbd keeps at `0` while this frontend can give a new connection
+    /// a server and at `1` otherwise, for keepalived's `track_file`
+    /// (see [`crate::daemon::ready_file`]). Unset: no file.
+    pub ready_file: Option<PathBuf>,
 }
 
 /// One `routes` entry of a frontend: connections whose ClientHello names

@@ -148,6 +148,7 @@ pub(super) struct RawFrontend {
     pub routes: Option<Spanned<Vec<Table<RawRoute>>>>,
     pub inspect_timeout: Located<HumanDuration>,
     pub accept_proxy: Located<String>,
+    pub ready_file: Located<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -50,6 +50,7 @@ pub(super) fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config
         lines: LineIndex::new(text),
         problems: Vec::new(),
         not_kept: 0,
+        ready_files: HashSet::new(),
     };
     let config = checker.config(raw);
     if checker.problems.is_empty() {
@@ -75,6 +76,8 @@ struct Checker<'a> {
     lines: LineIndex<'a>,
     problems: Vec<Problem>,
     not_kept: usize,
+    /// Every frontend's `ready_file` so far, to refuse one file for two.
+    ready_files: HashSet<PathBuf>,
 }
 
 impl Checker<'_> {
@@ -467,7 +470,33 @@ impl Checker<'_> {
                 Duration::from_millis(10)..=Duration::from_secs(300),
             ),
             accept_proxy: self.proxy_version(&raw.accept_proxy, "accept_proxy"),
+            ready_file: self.ready_file(&raw.ready_file),
         }
+    }
+
+    /// `ready_file`: an absolute path naming a file, not used by another
+    /// frontend (two writers of one file would contradict each other).
+    fn ready_file(&mut self, raw: &Located<String>) -> Option<PathBuf> {
+        let path = self.file_path(raw, "ready_file")?;
+        let spanned = raw.as_ref()?;
+        if !path.is_absolute() || path.file_name().is_none() || spanned.get_ref().contains('\n') {
+            self.error(
+                spanned.span(),
+                format!(
+                    "`ready_file` = {} is not an absolute file path: expected e.g. \"/run/lbd/kube-apiserver.ready\"",
+                    quoted(spanned.get_ref())
+                ),
+            );
+        } else if !self.ready_files.insert(path.clone()) {
+            self.error(
+                spanned.span(),
+                format!(
+                    "`ready_file` = {} is already another frontend's: give each frontend its own file",
+                    quoted(spanned.get_ref())
+                ),
+            );
+        }
+        Some(path)
     }
 
     fn backend(&mut self, raw: &RawBackend) -> Backend {

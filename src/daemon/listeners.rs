@@ -120,6 +120,18 @@ impl Listeners {
         }
     }
 
+    /// A duplicate of every listening socket with its frontend's name, for
+    /// a successor process to serve (see [`crate::upgrade`]).
+    pub(super) fn duplicates(&self) -> std::io::Result<Vec<(String, std::net::TcpListener)>> {
+        let mut all = Vec::new();
+        for bound in &self.bound {
+            for socket in &bound.sockets {
+                all.push((bound.frontend.clone(), socket.try_clone()?));
+            }
+        }
+        Ok(all)
+    }
+
     /// Stops every accept loop; each socket closes as its loop ends.
     pub(super) fn close_all(&mut self) {
         for bound in self.bound.drain(..) {

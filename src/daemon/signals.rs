@@ -1,5 +1,7 @@
-//! Unix signals of the daemon: SIGTERM/SIGINT drain and exit, SIGHUP reloads.
+//! Unix signals of the daemon: SIGTERM/SIGINT drain and exit, SIGHUP reloads,
+//! SIGUSR2 upgrades (a new lbd takes the sockets over, see [`crate::upgrade`]).
 
+use std::future::Future;
 use std::io;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -16,6 +18,7 @@ pub struct Signals {
     terminate: Signal,
     interrupt: Signal,
     hangup: Signal,
+    upgrade: Signal,
 }
 
 impl Signals {
@@ -25,17 +28,29 @@ impl Signals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
             hangup: signal(SignalKind::hangup())?,
+            upgrade: signal(SignalKind::user_defined2())?,
         })
     }
 }
 
 /// Serves until SIGTERM, SIGINT or `stop`, then drains `daemon` and
 /// returns. A SIGHUP reloads, as a task of the daemon's.
-pub async fn serve_with(signals: Signals, daemon: &Daemon, stop: &CancellationToken) {
+/// On SIGUSR2, `upgrade_to_successor` starts the new lbd and says whether it
+/// took over (then this one drains and exits).
+pub async fn serve_with<F, U>(
+    signals: Signals,
+    daemon: &Daemon,
+    stop: &CancellationToken,
+    mut upgrade_to_successor: F,
+) where
+    F: FnMut() -> U,
+    U: Future<Output = bool>,
+{
     let Signals {
         mut terminate,
         mut interrupt,
         mut hangup,
+        mut upgrade,
     } = signals;
     let name = loop {
         tokio::select! {
@@ -51,6 +66,12 @@ pub async fn serve_with(signals: Signals, daemon: &Daemon, stop: &CancellationTo
                 daemon.spawn(async move {
                     let _ = reloading.reload().await;
                 });
+            }
+            _ = upgrade.recv() => {
+                info!("SIGUSR2 received: starting the new lbd");
+                if upgrade_to_successor().await {
+                    break "SIGUSR2";
+                }
             }
         }
     };

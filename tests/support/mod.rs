@@ -10,6 +10,7 @@ pub mod faulty;
 pub mod https;
 pub mod kube_api;
 pub mod metrics;
+pub mod netns;
 mod process;
 
 // Each test binary uses some of these; the rest would warn as unused.

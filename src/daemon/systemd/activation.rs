@@ -405,6 +405,7 @@ mod tests {
             routes: Vec::new(),
             inspect_timeout: Duration::from_secs(5),
             accept_proxy: None,
+            ready_file: None,
         }
     }
 

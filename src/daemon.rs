@@ -169,12 +169,20 @@ impl Daemon {
         let pools = reload::build_pools(&desired, &plan, &[]);
         let mut frontends = Vec::with_capacity(config.frontends.len());
         let mut bound = Vec::new();
+        let mut covered_too = Vec::new();
         for (index, spec) in config.frontends.iter().enumerate() {
             let frontend = Arc::new(Frontend::new(spec, snapshot::route_pools(&pools, spec)));
             for socket in inherited.take(index) {
                 let addr = socket.local;
                 info!(frontend = %spec.name, fd = socket.fd, name = %socket.name, address = %addr, "serving a socket inherited from systemd");
                 let configured = socket.configured_as(&spec.listen);
+                let also: Vec<SocketAddr> = spec
+                    .listen
+                    .iter()
+                    .copied()
+                    .filter(|&a| a != configured && socket.serves(a))
+                    .collect();
+                covered_too.push((spec.name.clone(), configured, also));
                 bound.push((
                     Arc::clone(&frontend),
                     configured,
@@ -243,6 +251,9 @@ impl Daemon {
         daemon.sync_health_checks(&daemon.snapshot(), &plan);
         for (frontend, configured, backlog, listener) in bound {
             daemon.spawn_accept_loop(frontend, configured, backlog, listener);
+        }
+        for (frontend, configured, also) in covered_too {
+            daemon.listeners().also_covers(&frontend, configured, also);
         }
         daemon.spawn(daemon.clone().refresh_dns_periodically());
         daemon.spawn(daemon.clone().watch_for_joins());

@@ -61,6 +61,9 @@ struct BoundListener {
     frontend: String,
     /// The address as configured (port 0 stays 0), to match reloads against.
     configured: SocketAddr,
+    /// Other configured addresses the same socket serves (a dual-stack
+    /// socket from systemd covers `0.0.0.0:P` and `[::]:P` alike).
+    also: Vec<SocketAddr>,
     /// The address actually bound.
     local: SocketAddr,
     /// The accept queue length it listens with.
@@ -94,10 +97,14 @@ impl Listeners {
     pub(super) fn bound_addresses(&self) -> Vec<BoundAddress> {
         self.bound
             .iter()
-            .map(|l| BoundAddress {
-                frontend: l.frontend.clone(),
-                addr: l.configured,
-                backlog: l.backlog,
+            .flat_map(|l| {
+                std::iter::once(l.configured)
+                    .chain(l.also.iter().copied())
+                    .map(|addr| BoundAddress {
+                        frontend: l.frontend.clone(),
+                        addr,
+                        backlog: l.backlog,
+                    })
             })
             .collect()
     }
@@ -139,12 +146,23 @@ impl Listeners {
         }
     }
 
+    /// Records that the socket of `frontend` configured as `addr` also
+    /// serves the configured addresses `also`.
+    pub(super) fn also_covers(&mut self, frontend: &str, addr: SocketAddr, also: Vec<SocketAddr>) {
+        if let Some(bound) = self
+            .bound
+            .iter_mut()
+            .find(|l| l.frontend == frontend && l.configured == addr)
+        {
+            bound.also = also;
+        }
+    }
+
     /// Takes out the listener of `frontend` configured as `addr`.
     fn take(&mut self, frontend: &str, addr: SocketAddr) -> Option<BoundListener> {
-        let index = self
-            .bound
-            .iter()
-            .position(|l| l.frontend == frontend && l.configured == addr)?;
+        let index = self.bound.iter().position(|l| {
+            l.frontend == frontend && (l.configured == addr || l.also.contains(&addr))
+        })?;
         Some(self.bound.remove(index))
     }
 }
@@ -296,6 +314,7 @@ impl Daemon {
         bound.bound.push(BoundListener {
             frontend: name,
             configured,
+            also: Vec::new(),
             local,
             backlog,
             stop,

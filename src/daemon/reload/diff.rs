@@ -173,6 +173,27 @@ pub fn diff(old: &Desired, new: &Desired, bound: &[BoundAddress]) -> Plan {
     plan.checks.extend(plan.backends.added.iter().cloned());
 
     servers(&mut plan, old, new);
+    // A change to the server list no server line shows: their order
+    // (`balance = "first"` picks by it) or a DNS name whose addresses stayed
+    // (the checks' TLS name follows the host).
+    for (name, old_b, new_b) in pairs(&before.backends, &after.backends, |b| &b.name) {
+        let touched = plan.rebuilds_pool(name);
+        if old_b.servers != new_b.servers && !touched {
+            plan.backends.changed.push(name.clone());
+            plan.lines.push(format!(
+                "backend {name} changed: server list (order or names)"
+            ));
+        }
+        let renamed_host = new_b.servers.iter().any(|n| {
+            old_b
+                .servers
+                .iter()
+                .any(|o| o.name == n.name && o.address.host != n.address.host)
+        });
+        if renamed_host {
+            plan.checks.insert(name.clone());
+        }
+    }
 
     if before.global != after.global {
         plan.global_changed = true;

@@ -170,6 +170,11 @@ impl InheritedSocket {
             .unwrap_or(self.local)
     }
 
+    /// Whether this socket serves the configured address `addr`.
+    pub fn serves(&self, addr: SocketAddr) -> bool {
+        self.covers(addr)
+    }
+
     /// The listening socket, to hand to the accept loop.
     pub fn into_listener(self) -> TcpListener {
         self.listener

@@ -268,3 +268,18 @@ fn route_and_proxy_changes_are_reported() {
         ["frontend api changed: accept_proxy"]
     );
 }
+
+#[test]
+fn a_reordered_server_list_rebuilds_the_pool() {
+    let new = BASE.replace(
+        "  { name = \"a\", address = \"10.0.0.1:6443\" },\n  { name = \"b\", address = \"10.0.0.2:6443\" },",
+        "  { name = \"b\", address = \"10.0.0.2:6443\" },\n  { name = \"a\", address = \"10.0.0.1:6443\" },",
+    );
+    assert_ne!(new, BASE);
+    let p = plan(BASE, &new);
+    assert!(p.rebuilds_pool("cp"));
+    assert_eq!(
+        p.describe(),
+        ["backend cp changed: server list (order or names)"]
+    );
+}
